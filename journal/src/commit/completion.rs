@@ -1,0 +1,168 @@
+//! The completion of one request: how a caller learns its record's LSN (or error), and how a waiting caller
+//! is asked to take over as group-commit leader.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use super::{lead, Shared};
+use crate::error::AppendError;
+use crate::sync_util::lock;
+use crate::types::Lsn;
+
+pub(crate) type Outcome = Result<Lsn, AppendError>;
+
+#[derive(Debug)]
+enum State {
+    Waiting(Option<Waker>),
+    /// The previous leader handed leadership to this (blocking) caller.
+    Lead,
+    Done(Outcome),
+    Taken,
+}
+
+#[derive(Debug)]
+pub(crate) struct Slot {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+pub(crate) enum Wake {
+    Done(Outcome),
+    Lead,
+}
+
+impl Slot {
+    pub fn new() -> Slot {
+        Slot { state: Mutex::new(State::Waiting(None)), cv: Condvar::new() }
+    }
+
+    pub fn complete(&self, outcome: Outcome) {
+        let waker = {
+            let mut s = lock(&self.state);
+            match std::mem::replace(&mut *s, State::Done(outcome)) {
+                State::Waiting(w) => w,
+                other => {
+                    // A second completion or a completion of a designated leader is a bug in the
+                    // group-commit protocol; keep the first outcome.
+                    debug_assert!(false, "slot completed in state {other:?}");
+                    *s = other;
+                    None
+                }
+            }
+        };
+        self.cv.notify_one();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    pub fn designate_leader(&self) {
+        let mut s = lock(&self.state);
+        assert!(matches!(*s, State::Waiting(None)), "only a parked blocking caller can be made leader");
+        *s = State::Lead;
+        drop(s);
+        self.cv.notify_one();
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(*lock(&self.state), State::Done(_))
+    }
+
+    fn wait(&self) -> Wake {
+        let mut s = lock(&self.state);
+        loop {
+            match &*s {
+                State::Done(_) => match std::mem::replace(&mut *s, State::Taken) {
+                    State::Done(o) => return Wake::Done(o),
+                    _ => unreachable!(),
+                },
+                State::Lead => {
+                    *s = State::Waiting(None);
+                    return Wake::Lead;
+                }
+                State::Taken => return Wake::Done(Err(AppendError::Closed)),
+                State::Waiting(_) => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut s = lock(&self.state);
+        match &mut *s {
+            State::Done(_) => match std::mem::replace(&mut *s, State::Taken) {
+                State::Done(o) => Poll::Ready(o),
+                _ => unreachable!(),
+            },
+            State::Waiting(w) => {
+                *w = Some(cx.waker().clone());
+                Poll::Pending
+            }
+            State::Lead => unreachable!("async requests are never designated leader"),
+            State::Taken => Poll::Ready(Err(AppendError::Closed)),
+        }
+    }
+}
+
+/// A submitted request. `wait()` blocks until it is durable (under the sync policy); `.await` does the same
+/// without blocking a thread.
+///
+/// # Cancel safety
+/// The request was submitted when the call that returned this value returned: dropping it, or dropping the
+/// future before it completes, does not withdraw the record. It is still written in order, and a later
+/// `sync()` covers it.
+#[must_use = "the record is written either way; wait or await to learn whether it is durable"]
+#[derive(Debug)]
+pub struct Pending {
+    inner: PendingInner,
+}
+
+#[derive(Debug)]
+enum PendingInner {
+    Queued { shared: Arc<Shared>, slot: Arc<Slot>, lead_first: bool },
+    Ready(Option<Outcome>),
+}
+
+impl Pending {
+    pub(crate) fn queued(shared: Arc<Shared>, slot: Arc<Slot>, lead_first: bool) -> Pending {
+        Pending { inner: PendingInner::Queued { shared, slot, lead_first } }
+    }
+
+    pub(crate) fn ready(outcome: Outcome) -> Pending {
+        Pending { inner: PendingInner::Ready(Some(outcome)) }
+    }
+
+    /// Blocks until the request is durable under the sync policy, and returns its LSN. A caller that finds
+    /// the journal idle writes the batch itself (it becomes the group-commit leader); others wait for theirs.
+    pub fn wait(self) -> Outcome {
+        match self.inner {
+            PendingInner::Ready(o) => o.unwrap_or(Err(AppendError::Closed)),
+            PendingInner::Queued { shared, slot, lead_first } => {
+                if lead_first {
+                    lead(&shared, Some(&slot));
+                }
+                loop {
+                    match slot.wait() {
+                        Wake::Done(o) => return o,
+                        Wake::Lead => lead(&shared, Some(&slot)),
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Future for Pending {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        match &mut self.inner {
+            PendingInner::Ready(o) => Poll::Ready(o.take().unwrap_or(Err(AppendError::Closed))),
+            PendingInner::Queued { slot, lead_first, .. } => {
+                debug_assert!(!*lead_first, "async submissions are led by the writer thread");
+                slot.poll(cx)
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The batch writer: turns a batch of requests into frames, writes them into the active segment with one
+//! vectored write per segment touched, fdatasyncs as the policy says, rolls over to a spare segment when the
+//! active one is full, and completes each request.
+//!
+//! # Crash safety
+//! - A segment is activated by writing its header together with its first frames; recovery treats a
+//!   newest segment whose header never landed as a torn activation.
+//! - Before anything is written into a new segment, the previous one is sealed and fdatasynced, so only the
+//!   newest segment can ever hold a torn tail.
+//! - `since_sync` in each frame tells recovery which frames could not yet have been acknowledged.
+//!
+//! # Failure
+//! - A failed fdatasync poisons the journal: the kernel may have dropped the dirty pages, so the bytes in
+//!   the file are unknown. Nothing is retried; every waiting and later caller gets the error.
+//! - A failed write (ENOSPC) fails the requests of that write, reverts their effect on the writer's model
+//!   and LSN counter, and overwrites what may have landed with zeros so that no stale frame survives; the
+//!   next batch writes at the same offset.
+
+use std::io::{self, IoSlice};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::model::{Model, Undo};
+use super::{Request, RequestOp, Shared};
+use crate::error::AppendError;
+use crate::format::frame::{FrameHeader, FrameType, HEADER_BYTES};
+use crate::format::segment_header::{self, SegmentHeader};
+use crate::format::{unix_ms_now, Binding};
+use crate::limits::{FRAME_HEADER_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES};
+use crate::segment::spares::{Spare, SparePool};
+use crate::types::{Lsn, SyncPolicy};
+use crate::vfs::VfsFile;
+
+/// The segment being appended to.
+#[derive(Debug)]
+pub(crate) struct Active {
+    pub path: PathBuf,
+    pub file: Box<dyn VfsFile>,
+    pub binding: Binding,
+    /// Where the next frame goes.
+    pub offset: u64,
+    pub capacity: u64,
+    /// Frames in the segment, seal excluded.
+    pub frames: u64,
+    /// Frames written since the last completed fdatasync of this segment.
+    pub since_sync: u32,
+    /// The header, until the first write into this segment lands.
+    pub header: Option<[u8; segment_header::BYTES]>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Writer {
+    pub journal_id: [u8; 16],
+    pub active: Option<Active>,
+    pub last_seq: u64,
+    pub next_lsn: Lsn,
+    pub model: Model,
+    pub spares: Arc<SparePool>,
+    pub policy: SyncPolicy,
+    /// Bytes were written since the last fdatasync.
+    pub unsynced: bool,
+}
+
+enum Stop {
+    Poisoned(AppendError),
+    Failed(AppendError),
+}
+
+fn poisoned(path: &std::path::Path, op: &'static str, e: io::Error) -> Stop {
+    Stop::Poisoned(AppendError::Poisoned { path: path.to_path_buf(), op, source: Arc::new(e) })
+}
+
+impl Writer {
+    /// Writes a batch and completes every request in it.
+    pub fn process(&mut self, batch: Vec<Request>, shared: &Shared) {
+        let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();
+        if let Some(p) = shared.poisoned() {
+            fail_all(&mut batch, 0, &p);
+            return;
+        }
+        let mut next = 0;
+        while next < batch.len() {
+            match self.write_run(&mut batch, &mut next) {
+                Ok(()) => {}
+                Err(Stop::Failed(e)) => {
+                    fail_all(&mut batch, next, &e);
+                    return;
+                }
+                Err(Stop::Poisoned(e)) => {
+                    shared.poison(e.clone());
+                    fail_all(&mut batch, 0, &e);
+                    return;
+                }
+            }
+        }
+        debug_assert!(batch.iter().all(Option::is_none), "every request completed");
+    }
+
+    /// Writes the requests from `*next` that fit into the active segment (activating or sealing as needed),
+    /// completes them, and advances `*next`.
+    fn write_run(&mut self, batch: &mut [Option<Request>], next: &mut usize) -> Result<(), Stop> {
+        let has_frames = batch[*next..].iter().flatten().any(|r| matches!(r.op, RequestOp::Frame { .. }));
+        if self.active.is_none() {
+            if !has_frames {
+                // Only syncs, nothing unsynced: every earlier segment was sealed and synced.
+                let done = Lsn(self.next_lsn.0 - 1);
+                for r in batch[*next..].iter_mut().filter_map(Option::take) {
+                    r.slot.complete(Ok(done));
+                }
+                *next = batch.len();
+                return Ok(());
+            }
+            let spare = self.spares.take().map_err(|e| match e {
+                AppendError::Poisoned { .. } => Stop::Poisoned(e),
+                e => Stop::Failed(e),
+            })?;
+            self.activate(spare);
+        }
+        let active = self.active.as_mut().expect("activated above");
+        let start_offset = active.offset;
+        let start_lsn = self.next_lsn;
+        let mut undo: Vec<Undo> = Vec::new();
+        let mut headers: Vec<[u8; HEADER_BYTES]> = Vec::new();
+        let mut planned: Vec<(usize, Option<Lsn>)> = Vec::new();
+        let mut end = active.offset;
+        let mut want_sync = self.policy == SyncPolicy::Always;
+        let mut segment_full = false;
+        let mut i = *next;
+        while i < batch.len() {
+            let Some(req) = batch[i].as_ref() else {
+                i += 1;
+                continue;
+            };
+            let RequestOp::Frame { frame_type, id, tx, kind } = req.op else {
+                want_sync = true;
+                planned.push((i, None));
+                i += 1;
+                continue;
+            };
+            let bytes = FRAME_HEADER_BYTES + req.payload.len() as u64;
+            if end + bytes + SEAL_FRAME_BYTES > active.capacity {
+                assert!(end > SEGMENT_HEADER_BYTES || active.frames > 0, "a frame larger than an empty segment");
+                segment_full = true;
+                break;
+            }
+            match self.model.apply(frame_type, id, tx, &mut undo) {
+                Ok(id_field) => {
+                    let lsn = self.next_lsn;
+                    let header = FrameHeader {
+                        payload_len: req.payload.len() as u32,
+                        lsn,
+                        id: id_field,
+                        tx,
+                        since_sync: active.since_sync + headers.len() as u32,
+                        frame_type,
+                        kind,
+                    };
+                    headers.push(header.encode(&active.binding, &req.payload_crc));
+                    planned.push((i, Some(lsn)));
+                    self.next_lsn = Lsn(lsn.0 + 1);
+                    end += bytes;
+                }
+                Err(e) => {
+                    if let Some(r) = batch[i].take() {
+                        r.slot.complete(Err(e));
+                    }
+                }
+            }
+            i += 1;
+        }
+
+        if !headers.is_empty() {
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 1);
+            let write_at = match &active.header {
+                Some(h) => {
+                    slices.push(IoSlice::new(h));
+                    0
+                }
+                None => start_offset,
+            };
+            let mut h = headers.iter();
+            for (idx, lsn) in &planned {
+                if lsn.is_some() {
+                    let req = batch[*idx].as_ref().expect("planned requests are present");
+                    slices.push(IoSlice::new(h.next().expect("one header per frame")));
+                    if !req.payload.is_empty() {
+                        slices.push(IoSlice::new(&req.payload));
+                    }
+                }
+            }
+            if let Err(e) = active.file.write_all_at(&slices, write_at) {
+                drop(slices);
+                self.model.revert(undo);
+                self.next_lsn = start_lsn;
+                let active = self.active.as_mut().expect("still active");
+                // Whatever part of the write landed must not survive as frames a later batch could line up with.
+                let zeros = vec![0u8; (end - write_at) as usize];
+                active
+                    .file
+                    .write_all_at(&[IoSlice::new(&zeros)], write_at)
+                    .map_err(|z| poisoned(&active.path, "zero a failed write", z))?;
+                let source = Arc::new(e);
+                let err = if source.raw_os_error() == Some(libc::ENOSPC) {
+                    AppendError::NoSpace { path: active.path.clone(), source }
+                } else {
+                    AppendError::Poisoned { path: active.path.clone(), op: "write", source }
+                };
+                fail_planned(batch, &planned, &err);
+                *next = i;
+                return match err {
+                    AppendError::Poisoned { .. } => Err(Stop::Poisoned(err)),
+                    _ => Err(Stop::Failed(err)),
+                };
+            }
+            let active = self.active.as_mut().expect("still active");
+            active.header = None;
+            active.offset = end;
+            active.frames += headers.len() as u64;
+            active.since_sync += headers.len() as u32;
+            self.unsynced = true;
+        }
+        if want_sync && self.unsynced {
+            self.sync_active()?;
+        }
+        let durable = Lsn(self.next_lsn.0 - 1);
+        for (idx, lsn) in planned {
+            if let Some(r) = batch[idx].take() {
+                r.slot.complete(Ok(lsn.unwrap_or(durable)));
+            }
+        }
+        *next = i;
+        if segment_full {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), Stop> {
+        let active = self.active.as_mut().expect("sync needs an active segment");
+        active.file.sync_data().map_err(|e| poisoned(&active.path, "fdatasync", e))?;
+        active.since_sync = 0;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    fn activate(&mut self, spare: Spare) {
+        assert_eq!(spare.seq, self.last_seq + 1, "segments are used in sequence order");
+        let binding = Binding { journal_id: self.journal_id, segment_seq: spare.seq };
+        let header = SegmentHeader {
+            journal_id: self.journal_id,
+            segment_seq: spare.seq,
+            first_lsn: self.next_lsn,
+            created_unix_ms: unix_ms_now(),
+            segment_bytes: spare.bytes,
+            key_id: 0,
+        };
+        self.last_seq = spare.seq;
+        self.active = Some(Active {
+            path: spare.path,
+            file: spare.file,
+            binding,
+            offset: SEGMENT_HEADER_BYTES,
+            capacity: spare.bytes,
+            frames: 0,
+            since_sync: 0,
+            header: Some(header.encode()),
+        });
+    }
+
+    /// Writes the seal frame, fdatasyncs, and retires the active segment.
+    fn seal(&mut self) -> Result<(), Stop> {
+        let Some(active) = self.active.as_mut() else { return Ok(()) };
+        if active.header.is_some() {
+            // Never written: the spare stays usable as it is. Keep it active.
+            return Ok(());
+        }
+        assert!(active.offset + SEAL_FRAME_BYTES <= active.capacity, "room for the seal is always reserved");
+        let lsn = self.next_lsn;
+        let frame = seal_frame(&active.binding, lsn, active.frames, active.since_sync);
+        active
+            .file
+            .write_all_at(&[IoSlice::new(&frame)], active.offset)
+            .map_err(|e| poisoned(&active.path, "write seal", e))?;
+        active.file.sync_data().map_err(|e| poisoned(&active.path, "fdatasync", e))?;
+        self.next_lsn = Lsn(lsn.0 + 1);
+        self.unsynced = false;
+        self.active = None;
+        Ok(())
+    }
+
+    /// fdatasync if anything is unsynced (used by close).
+    pub fn flush(&mut self) -> Result<(), AppendError> {
+        if self.unsynced && self.active.is_some() {
+            return self.sync_active().map_err(|s| match s {
+                Stop::Poisoned(e) | Stop::Failed(e) => e,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of a seal frame.
+pub(crate) fn seal_frame(binding: &Binding, lsn: Lsn, frames: u64, since_sync: u32) -> [u8; HEADER_BYTES] {
+    let header = FrameHeader {
+        payload_len: 0,
+        lsn,
+        id: frames,
+        tx: 0,
+        since_sync,
+        frame_type: FrameType::Seal,
+        kind: 0,
+    };
+    header.encode(binding, &crc32fast::Hasher::new())
+}
+
+fn fail_all(batch: &mut [Option<Request>], from: usize, e: &AppendError) {
+    for r in batch[from..].iter_mut().filter_map(Option::take) {
+        r.slot.complete(Err(e.clone()));
+    }
+}
+
+fn fail_planned(batch: &mut [Option<Request>], planned: &[(usize, Option<Lsn>)], e: &AppendError) {
+    for (idx, _) in planned {
+        if let Some(r) = batch[*idx].take() {
+            r.slot.complete(Err(e.clone()));
+        }
+    }
+}

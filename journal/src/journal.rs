@@ -1,0 +1,415 @@
+//! The public journal handle.
+
+use std::fs::File;
+use std::io::IoSlice;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::commit::completion::Pending;
+use crate::commit::model::Model;
+use crate::commit::writer::{seal_frame, Active, Writer};
+use crate::commit::{writer_thread, RequestOp, Shared};
+use crate::error::{AppendError, OpenError};
+use crate::format::frame::FrameType;
+use crate::format::identity::{self, Identity};
+use crate::format::{unix_ms_now, Binding};
+use crate::limits::{self, payload_bytes_max_for};
+use crate::recovery::replay::TxOp;
+use crate::recovery::{recover_dir, Recovered, Resume};
+use crate::segment::spares::{Spare, SparePool};
+use crate::sync_util::lock;
+use crate::types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
+use crate::vfs::{OpenMode, StdVfs, Vfs};
+
+/// How a journal is opened and run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Size of each segment file; takes effect for segments created from now on.
+    pub segment_bytes: u64,
+    pub sync: SyncPolicy,
+    /// Upper bound on the bytes one group-commit batch writes.
+    pub max_batch_bytes: u64,
+    /// How long a leader waits for more requests before writing a batch smaller than `max_batch_bytes`.
+    /// Zero (the default) writes at once; requests that arrive during a write form the next batch anyway.
+    /// `keel journal perf` measures whether waiting pays on a given disk.
+    pub max_batch_wait: Duration,
+    pub recovery: RecoveryMode,
+    /// Spare segments kept pre-allocated.
+    pub spare_segments: u32,
+    /// The filesystem seam; tests substitute a fault-injecting one.
+    pub vfs: Arc<dyn Vfs>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            sync: SyncPolicy::Always,
+            max_batch_bytes: limits::BATCH_BYTES_DEFAULT,
+            max_batch_wait: Duration::ZERO,
+            recovery: RecoveryMode::Strict,
+            spare_segments: 1,
+            vfs: Arc::new(StdVfs),
+        }
+    }
+}
+
+impl Options {
+    fn validate(&self) -> Result<(), OpenError> {
+        let bad = |name, why: String| Err(OpenError::InvalidOption { name, why });
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return bad(
+                "segment_bytes",
+                format!(
+                    "{} is outside {}..={}",
+                    self.segment_bytes,
+                    limits::SEGMENT_BYTES_MIN,
+                    limits::SEGMENT_BYTES_MAX
+                ),
+            );
+        }
+        if self.segment_bytes % 4096 != 0 {
+            return bad("segment_bytes", format!("{} is not a multiple of 4096", self.segment_bytes));
+        }
+        if self.max_batch_bytes == 0 || self.max_batch_bytes > limits::BATCH_BYTES_MAX {
+            return bad("max_batch_bytes", format!("{} is outside 1..={}", self.max_batch_bytes, limits::BATCH_BYTES_MAX));
+        }
+        if self.max_batch_wait > Duration::from_millis(limits::BATCH_WAIT_MS_MAX) {
+            return bad("max_batch_wait", format!("{:?} exceeds {} ms", self.max_batch_wait, limits::BATCH_WAIT_MS_MAX));
+        }
+        if let SyncPolicy::Interval(d) = self.sync {
+            if d.is_zero() {
+                return bad("sync", "interval must be positive".into());
+            }
+        }
+        if self.spare_segments == 0 || self.spare_segments > 64 {
+            return bad("spare_segments", format!("{} is outside 1..=64", self.spare_segments));
+        }
+        Ok(())
+    }
+}
+
+/// An open journal. `Send + Sync`: share it by reference or in an `Arc` among threads and tasks.
+///
+/// Every append returns the record's LSN once it is durable under the [`SyncPolicy`]. Dropping the journal
+/// closes it like [`Journal::close`], ignoring errors.
+#[derive(Debug)]
+pub struct Journal {
+    shared: Arc<Shared>,
+    spares: Arc<SparePool>,
+    threads: Vec<JoinHandle<()>>,
+    dir: PathBuf,
+    payload_bytes_max: u64,
+    _lock: File,
+}
+
+impl Journal {
+    /// Opens the journal in `dir`, creating it if `dir` is empty or absent, and recovers it.
+    ///
+    /// # Crash safety
+    /// What `open` returns is durable: a clean newest segment is fdatasynced before use; a torn tail is
+    /// sealed over; transactions left neither committed nor prepared are rolled back with a logged rollback.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<(Journal, Recovered), OpenError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let vfs = options.vfs.clone();
+        vfs.create_dir_all(&dir).map_err(OpenError::io(&dir, "create directory"))?;
+        let lock_path = dir.join("LOCK");
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(OpenError::io(&lock_path, "open"))?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked { path: dir }),
+            Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::io(&lock_path, "lock")(e)),
+        }
+        create_identity_if_new(vfs.as_ref(), &dir)?;
+        let mut dr = recover_dir(vfs.as_ref(), &dir, options.recovery, &mut |_| {})?;
+
+        // Spares of another size (the option changed) are discarded: a roll-over relies on the size.
+        let mut spares = Vec::new();
+        let mut dropped_spare = false;
+        for (seq, path) in std::mem::take(&mut dr.spares) {
+            let file = vfs.open(&path, OpenMode::ReadWrite).map_err(OpenError::io(&path, "open"))?;
+            let bytes = file.len().map_err(OpenError::io(&path, "stat"))?;
+            if bytes == options.segment_bytes && !dropped_spare {
+                spares.push(Spare { seq, path, file, bytes });
+            } else {
+                dropped_spare = true;
+                dr.delete.push(path);
+            }
+        }
+        let mut next_seq = dr.next_seq;
+        if dropped_spare {
+            next_seq = spares.last().map_or(dr.segments.last().map_or(1, |s| s.seq + 1), |s| s.seq + 1);
+        }
+        for path in &dr.delete {
+            vfs.remove_file(path).map_err(OpenError::io(path, "delete"))?;
+        }
+        if !dr.delete.is_empty() {
+            vfs.sync_dir(&dir).map_err(OpenError::io(&dir, "fsync directory"))?;
+        }
+
+        let journal_id = dr.identity.journal_id;
+        let (active, next_lsn, last_seq) = match &dr.resume {
+            Resume::InPlace { seq, path, offset, frames, next_lsn } => {
+                let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;
+                file.sync_data().map_err(OpenError::io(path, "fdatasync"))?;
+                let capacity = file.len().map_err(OpenError::io(path, "stat"))?;
+                let active = Active {
+                    path: path.clone(),
+                    file,
+                    binding: Binding { journal_id, segment_seq: *seq },
+                    offset: *offset,
+                    capacity,
+                    frames: *frames,
+                    since_sync: 0,
+                    header: None,
+                };
+                (Some(active), *next_lsn, *seq)
+            }
+            Resume::SealThenNew { path, segment_seq, offset, frames, seal_lsn } => {
+                let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;
+                let binding = Binding { journal_id, segment_seq: *segment_seq };
+                let frame = seal_frame(&binding, *seal_lsn, *frames, 0);
+                file.write_all_at(&[IoSlice::new(&frame)], *offset).map_err(OpenError::io(path, "write seal"))?;
+                file.sync_data().map_err(OpenError::io(path, "fdatasync"))?;
+                (None, Lsn(seal_lsn.0 + 1), *segment_seq)
+            }
+            Resume::New { next_lsn } => {
+                let last_seq = dr.segments.last().map_or(next_seq - 1 - spares.len() as u64, |s| s.seq);
+                (None, *next_lsn, last_seq)
+            }
+        };
+        if let Some(first) = spares.first() {
+            assert_eq!(first.seq, last_seq + 1, "spares continue the active segments");
+        }
+
+        let mut model = Model::seed(dr.recovered.records.keys().copied());
+        for p in &dr.recovered.prepared {
+            let ops = p.records.iter().map(|r| (tx_frame(r.op), r.id)).collect();
+            model.seed_tx(p.tx, ops, true);
+        }
+        for tx in &dr.recovered.report.incomplete_txs {
+            model.seed_tx(*tx, Vec::new(), false);
+        }
+
+        let spare_pool = Arc::new(SparePool::new(
+            vfs.clone(),
+            dir.clone(),
+            options.segment_bytes,
+            options.spare_segments as usize,
+            spares,
+            next_seq,
+        ));
+        let writer = Writer {
+            journal_id,
+            active,
+            last_seq,
+            next_lsn,
+            model,
+            spares: spare_pool.clone(),
+            policy: options.sync,
+            unsynced: false,
+        };
+        let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(spawn("keel-journal-writer", move || writer_thread(s)).map_err(OpenError::io(&dir, "spawn writer thread"))?);
+        let (pool, s) = (spare_pool.clone(), shared.clone());
+        threads.push(
+            spawn("keel-journal-spares", move || pool.run(&|e| s.poison(e)))
+                .map_err(OpenError::io(&dir, "spawn spare thread"))?,
+        );
+        let journal = Journal {
+            shared,
+            spares: spare_pool,
+            threads,
+            dir,
+            payload_bytes_max: payload_bytes_max_for(options.segment_bytes),
+            _lock: lock_file,
+        };
+        for tx in &dr.recovered.report.incomplete_txs {
+            journal.rollback(*tx).map_err(|e| OpenError::Io {
+                path: journal.dir.clone(),
+                op: "log rollback of an incomplete transaction",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        }
+        Ok((journal, dr.recovered))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The largest payload an append accepts.
+    pub fn payload_bytes_max(&self) -> u64 {
+        self.payload_bytes_max
+    }
+
+    fn submit(&self, frame_type: FrameType, id: RecordId, tx: u64, kind: u8, payload: &[u8], blocking: bool) -> Pending {
+        if payload.len() as u64 > self.payload_bytes_max {
+            return Pending::ready(Err(AppendError::PayloadTooLarge {
+                len: payload.len() as u64,
+                max: self.payload_bytes_max,
+            }));
+        }
+        self.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), blocking)
+    }
+
+    /// Adds record `id`, which must not be live.
+    pub fn add(&self, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Add, id, 0, kind, payload, true).wait()
+    }
+    /// Replaces live record `id`.
+    pub fn update(&self, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Update, id, 0, kind, payload, true).wait()
+    }
+    /// Deletes live record `id`.
+    pub fn delete(&self, id: RecordId) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Delete, id, 0, 0, &[], true).wait()
+    }
+    /// Stages an add in transaction `tx` (opening it if needed).
+    pub fn add_tx(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::AddTx, id, tx.get(), kind, payload, true).wait()
+    }
+    pub fn update_tx(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::UpdateTx, id, tx.get(), kind, payload, true).wait()
+    }
+    pub fn delete_tx(&self, tx: TxId, id: RecordId) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::DeleteTx, id, tx.get(), 0, &[], true).wait()
+    }
+    /// First phase of two-phase commit: after this returns, the transaction survives a crash as prepared,
+    /// with `data`, until `commit` or `rollback`.
+    pub fn prepare(&self, tx: TxId, data: &[u8]) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Prepare, 0, tx.get(), 0, data, true).wait()
+    }
+    pub fn commit(&self, tx: TxId) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Commit, 0, tx.get(), 0, &[], true).wait()
+    }
+    pub fn rollback(&self, tx: TxId) -> Result<Lsn, AppendError> {
+        self.submit(FrameType::Rollback, 0, tx.get(), 0, &[], true).wait()
+    }
+    /// Makes everything written so far durable, whatever the policy; returns the last LSN written.
+    pub fn sync(&self) -> Result<Lsn, AppendError> {
+        self.shared.submit(RequestOp::Sync, Vec::new(), true).wait()
+    }
+
+    /// The async form of [`Journal::add`]. The request is queued before this returns (see [`Pending`]).
+    pub fn add_async(&self, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
+        self.submit(FrameType::Add, id, 0, kind, payload, false)
+    }
+    pub fn update_async(&self, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
+        self.submit(FrameType::Update, id, 0, kind, payload, false)
+    }
+    pub fn delete_async(&self, id: RecordId) -> Pending {
+        self.submit(FrameType::Delete, id, 0, 0, &[], false)
+    }
+    pub fn add_tx_async(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
+        self.submit(FrameType::AddTx, id, tx.get(), kind, payload, false)
+    }
+    pub fn update_tx_async(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
+        self.submit(FrameType::UpdateTx, id, tx.get(), kind, payload, false)
+    }
+    pub fn delete_tx_async(&self, tx: TxId, id: RecordId) -> Pending {
+        self.submit(FrameType::DeleteTx, id, tx.get(), 0, &[], false)
+    }
+    pub fn prepare_async(&self, tx: TxId, data: &[u8]) -> Pending {
+        self.submit(FrameType::Prepare, 0, tx.get(), 0, data, false)
+    }
+    pub fn commit_async(&self, tx: TxId) -> Pending {
+        self.submit(FrameType::Commit, 0, tx.get(), 0, &[], false)
+    }
+    pub fn rollback_async(&self, tx: TxId) -> Pending {
+        self.submit(FrameType::Rollback, 0, tx.get(), 0, &[], false)
+    }
+    pub fn sync_async(&self) -> Pending {
+        self.shared.submit(RequestOp::Sync, Vec::new(), false)
+    }
+
+    /// The error that stopped the journal, if an fdatasync failed.
+    pub fn poisoned(&self) -> Option<AppendError> {
+        self.shared.poisoned()
+    }
+
+    /// Blocks until the spare pool is full or `timeout` passes; true if full. For benchmarks and callers
+    /// about to write a burst that should not compete with pre-allocation.
+    pub fn wait_for_spares(&self, timeout: Duration) -> bool {
+        self.spares.wait_full(timeout)
+    }
+
+    /// Makes everything durable and stops the journal's threads.
+    pub fn close(mut self) -> Result<(), AppendError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), AppendError> {
+        if self.threads.is_empty() {
+            return Ok(());
+        }
+        let synced = self.sync().map(|_| ());
+        self.shared.close();
+        self.shared.shutdown_writer_thread();
+        self.spares.shutdown();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let flushed = lock(&self.shared_writer()).flush();
+        synced.and(flushed)
+    }
+
+    fn shared_writer(&self) -> &std::sync::Mutex<Writer> {
+        self.shared.writer_mutex()
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.to_owned()).spawn(f)
+}
+
+fn tx_frame(op: TxOp) -> FrameType {
+    match op {
+        TxOp::Add => FrameType::AddTx,
+        TxOp::Update => FrameType::UpdateTx,
+        TxOp::Delete => FrameType::DeleteTx,
+    }
+}
+
+/// Creates the identity file in a directory that holds no journal yet.
+fn create_identity_if_new(vfs: &dyn Vfs, dir: &Path) -> Result<(), OpenError> {
+    if crate::recovery::read_identity(vfs, dir)?.is_some() {
+        return Ok(());
+    }
+    let names = vfs.list(dir).map_err(OpenError::io(dir, "list directory"))?;
+    if names.iter().any(|n| matches!(crate::segment::parse_name(n), crate::segment::EntryName::Segment(_))) {
+        return Err(OpenError::MissingIdentity { dir: dir.to_path_buf() });
+    }
+    let mut journal_id = [0u8; 16];
+    getrandom::fill(&mut journal_id).map_err(|e| OpenError::Io {
+        path: dir.to_path_buf(),
+        op: "generate journal id",
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let bytes = Identity { journal_id, created_unix_ms: unix_ms_now() }.encode();
+    let tmp = dir.join(format!("{}.tmp", identity::FILE_NAME));
+    let path = dir.join(identity::FILE_NAME);
+    let _ = vfs.remove_file(&tmp);
+    let file = vfs.open(&tmp, OpenMode::CreateNew).map_err(OpenError::io(&tmp, "create"))?;
+    file.write_all_at(&[IoSlice::new(&bytes)], 0).map_err(OpenError::io(&tmp, "write"))?;
+    file.sync_all().map_err(OpenError::io(&tmp, "fsync"))?;
+    vfs.rename(&tmp, &path).map_err(OpenError::io(&tmp, "rename"))?;
+    vfs.sync_dir(dir).map_err(OpenError::io(dir, "fsync directory"))?;
+    Ok(())
+}

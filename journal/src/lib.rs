@@ -1,0 +1,62 @@
+//! # keel-journal
+//!
+//! An append-only, segmented, checksummed journal for message brokers: add, update and delete records,
+//! transactions with two-phase commit, group-committed fdatasync, and crash recovery that tells a torn tail
+//! from corruption. The on-disk format is specified in `docs/FORMAT.md`.
+//!
+//! ## Guarantees
+//! - Under [`SyncPolicy::Always`], an append returns only after its bytes were fdatasynced; it survives a
+//!   process kill and a power loss. Concurrent appends share one write and one fdatasync.
+//! - Every frame is checksummed (CRC32) with the journal id and segment sequence bound into the checksum,
+//!   so stale bytes of a recycled or foreign file never pass as records.
+//! - Recovery discards only a torn last sync group of the newest segment, and says so. Any other damage is
+//!   reported as [`Corruption`] naming file and byte offset; [`RecoveryMode::Salvage`] skips it instead
+//!   and reports every skipped range.
+//! - A failed fdatasync stops the journal for good ([`AppendError::Poisoned`]); a full disk fails only the
+//!   appends it hits ([`AppendError::NoSpace`]) and writing resumes when space is freed.
+//!
+//! ## Example
+//! ```
+//! use keel_journal::{Journal, Options, TxId};
+//! let dir = tempfile::tempdir().unwrap();
+//! let opts = Options { segment_bytes: 1 << 20, ..Options::default() };
+//! let (journal, recovered) = Journal::open(dir.path(), opts.clone()).unwrap();
+//! assert!(recovered.records.is_empty());
+//! journal.add(1, 0, b"hello").unwrap();
+//! let tx = TxId::new(7).unwrap();
+//! journal.add_tx(tx, 2, 0, b"in a tx").unwrap();
+//! journal.prepare(tx, b"xid").unwrap();
+//! drop(journal);
+//! let (_journal, recovered) = Journal::open(dir.path(), opts).unwrap();
+//! assert_eq!(recovered.records[&1].payload, b"hello");
+//! assert_eq!(recovered.prepared[0].tx, tx);
+//! ```
+
+mod commit;
+mod error;
+mod format;
+pub mod inspect;
+mod journal;
+pub mod limits;
+mod recovery;
+mod segment;
+mod sync_util;
+mod types;
+pub mod vfs;
+
+pub use commit::completion::Pending;
+pub use error::{AppendError, Corruption, CorruptionKind, OpenError};
+pub use format::frame::{FrameHeader, FrameType};
+pub use journal::{Journal, Options};
+pub use recovery::replay::{PreparedTx, Record, TxOp, TxRecord};
+pub use recovery::scan::{SegmentEnd, SkippedRange};
+pub use recovery::{Recovered, RecoveryReport, SegmentSummary, TornTail};
+pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
+
+/// Frame codec, exposed for the fuzz target and tools; not a stable API.
+#[doc(hidden)]
+pub mod __format {
+    pub use crate::format::frame::{decode_frame, encode_frame, FrameError};
+    pub use crate::format::Binding;
+    pub use crate::recovery::scan::{scan_segment, ScanInput};
+}

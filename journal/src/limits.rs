@@ -1,0 +1,45 @@
+//! Every bound the journal relies on, named, with compile-time checks on how they relate.
+
+/// Size of the segment header at offset 0 of every segment (docs/FORMAT.md).
+pub const SEGMENT_HEADER_BYTES: u64 = 256;
+/// Size of every frame header.
+pub const FRAME_HEADER_BYTES: u64 = 40;
+/// A record body or prepare payload may not exceed this.
+pub const PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Smallest segment a journal may be configured with.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest segment a journal may be configured with (recovery reads a whole segment at a time).
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Default segment size.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// A seal frame carries no payload.
+pub const SEAL_FRAME_BYTES: u64 = FRAME_HEADER_BYTES;
+/// Default bound on the bytes one group-commit batch writes.
+pub const BATCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+/// Upper bound on `max_batch_bytes`.
+pub const BATCH_BYTES_MAX: u64 = 256 * 1024 * 1024;
+/// Upper bound on the configurable group-commit wait.
+pub const BATCH_WAIT_MS_MAX: u64 = 100;
+/// Slices handed to one vectored write (Linux IOV_MAX).
+pub const IOV_MAX: usize = 1024;
+/// Chunk used when zero-filling a spare segment.
+pub const ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(SEGMENT_HEADER_BYTES % 8 == 0);
+const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + SEAL_FRAME_BYTES);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64, "since_sync and frame counts are u32");
+const _: () = assert!(PAYLOAD_BYTES_MAX <= u32::MAX as u64, "payload_len is u32 on disk");
+const _: () = assert!(BATCH_BYTES_DEFAULT <= BATCH_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % ZERO_FILL_CHUNK_BYTES as u64 == 0);
+
+/// The largest payload that fits in a segment of `segment_bytes` next to its header, one frame header and
+/// the seal frame that must always remain writable.
+pub const fn payload_bytes_max_for(segment_bytes: u64) -> u64 {
+    let room = segment_bytes - SEGMENT_HEADER_BYTES - FRAME_HEADER_BYTES - SEAL_FRAME_BYTES;
+    if room < PAYLOAD_BYTES_MAX {
+        room
+    } else {
+        PAYLOAD_BYTES_MAX
+    }
+}

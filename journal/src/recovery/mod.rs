@@ -1,0 +1,348 @@
+//! Recovery: reads a journal directory, in segment order, into the live records, the prepared transactions
+//! and a report of everything discarded, and says where the writer must resume. Read-only: the fix-ups it
+//! asks for (seal a torn tail, delete a torn activation) are carried out by `Journal::open`.
+
+pub mod replay;
+pub mod scan;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Corruption, CorruptionKind, OpenError};
+use crate::format::frame::FrameHeader;
+use crate::format::identity::{self, Identity};
+use crate::format::segment_header::{HeaderError, SegmentHeader};
+use crate::format::Binding;
+use crate::limits::SEGMENT_HEADER_BYTES;
+use crate::segment::{self, EntryName};
+use crate::types::{Lsn, RecordId, RecoveryMode, TxId};
+use crate::vfs::{OpenMode, Vfs};
+use replay::{PreparedTx, Record, Replay};
+use scan::{ScanInput, SegmentEnd, SkippedRange};
+
+/// What `open` recovered.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The latest version of every live record.
+    pub records: BTreeMap<RecordId, Record>,
+    /// Transactions prepared and not yet resolved, in prepare order. The caller commits or rolls them back.
+    pub prepared: Vec<PreparedTx>,
+    pub report: RecoveryReport,
+}
+
+/// Everything recovery read, discarded or skipped.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub segments_read: u32,
+    pub spare_segments: u32,
+    pub frames: u64,
+    /// Bytes of segment files read (headers and frames up to each segment's end).
+    pub bytes_read: u64,
+    pub last_lsn: Option<Lsn>,
+    /// The newest segment's damaged last sync group, discarded.
+    pub torn_tail: Option<TornTail>,
+    /// A newest segment whose header never became durable; it held no acknowledged frame and is removed.
+    pub torn_activation: Option<PathBuf>,
+    /// Ranges skipped in salvage mode. Empty in strict mode.
+    pub skipped: Vec<SkippedRange>,
+    pub committed_txs: u64,
+    /// Transactions with a rollback frame in the log.
+    pub rolled_back_txs: u64,
+    /// Transactions neither committed, rolled back nor prepared when the log ended; rolled back now.
+    pub incomplete_txs: Vec<TxId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// A frame as the data tools see it.
+pub struct FrameEvent<'a> {
+    pub path: &'a Path,
+    pub segment_seq: u64,
+    pub offset: u64,
+    pub header: &'a FrameHeader,
+    pub payload: &'a [u8],
+}
+
+/// One segment as recovery found it.
+#[derive(Clone, Debug)]
+pub struct SegmentSummary {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub file_bytes: u64,
+    pub first_lsn: Lsn,
+    pub frames: u64,
+    /// Where its frames end (the seal frame's offset, the write position, or the torn offset).
+    pub end_offset: u64,
+    pub end: SegmentEnd,
+}
+
+/// Where the writer resumes.
+#[derive(Debug)]
+pub(crate) enum Resume {
+    /// Append to the newest segment.
+    InPlace { seq: u64, path: PathBuf, offset: u64, frames: u64, next_lsn: Lsn },
+    /// Seal the newest segment at `offset` (writing over a torn tail), then start a new segment.
+    SealThenNew { path: PathBuf, segment_seq: u64, offset: u64, frames: u64, seal_lsn: Lsn },
+    /// Start a new segment.
+    New { next_lsn: Lsn },
+}
+
+/// The full result of reading a directory.
+pub(crate) struct DirRecovery {
+    pub identity: Identity,
+    pub recovered: Recovered,
+    pub segments: Vec<SegmentSummary>,
+    pub resume: Resume,
+    /// Spare segments, in sequence order, ready to be used as they are.
+    pub spares: Vec<(u64, PathBuf)>,
+    /// Files to delete before writing: temporary spares, a torn activation and the spares after it.
+    pub delete: Vec<PathBuf>,
+    /// The sequence number the next newly created segment gets.
+    pub next_seq: u64,
+}
+
+pub(crate) fn read_identity(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Identity>, OpenError> {
+    let path = dir.join(identity::FILE_NAME);
+    let file = match vfs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenError::io(&path, "open")(e)),
+    };
+    let len = file.len().map_err(OpenError::io(&path, "stat"))?;
+    let mut buf = vec![0u8; len.min(1 << 20) as usize];
+    file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
+    Identity::decode(&buf).map(Some).map_err(|source| OpenError::Identity { path, source })
+}
+
+/// Reads the directory. `visit` sees every valid frame in LSN order, seal frames excluded.
+pub(crate) fn recover_dir(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    mode: RecoveryMode,
+    visit: &mut dyn FnMut(&FrameEvent<'_>),
+) -> Result<DirRecovery, OpenError> {
+    let names = vfs.list(dir).map_err(OpenError::io(dir, "list directory"))?;
+    let mut seqs = Vec::new();
+    let mut delete = Vec::new();
+    for name in &names {
+        match segment::parse_name(name) {
+            EntryName::Segment(seq) => seqs.push(seq),
+            EntryName::Tmp(_) => delete.push(dir.join(name)),
+            EntryName::Other => {}
+        }
+    }
+    seqs.sort_unstable();
+    let identity = match read_identity(vfs, dir)? {
+        Some(id) => id,
+        None if seqs.is_empty() => return Err(OpenError::NotAJournal { dir: dir.to_path_buf() }),
+        None => return Err(OpenError::MissingIdentity { dir: dir.to_path_buf() }),
+    };
+    let corrupt = |path: &Path, offset: u64, what| Corruption { path: path.to_path_buf(), offset, what };
+    let mut report = RecoveryReport::default();
+
+    // Read every header; spares (all-zero headers) may only trail the active segments.
+    let mut headers = Vec::with_capacity(seqs.len());
+    for &seq in &seqs {
+        let path = dir.join(segment::file_name(seq));
+        let file = vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
+        let file_bytes = file.len().map_err(OpenError::io(&path, "stat"))?;
+        let mut buf = vec![0u8; SEGMENT_HEADER_BYTES.min(file_bytes) as usize];
+        file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
+        headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
+    }
+    let active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
+    let mut spares = Vec::new();
+    for (seq, path, _, _) in headers.iter().skip(active_count) {
+        spares.push((*seq, path.clone()));
+    }
+    report.spare_segments = spares.len() as u32;
+
+    let mut replay = Replay::default();
+    let lenient = mode == RecoveryMode::Salvage;
+    let mut segments: Vec<SegmentSummary> = Vec::new();
+    let mut expected: Option<Lsn> = None;
+    let mut resume = Resume::New { next_lsn: Lsn(1) };
+    let mut prev_seq: Option<u64> = None;
+
+    for (index, (seq, path, file_bytes, header)) in headers.iter().take(active_count).enumerate() {
+        let newest = index + 1 == active_count;
+        if let Some(p) = prev_seq {
+            if *seq != p + 1 {
+                let what = CorruptionKind::MissingSegment { expected: p + 1, found: *seq };
+                salvage_or_fail(mode, &mut report, corrupt(path, 0, what))?;
+                expected = None;
+            }
+        }
+        prev_seq = Some(*seq);
+        let binding = Binding { journal_id: identity.journal_id, segment_seq: *seq };
+        let header = match header {
+            Ok(h) => *h,
+            Err(HeaderError::Zero) => {
+                let what = CorruptionKind::SpareBeforeActive { later: headers[active_count - 1].0 };
+                salvage_or_fail(mode, &mut report, corrupt(path, 0, what))?;
+                continue;
+            }
+            Err(e) => {
+                if newest {
+                    let data = read_whole(vfs, path, *file_bytes)?;
+                    let min = expected.unwrap_or(Lsn(1));
+                    let torn = match scan::find_next_valid(&binding, &data, SEGMENT_HEADER_BYTES, min) {
+                        None => true,
+                        Some((_, h)) => h.lsn.0.saturating_sub(u64::from(h.since_sync)) <= min.0,
+                    };
+                    if torn {
+                        // Header and first batch went down in one write that never completed: nothing in it
+                        // was acknowledged. Spares after it would leave a gap once it is gone, so they go too.
+                        report.torn_activation = Some(path.clone());
+                        delete.push(path.clone());
+                        for (_, p) in spares.drain(..) {
+                            delete.push(p);
+                        }
+                        report.spare_segments = 0;
+                        resume = Resume::New { next_lsn: min };
+                        break;
+                    }
+                }
+                salvage_or_fail(mode, &mut report, corrupt(path, 0, CorruptionKind::Header(e.clone())))?;
+                expected = None;
+                continue;
+            }
+        };
+        if header.journal_id != identity.journal_id {
+            let what = CorruptionKind::ForeignSegment {
+                expected: identity::id_hex(&identity.journal_id),
+                found: identity::id_hex(&header.journal_id),
+            };
+            salvage_or_fail(mode, &mut report, corrupt(path, 16, what))?;
+            expected = None;
+            continue;
+        }
+        if header.segment_seq != *seq {
+            let what = CorruptionKind::SequenceMismatch { in_name: *seq, in_header: header.segment_seq };
+            salvage_or_fail(mode, &mut report, corrupt(path, 32, what))?;
+            continue;
+        }
+        if header.segment_bytes != *file_bytes {
+            let what = CorruptionKind::SizeMismatch { declared: header.segment_bytes, actual: *file_bytes };
+            salvage_or_fail(mode, &mut report, corrupt(path, 56, what))?;
+            continue;
+        }
+        if let Some(e) = expected {
+            if header.first_lsn != e {
+                let what = CorruptionKind::LsnGap { expected: e, found: header.first_lsn };
+                salvage_or_fail(mode, &mut report, corrupt(path, 40, what))?;
+            }
+        }
+        if let Some(last) = segments.last() {
+            if !matches!(last.end, SegmentEnd::Sealed { .. } | SegmentEnd::Unterminated { .. }) {
+                let what = CorruptionKind::NotSealed { later: *seq };
+                salvage_or_fail(mode, &mut report, corrupt(&last.path, last.end_offset, what))?;
+            }
+        }
+
+        let data = read_whole(vfs, path, *file_bytes)?;
+        let input = ScanInput { path, data: &data, binding, first_lsn: header.first_lsn, newest, mode };
+        let mut on_frame = |offset: u64, h: &FrameHeader, payload: &[u8]| {
+            replay.apply(h, payload, lenient).map_err(|what| corrupt(path, offset, what))?;
+            visit(&FrameEvent { path, segment_seq: *seq, offset, header: h, payload });
+            Ok(())
+        };
+        let scanned = scan::scan_segment(&input, &mut on_frame)?;
+        let end_offset = match scanned.end {
+            SegmentEnd::Sealed { offset, .. }
+            | SegmentEnd::Open { offset }
+            | SegmentEnd::Torn { offset, .. }
+            | SegmentEnd::Unterminated { offset } => offset,
+        };
+        report.segments_read += 1;
+        report.frames += scanned.frames;
+        report.bytes_read += end_offset;
+        report.skipped.extend(scanned.skipped.iter().cloned());
+        if scanned.next_lsn.0 > header.first_lsn.0 {
+            report.last_lsn = Some(Lsn(scanned.next_lsn.0 - 1));
+        }
+        expected = Some(scanned.next_lsn);
+        resume = match scanned.end {
+            SegmentEnd::Sealed { .. } => Resume::New { next_lsn: scanned.next_lsn },
+            SegmentEnd::Open { offset } => Resume::InPlace {
+                seq: *seq,
+                path: path.clone(),
+                offset,
+                frames: scanned.frames,
+                next_lsn: scanned.next_lsn,
+            },
+            SegmentEnd::Torn { offset, bytes } => {
+                report.torn_tail = Some(TornTail { path: path.clone(), offset, bytes });
+                seal_then_new(path, *seq, offset, &scanned)
+            }
+            SegmentEnd::Unterminated { offset } => seal_then_new(path, *seq, offset, &scanned),
+        };
+        segments.push(SegmentSummary {
+            seq: *seq,
+            path: path.clone(),
+            file_bytes: *file_bytes,
+            first_lsn: header.first_lsn,
+            frames: scanned.frames,
+            end_offset,
+            end: scanned.end,
+        });
+    }
+
+    let end = replay.finish();
+    report.committed_txs = end.committed;
+    report.rolled_back_txs = end.rolled_back;
+    report.incomplete_txs = end.incomplete;
+    let next_seq = match (spares.last(), segments.last(), report.torn_activation.is_some()) {
+        (_, _, true) => seqs[active_count - 1],
+        (Some((s, _)), _, _) => s + 1,
+        (None, Some(last), _) => last.seq + 1,
+        (None, None, _) => seqs.last().map_or(1, |s| s + 1),
+    };
+    Ok(DirRecovery {
+        identity,
+        recovered: Recovered { records: end.records, prepared: end.prepared, report },
+        segments,
+        resume,
+        spares,
+        delete,
+        next_seq,
+    })
+}
+
+fn seal_then_new(path: &Path, seq: u64, offset: u64, scanned: &scan::Scanned) -> Resume {
+    Resume::SealThenNew {
+        path: path.to_path_buf(),
+        segment_seq: seq,
+        offset,
+        frames: scanned.frames,
+        seal_lsn: scanned.next_lsn,
+    }
+}
+
+fn salvage_or_fail(mode: RecoveryMode, report: &mut RecoveryReport, c: Corruption) -> Result<(), OpenError> {
+    match mode {
+        RecoveryMode::Strict => Err(OpenError::Corrupt(c)),
+        RecoveryMode::Salvage => {
+            report.skipped.push(SkippedRange {
+                path: c.path.clone(),
+                offset: c.offset,
+                bytes: 0,
+                reason: c.what.to_string(),
+                lsns: (Lsn(0), Lsn(0)),
+            });
+            Ok(())
+        }
+    }
+}
+
+fn read_whole(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<Vec<u8>, OpenError> {
+    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
+    let mut data = vec![0u8; bytes as usize];
+    file.read_exact_at(&mut data, 0).map_err(OpenError::io(path, "read"))?;
+    Ok(data)
+}

@@ -1,0 +1,55 @@
+//! Segment files: how they are named, and the pool of pre-allocated spares.
+
+pub mod spares;
+
+const SUFFIX: &str = ".kseg";
+const TMP_SUFFIX: &str = ".kseg.tmp";
+
+/// The file name of segment `seq`: 20 decimal digits, so names sort in sequence order.
+pub fn file_name(seq: u64) -> String {
+    format!("{seq:020}{SUFFIX}")
+}
+
+/// The temporary name a spare is zero-filled under before its rename.
+pub fn tmp_name(seq: u64) -> String {
+    format!("{seq:020}{TMP_SUFFIX}")
+}
+
+/// What a directory entry is, by name.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EntryName {
+    Segment(u64),
+    Tmp(u64),
+    Other,
+}
+
+pub fn parse_name(name: &str) -> EntryName {
+    let parse = |digits: &str| {
+        if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            digits.parse::<u64>().ok()
+        } else {
+            None
+        }
+    };
+    if let Some(d) = name.strip_suffix(TMP_SUFFIX) {
+        return parse(d).map_or(EntryName::Other, EntryName::Tmp);
+    }
+    if let Some(d) = name.strip_suffix(SUFFIX) {
+        return parse(d).map_or(EntryName::Other, EntryName::Segment);
+    }
+    EntryName::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_sort() {
+        assert_eq!(parse_name(&file_name(7)), EntryName::Segment(7));
+        assert_eq!(parse_name(&tmp_name(7)), EntryName::Tmp(7));
+        assert_eq!(parse_name("LOCK"), EntryName::Other);
+        assert_eq!(parse_name("7.kseg"), EntryName::Other);
+        assert!(file_name(9) < file_name(10));
+    }
+}

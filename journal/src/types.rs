@@ -1,0 +1,63 @@
+//! Small value types shared by the journal's modules.
+
+use std::fmt;
+
+/// Log sequence number: the position of a frame in the journal. Dense: each frame's LSN is the previous
+/// frame's plus one, across segments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A record's id, chosen by the caller.
+pub type RecordId = u64;
+
+/// A transaction id, chosen by the caller. Zero is reserved (it marks non-transactional frames on disk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxId(u64);
+
+impl TxId {
+    /// `None` for zero, which the format reserves.
+    pub const fn new(id: u64) -> Option<TxId> {
+        if id == 0 {
+            None
+        } else {
+            Some(TxId(id))
+        }
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TxId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// When an append is acknowledged relative to fdatasync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every call returns only after the bytes it wrote were fdatasynced (shared by concurrent callers).
+    Always,
+    /// Calls return after the write; a background sync runs at this interval. A crash of the machine may lose
+    /// up to one interval of acknowledged records; a crash of the process loses none.
+    Interval(std::time::Duration),
+    /// Calls return after the write; the journal fdatasyncs only on `sync()`, roll-over and close.
+    Never,
+}
+
+/// How `open` treats corruption (damage anywhere but the torn tail of the newest segment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryMode {
+    /// Refuse to open, naming the file and offset.
+    Strict,
+    /// Skip damaged ranges and report exactly what was skipped.
+    Salvage,
+}
