@@ -49,6 +49,21 @@ pub(crate) struct Request {
     pub blocking: bool,
 }
 
+impl Request {
+    fn sync() -> Request {
+        let slot = Arc::new(Slot::new());
+        Request { op: RequestOp::Sync, payload: Vec::new(), payload_crc: crc32fast::Hasher::new(), slot, blocking: false }
+    }
+
+    /// Bytes this request adds to a batch.
+    fn bytes(&self) -> u64 {
+        match self.op {
+            RequestOp::Frame { .. } => crate::limits::FRAME_HEADER_BYTES + self.payload.len() as u64,
+            RequestOp::Sync => 0,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     pending: VecDeque<Request>,
@@ -60,6 +75,13 @@ struct Queue {
     gathering: bool,
     closed: bool,
     shutdown: bool,
+}
+
+impl Queue {
+    fn push(&mut self, r: Request) {
+        self.pending_bytes += r.bytes();
+        self.pending.push_back(r);
+    }
 }
 
 #[derive(Debug)]
@@ -95,7 +117,6 @@ impl Shared {
         let mut payload_crc = crc32fast::Hasher::new();
         payload_crc.update(&payload);
         let slot = Arc::new(Slot::new());
-        let bytes = crate::limits::FRAME_HEADER_BYTES + payload.len() as u64;
         let mut q = lock(&self.queue);
         if let Some(p) = self.poison.get() {
             return Pending::ready(Err(p.clone()));
@@ -103,8 +124,7 @@ impl Shared {
         if q.closed {
             return Pending::ready(Err(AppendError::Closed));
         }
-        q.pending.push_back(Request { op, payload, payload_crc, slot: slot.clone(), blocking });
-        q.pending_bytes += bytes;
+        q.push(Request { op, payload, payload_crc, slot: slot.clone(), blocking });
         let mut lead_first = false;
         if !q.leader_active {
             q.leader_active = true;
@@ -126,7 +146,11 @@ impl Shared {
         if self.poison.set(error.clone()).is_ok() {
             tracing::error!(%error, "journal poisoned");
         }
-        let drained: Vec<Request> = lock(&self.queue).pending.drain(..).collect();
+        let drained: Vec<Request> = {
+            let mut q = lock(&self.queue);
+            q.pending_bytes = 0;
+            q.pending.drain(..).collect()
+        };
         let error = self.poison.get().cloned().unwrap_or(error);
         for r in drained {
             r.slot.complete(Err(error.clone()));
@@ -170,13 +194,14 @@ impl Shared {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         while let Some(r) = q.pending.front() {
-            let b = crate::limits::FRAME_HEADER_BYTES + r.payload.len() as u64;
+            let b = r.bytes();
             if !batch.is_empty() && bytes + b > self.max_batch_bytes {
                 break;
             }
             bytes += b;
             batch.push(q.pending.pop_front().expect("front exists"));
         }
+        debug_assert!(q.pending_bytes >= bytes);
         q.pending_bytes -= bytes;
         if batch.is_empty() {
             q.leader_active = false;
@@ -189,6 +214,7 @@ impl Shared {
 /// Leads batches until `mine` (a blocking caller's request) is done, then hands leadership on; with `mine`
 /// absent (the writer thread), leads until the queue is empty.
 pub(crate) fn lead(shared: &Arc<Shared>, mine: Option<&Slot>) {
+    let _guard = LeaderPanicGuard(shared);
     loop {
         let Some(batch) = shared.take_batch() else { return };
         {
@@ -209,6 +235,22 @@ pub(crate) fn lead(shared: &Arc<Shared>, mine: Option<&Slot>) {
                 }
             }
             return;
+        }
+    }
+}
+
+/// If a leader panics (a broken invariant), nobody else would ever lead: stop the journal instead, so that
+/// every waiting and later caller gets an error rather than hanging.
+struct LeaderPanicGuard<'a>(&'a Shared);
+
+impl Drop for LeaderPanicGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison(AppendError::Poisoned {
+                path: std::path::PathBuf::new(),
+                op: "group commit (internal invariant violated; see the panic message)",
+                source: Arc::new(std::io::Error::other("group-commit leader panicked")),
+            });
         }
     }
 }
@@ -247,18 +289,14 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
             continue;
         }
         next_tick = interval.map(|d| Instant::now() + d);
-        if q.leader_active || shared.poison.get().is_some() {
-            // A leader is active: it will see the request below and sync.
-            if q.leader_active {
-                let slot = Arc::new(Slot::new());
-                let payload_crc = crc32fast::Hasher::new();
-                q.pending.push_back(Request { op: RequestOp::Sync, payload: Vec::new(), payload_crc, slot, blocking: false });
-            }
+        if shared.poison.get().is_some() {
             continue;
         }
-        let slot = Arc::new(Slot::new());
-        let payload_crc = crc32fast::Hasher::new();
-        q.pending.push_back(Request { op: RequestOp::Sync, payload: Vec::new(), payload_crc, slot, blocking: false });
+        q.push(Request::sync());
+        if q.leader_active {
+            // The active leader takes it with its next batch.
+            continue;
+        }
         q.leader_active = true;
         drop(q);
         lead(&shared, None);

@@ -188,7 +188,10 @@ pub(crate) fn recover_dir(
                 continue;
             }
             Err(e) => {
-                if newest {
+                // A torn activation leaves a full-size, pre-allocated file; a shorter one was cut by something
+                // else and may hold acknowledged frames, so it is never deleted as torn.
+                let full_size = *file_bytes >= crate::limits::SEGMENT_BYTES_MIN && file_bytes % 4096 == 0;
+                if newest && full_size {
                     let data = read_whole(vfs, path, *file_bytes)?;
                     let min = expected.unwrap_or(Lsn(1));
                     let torn = match scan::find_next_valid(&binding, &data, SEGMENT_HEADER_BYTES, min) {

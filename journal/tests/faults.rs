@@ -1,0 +1,154 @@
+//! fdatasync failure and a full disk, through the fault-injecting filesystem seam.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_journal::vfs::fault::{Faults, FaultyVfs};
+use keel_journal::{AppendError, Journal, Options};
+
+fn options(faults: &Arc<Faults>) -> Options {
+    Options { segment_bytes: 64 * 1024, vfs: Arc::new(FaultyVfs::new(faults.clone())), ..Options::default() }
+}
+
+fn payload(id: u64) -> Vec<u8> {
+    vec![id as u8; 1000]
+}
+
+fn reopen_plain(dir: &std::path::Path) -> keel_journal::Recovered {
+    let opts = Options { segment_bytes: 64 * 1024, ..Options::default() };
+    let (_j, rec) = Journal::open(dir, opts).unwrap();
+    for (id, r) in &rec.records {
+        assert_eq!(r.payload, payload(*id));
+    }
+    rec
+}
+
+#[test]
+fn failed_fdatasync_poisons_the_journal_and_is_never_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (j, _) = Journal::open(dir.path(), options(&faults)).unwrap();
+    assert!(j.wait_for_spares(Duration::from_secs(10)));
+    for id in 0..10 {
+        j.add(id, 0, &payload(id)).unwrap();
+    }
+    faults.fail_syncs();
+    let e = j.add(10, 0, &payload(10)).unwrap_err();
+    assert!(matches!(e, AppendError::Poisoned { op: "fdatasync", .. }), "{e}");
+    assert!(e.to_string().contains("reopen"), "says what to do: {e}");
+    let syncs_after = faults.syncs();
+    for id in 11..20 {
+        assert!(matches!(j.add(id, 0, &payload(id)), Err(AppendError::Poisoned { .. })));
+    }
+    assert!(matches!(j.sync(), Err(AppendError::Poisoned { .. })));
+    assert!(j.poisoned().is_some());
+    assert_eq!(faults.syncs(), syncs_after, "no fsync is attempted after the failure");
+    drop(j);
+    let rec = reopen_plain(dir.path());
+    for id in 0..10 {
+        assert!(rec.records.contains_key(&id), "acknowledged record {id} survived");
+    }
+    for id in 11..20 {
+        assert!(!rec.records.contains_key(&id), "refused record {id} was never written");
+    }
+}
+
+#[test]
+fn every_concurrent_caller_gets_the_poison_and_none_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (j, _) = Journal::open(dir.path(), options(&faults)).unwrap();
+    assert!(j.wait_for_spares(Duration::from_secs(10)));
+    let j = Arc::new(j);
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let (j, acked) = (j.clone(), acked.clone());
+            std::thread::spawn(move || {
+                for k in 0.. {
+                    let id = t * 1_000_000 + k;
+                    match j.add(id, 0, &payload(id)) {
+                        Ok(_) => acked.lock().unwrap().push(id),
+                        Err(AppendError::Poisoned { .. }) => return,
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    faults.fail_syncs();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(j);
+    let rec = reopen_plain(dir.path());
+    let acked = acked.lock().unwrap();
+    assert!(!acked.is_empty());
+    for id in acked.iter() {
+        assert!(rec.records.contains_key(id), "acknowledged {id} survived");
+    }
+}
+
+#[test]
+fn full_disk_fails_appends_that_need_space_and_writing_resumes_when_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (j, _) = Journal::open(dir.path(), options(&faults)).unwrap();
+    assert!(j.wait_for_spares(Duration::from_secs(10)));
+    faults.set_disk_full(true);
+    let mut acked = Vec::new();
+    let mut id = 0u64;
+    // The active segment and the ready spare fill up; then appends fail with ENOSPC.
+    let failed_id = loop {
+        match j.add(id, 0, &payload(id)) {
+            Ok(_) => acked.push(id),
+            Err(AppendError::NoSpace { .. }) => break id,
+            Err(e) => panic!("unexpected {e}"),
+        }
+        id += 1;
+        assert!(id < 1000, "the disk never filled");
+    };
+    assert!(acked.len() > 60, "the ready spare was used before failing");
+    let e = j.add(failed_id, 0, &payload(failed_id)).unwrap_err();
+    assert!(e.to_string().contains("no space left"), "{e}");
+    assert!(j.poisoned().is_none(), "ENOSPC does not poison");
+    faults.set_disk_full(false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match j.add(failed_id, 0, &payload(failed_id)) {
+            Ok(_) => break,
+            Err(AppendError::NoSpace { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("writing did not resume: {e}"),
+        }
+    }
+    acked.push(failed_id);
+    for id in 5000..5100 {
+        j.add(id, 0, &payload(id)).unwrap();
+        acked.push(id);
+    }
+    drop(j);
+    let rec = reopen_plain(dir.path());
+    let got: Vec<u64> = rec.records.keys().copied().collect();
+    acked.sort();
+    assert_eq!(got, acked);
+}
+
+#[test]
+fn failed_in_place_write_leaves_no_trace_and_the_next_write_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let (j, _) = Journal::open(dir.path(), options(&faults)).unwrap();
+    j.add(1, 0, &payload(1)).unwrap();
+    faults.fail_next_writes(1);
+    assert!(matches!(j.add(2, 0, &payload(2)), Err(AppendError::NoSpace { .. })));
+    // The failed add left no trace in the writer's model either: the same id can be added now.
+    let lsn3 = j.add(3, 0, &payload(3)).unwrap();
+    let lsn2 = j.add(2, 0, &payload(2)).unwrap();
+    assert_eq!(lsn2.0, lsn3.0 + 1, "the failed write's LSN was reused: no gap");
+    drop(j);
+    let rec = reopen_plain(dir.path());
+    assert_eq!(rec.records.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
+}
