@@ -1,0 +1,336 @@
+//! Keel's benchmarks: closed loops of W writer threads appending records durably, against two baselines
+//! measured in the same run over a pre-allocated, zero-filled file, and against a peer engine.
+//!
+//! - `raw_fdatasync_loop`: one thread, `pwrite` + `fdatasync` per record. The physical bound for one writer.
+//! - `raw_group_commit`: W threads, classic leader/follower: followers append their bytes to a shared
+//!   buffer; whoever finds no flush running writes the buffer with one `pwrite` and one `fdatasync`.
+//!   The bound for a closed loop of W writers is W appends per fdatasync; this is that bound, done simply.
+//! - `journal_run`: `keel_journal::Journal::add` under `SyncPolicy::Always`.
+//! - `okaywal_run`: okaywal 0.3, one entry of one chunk per record, committed (it fsyncs with group commit).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use keel_journal::{Journal, Options, SyncPolicy};
+use serde::Serialize;
+
+/// One measured configuration.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub writers: u32,
+    pub size: usize,
+    pub duration: Duration,
+    /// For the journal only.
+    pub max_batch_wait: Duration,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub appends: u64,
+    pub secs: f64,
+    pub appends_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+}
+
+impl Measurement {
+    /// Combines the rounds of one system into one measurement.
+    fn merge(parts: &[Measurement], size: usize) -> Measurement {
+        let appends: u64 = parts.iter().map(|m| m.appends).sum();
+        let secs: f64 = parts.iter().map(|m| m.secs).sum();
+        let weighted = |f: fn(&Measurement) -> f64| {
+            parts.iter().map(|m| f(m) * m.appends as f64).sum::<f64>() / appends.max(1) as f64
+        };
+        Measurement {
+            appends,
+            secs,
+            appends_per_sec: appends as f64 / secs,
+            mb_per_sec: appends as f64 * size as f64 / secs / 1e6,
+            // Percentiles are not additive; the append-weighted mean of the rounds' percentiles is reported.
+            latency_p50_us: weighted(|m| m.latency_p50_us),
+            latency_p99_us: weighted(|m| m.latency_p99_us),
+        }
+    }
+
+    fn from_latencies(mut latencies_ns: Vec<u64>, secs: f64, size: usize) -> Measurement {
+        latencies_ns.sort_unstable();
+        let n = latencies_ns.len();
+        let pct = |p: f64| if n == 0 { 0.0 } else { latencies_ns[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0 };
+        Measurement {
+            appends: n as u64,
+            secs,
+            appends_per_sec: n as f64 / secs,
+            mb_per_sec: n as f64 * size as f64 / secs / 1e6,
+            latency_p50_us: pct(0.50),
+            latency_p99_us: pct(0.99),
+        }
+    }
+}
+
+/// Runs `append` in a closed loop on `writers` threads for `duration`; each thread gets its index and a
+/// per-thread sequence number.
+fn closed_loop<F>(writers: u32, duration: Duration, size: usize, append: F) -> io::Result<Measurement>
+where
+    F: Fn(u32, u64) -> io::Result<()> + Send + Sync + 'static,
+{
+    let append = Arc::new(append);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start_line = Arc::new(Barrier::new(writers as usize + 1));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let (append, stop, start_line) = (append.clone(), stop.clone(), start_line.clone());
+            std::thread::spawn(move || -> io::Result<Vec<u64>> {
+                let mut lat = Vec::with_capacity(1 << 16);
+                start_line.wait();
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    append(w, seq)?;
+                    lat.push(t.elapsed().as_nanos() as u64);
+                    seq += 1;
+                }
+                Ok(lat)
+            })
+        })
+        .collect();
+    start_line.wait();
+    let start = Instant::now();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().map_err(|_| io::Error::other("writer thread panicked"))??);
+    }
+    // Appends in flight when `stop` was set finish after the window; counting them over the time they
+    // actually took keeps the rate honest.
+    let secs = start.elapsed().as_secs_f64();
+    Ok(Measurement::from_latencies(all, secs, size))
+}
+
+/// Bytes of the pre-allocated file the raw baselines write into (wrapping around at the end).
+const RAW_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A zero-filled, fsynced file of `bytes`.
+pub fn preallocated_file(path: &Path, bytes: u64) -> io::Result<File> {
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < bytes {
+        f.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// The pre-allocated file the raw baselines write into.
+pub fn raw_file(dir: &Path) -> io::Result<Arc<File>> {
+    Ok(Arc::new(preallocated_file(&dir.join("raw.dat"), RAW_FILE_BYTES)?))
+}
+
+/// One writer: pwrite + fdatasync per record into a pre-allocated file.
+pub fn raw_fdatasync_loop(file: &Arc<File>, size: usize, duration: Duration) -> io::Result<Measurement> {
+    let file = file.clone();
+    let record = vec![0xA5u8; size];
+    let offset = Mutex::new(0u64);
+    closed_loop(1, duration, size, move |_, _| {
+        let mut off = offset.lock().unwrap();
+        if *off + size as u64 > RAW_FILE_BYTES {
+            *off = 0;
+        }
+        file.write_all_at(&record, *off)?;
+        file.sync_data()?;
+        *off += size as u64;
+        Ok(())
+    })
+}
+
+struct GroupState {
+    buf: Vec<u8>,
+    enqueued: u64,
+    durable: u64,
+    flushing: bool,
+    offset: u64,
+}
+
+/// W writers, leader/follower: one pwrite + one fdatasync per batch.
+pub fn raw_group_commit(file: &Arc<File>, writers: u32, size: usize, duration: Duration) -> io::Result<Measurement> {
+    let file = file.clone();
+    let shared = Arc::new((
+        Mutex::new(GroupState { buf: Vec::new(), enqueued: 0, durable: 0, flushing: false, offset: 0 }),
+        Condvar::new(),
+        file,
+    ));
+    let record = vec![0x5Au8; size];
+    closed_loop(writers, duration, size, move |_, _| {
+        let (state, cv, file) = &*shared;
+        let mut s = state.lock().unwrap();
+        s.buf.extend_from_slice(&record);
+        s.enqueued += 1;
+        let mine = s.enqueued;
+        loop {
+            if s.durable >= mine {
+                return Ok(());
+            }
+            if !s.flushing {
+                s.flushing = true;
+                let buf = std::mem::take(&mut s.buf);
+                let upto = s.enqueued;
+                if s.offset + buf.len() as u64 > RAW_FILE_BYTES {
+                    s.offset = 0;
+                }
+                let at = s.offset;
+                s.offset += buf.len() as u64;
+                drop(s);
+                let r = file.write_all_at(&buf, at).and_then(|_| file.sync_data());
+                s = state.lock().unwrap();
+                r?;
+                s.durable = upto;
+                s.flushing = false;
+                cv.notify_all();
+            } else {
+                s = cv.wait(s).unwrap();
+            }
+        }
+    })
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// Opens a journal for benchmarking: 64 MiB segments, `spares` pre-allocated before the clock starts (the
+/// baselines write into a pre-allocated file too).
+pub fn open_bench_journal(dir: &Path, max_batch_wait: Duration, spares: u32) -> io::Result<Journal> {
+    let opts = Options { sync: SyncPolicy::Always, max_batch_wait, spare_segments: spares, ..Options::default() };
+    let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
+    Ok(j)
+}
+
+/// Closed-loop durable appends on an open journal.
+pub fn journal_on(journal: Arc<Journal>, writers: u32, size: usize, duration: Duration) -> io::Result<Measurement> {
+    if !journal.wait_for_spares(Duration::from_secs(120)) {
+        return Err(io::Error::other("spare segments were not ready in 120 s"));
+    }
+    let record = vec![0x3Cu8; size];
+    closed_loop(writers, duration, size, move |_, _| {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        journal.add(id, 0, &record).map(|_| ()).map_err(io::Error::other)
+    })
+}
+
+/// Opens a journal in `dir`, runs one scenario, closes it. `encrypt` is reserved for the encryption issue
+/// and must be false.
+pub fn journal_run(dir: &Path, scenario: &Scenario, encrypt: bool) -> io::Result<Measurement> {
+    if encrypt {
+        return Err(io::Error::other("encryption is not implemented yet"));
+    }
+    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4)?);
+    let m = journal_on(j.clone(), scenario.writers, scenario.size, scenario.duration)?;
+    if let Ok(j) = Arc::try_unwrap(j) {
+        j.close().map_err(io::Error::other)?;
+    }
+    Ok(m)
+}
+
+/// okaywal, with 64 MiB pre-allocated log files.
+pub fn okaywal_run(dir: &Path, writers: u32, size: usize, duration: Duration) -> io::Result<Measurement> {
+    let wal = okaywal::Configuration::default_for(dir)
+        .preallocate_bytes(64 * 1024 * 1024)
+        .checkpoint_after_bytes(48 * 1024 * 1024)
+        .open(okaywal::LogVoid)?;
+    let wal = Arc::new(wal);
+    let record = vec![0xC3u8; size];
+    let w = wal.clone();
+    let m = closed_loop(writers, duration, size, move |_, _| {
+        let mut entry = w.begin_entry()?;
+        entry.write_chunk(&record)?;
+        entry.commit()?;
+        Ok(())
+    })?;
+    if let Ok(wal) = Arc::try_unwrap(wal) {
+        wal.shutdown()?;
+    }
+    Ok(m)
+}
+
+/// The `keel bench journal` matrix.
+#[derive(Clone, Debug)]
+pub struct MatrixConfig {
+    pub writers: Vec<u32>,
+    pub sizes: Vec<usize>,
+    pub duration: Duration,
+    /// Each system is measured in this many interleaved rounds of `duration / rounds`, so that the shared
+    /// disk's drift hits every system alike.
+    pub rounds: u32,
+    pub with_okaywal: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub writers: u32,
+    pub size: usize,
+    pub raw_loop: Option<Measurement>,
+    pub raw_group_commit: Measurement,
+    pub keel: Measurement,
+    pub okaywal: Option<Measurement>,
+    /// keel / raw_loop (1 writer only).
+    pub keel_vs_raw_loop: Option<f64>,
+    pub keel_vs_raw_group_commit: f64,
+    pub okaywal_vs_raw_group_commit: Option<f64>,
+}
+
+/// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
+pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)) -> io::Result<Vec<Row>> {
+    let journal_dir = dir.join("keel");
+    // 40 spares of 64 MiB: a row never drains the pool below half, so no refill competes with a
+    // measurement (the baselines' file is pre-allocated too); the pool is topped up between rows.
+    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, 40)?);
+    if !journal.wait_for_spares(Duration::from_secs(600)) {
+        return Err(io::Error::other("spare segments were not ready in 600 s"));
+    }
+    let raw = raw_file(dir)?;
+    let rounds = cfg.rounds.max(1);
+    let slice = cfg.duration / rounds;
+    let mut rows = Vec::new();
+    for &size in &cfg.sizes {
+        for &writers in &cfg.writers {
+            let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for round in 0..rounds {
+                if writers == 1 {
+                    raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?);
+                }
+                group.push(raw_group_commit(&raw, writers, size, slice)?);
+                keel.push(journal_on(journal.clone(), writers, size, slice)?);
+                if cfg.with_okaywal {
+                    let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
+                    okay.push(okaywal_run(&d, writers, size, slice)?);
+                    let _ = std::fs::remove_dir_all(&d);
+                }
+            }
+            let raw_loop = (!raw_loop.is_empty()).then(|| Measurement::merge(&raw_loop, size));
+            let raw_group_commit = Measurement::merge(&group, size);
+            let keel = Measurement::merge(&keel, size);
+            let okaywal = (!okay.is_empty()).then(|| Measurement::merge(&okay, size));
+            let row = Row {
+                writers,
+                size,
+                keel_vs_raw_loop: raw_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),
+                keel_vs_raw_group_commit: keel.appends_per_sec / raw_group_commit.appends_per_sec,
+                okaywal_vs_raw_group_commit: okaywal.as_ref().map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),
+                raw_loop,
+                raw_group_commit,
+                keel,
+                okaywal,
+            };
+            progress(&row);
+            rows.push(row);
+        }
+    }
+    Ok(rows)
+}

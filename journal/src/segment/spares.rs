@@ -36,6 +36,8 @@ struct PoolState {
     /// A failed fsync: no more spares, ever (the journal is poisoned).
     fatal: bool,
     shutdown: bool,
+    /// `wait_full` asks for the pool to be topped up now.
+    fill_requested: bool,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,7 @@ impl SparePool {
                 error: None,
                 fatal: false,
                 shutdown: false,
+                fill_requested: false,
             }),
             cv: Condvar::new(),
             vfs,
@@ -101,6 +104,8 @@ impl SparePool {
     pub fn wait_full(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut s = lock(&self.state);
+        s.fill_requested = true;
+        self.cv.notify_all();
         while s.ready.len() < self.target && !s.fatal && !s.shutdown {
             let now = Instant::now();
             if now >= deadline {
@@ -117,15 +122,29 @@ impl SparePool {
     }
 
     /// The preparer thread's body. `poison` is called once if an fsync fails.
+    ///
+    /// Refills in bursts: it starts once the pool is down to half its target (a pool of one refills at
+    /// once) and goes on up to the target, so that a burst of roll-overs is not slowed by zero-filling that
+    /// competes for the disk.
     pub fn run(&self, poison: &dyn Fn(AppendError)) {
+        let mut refilling = false;
         loop {
             let seq = {
                 let mut s = lock(&self.state);
-                while (s.ready.len() >= self.target || s.fatal) && !s.shutdown {
+                loop {
+                    if s.shutdown {
+                        return;
+                    }
+                    if s.ready.len() >= self.target {
+                        refilling = false;
+                    } else if s.ready.len() <= self.target / 2 || s.fill_requested {
+                        refilling = true;
+                    }
+                    s.fill_requested = false;
+                    if refilling && !s.fatal {
+                        break;
+                    }
                     s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
-                }
-                if s.shutdown {
-                    return;
                 }
                 s.next_seq
             };

@@ -1,0 +1,143 @@
+//! `keel journal …`.
+
+mod import;
+mod perf;
+mod print;
+mod stats;
+pub mod stress;
+mod verify;
+mod verify_acks;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use keel_journal::{Options, RecoveryMode, SyncPolicy};
+
+use crate::Outcome;
+
+/// Marks an error after which the exit code is 1 (the command ran and failed), not 2.
+#[derive(Debug)]
+pub struct Failed;
+
+impl std::error::Error for Failed {}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("failed")
+    }
+}
+
+#[derive(Subcommand)]
+pub enum JournalCommand {
+    /// Print every record frame, one a line (seal frames are structural and not printed).
+    Print {
+        #[command(flatten)]
+        dir: DirArg,
+        /// One JSON object a line: type, id, kind, tx, lsn, payload (base64); the input of `import`.
+        #[arg(long)]
+        json: bool,
+        /// Skip damaged ranges instead of stopping at the first (reports them on stderr).
+        #[arg(long)]
+        salvage: bool,
+    },
+    /// Append records read as JSON lines (the output of `print --json`) from standard input.
+    Import {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Segments, sizes and the live ratio.
+    Stats {
+        #[command(flatten)]
+        dir: DirArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every frame; exit 0 only if no corruption. Errors name file and byte offset.
+    Verify {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Append records as fast as possible and log each id as soon as it is durable.
+    Stress(stress::StressArgs),
+    /// Prove that every id in an ack log is present with its exact payload.
+    VerifyAcks {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The ack log written by `stress`.
+        #[arg(long)]
+        ack_log: PathBuf,
+    },
+    /// Measure this disk's durable-write latency and recommend the group-commit wait.
+    Perf(perf::PerfArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DirArg {
+    /// The journal directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct WriteArgs {
+    /// When an append is acknowledged: always (fdatasync first), interval:MS, or never.
+    #[arg(long, default_value = "always", value_parser = parse_sync)]
+    pub sync: SyncPolicy,
+    /// Size of newly created segment files, in bytes.
+    #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
+    pub segment_bytes: u64,
+}
+
+impl WriteArgs {
+    pub fn options(&self) -> Options {
+        Options { sync: self.sync, segment_bytes: self.segment_bytes, ..Options::default() }
+    }
+}
+
+pub fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
+    match s {
+        "always" => Ok(SyncPolicy::Always),
+        "never" => Ok(SyncPolicy::Never),
+        _ => {
+            let ms = s
+                .strip_prefix("interval:")
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| format!("'{s}' is not always, never or interval:MS (MS > 0)"))?;
+            Ok(SyncPolicy::Interval(Duration::from_millis(ms)))
+        }
+    }
+}
+
+pub fn run(command: JournalCommand) -> anyhow::Result<Outcome> {
+    match command {
+        JournalCommand::Print { dir, json, salvage } => print::run(&existing(&dir)?, json, salvage),
+        JournalCommand::Import { dir, write } => import::run(&dir.dir, &write),
+        JournalCommand::Stats { dir, json } => stats::run(&existing(&dir)?, json),
+        JournalCommand::Verify { dir } => verify::run(&existing(&dir)?),
+        JournalCommand::Stress(args) => stress::run(&args),
+        JournalCommand::VerifyAcks { dir, ack_log } => verify_acks::run(&existing(&dir)?, &ack_log),
+        JournalCommand::Perf(args) => perf::run(&args),
+    }
+}
+
+/// The directory of an existing journal (offline tools never create one).
+fn existing(dir: &DirArg) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(&dir.dir).with_context(|| format!("--dir {}", dir.dir.display()))?;
+    if !meta.is_dir() {
+        bail!("--dir {}: not a directory", dir.dir.display());
+    }
+    Ok(dir.dir.clone())
+}
+
+pub fn mode(salvage: bool) -> RecoveryMode {
+    if salvage {
+        RecoveryMode::Salvage
+    } else {
+        RecoveryMode::Strict
+    }
+}

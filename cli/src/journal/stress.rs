@@ -1,0 +1,203 @@
+//! `keel journal stress`: appends records from W writer threads under the chosen sync policy and logs each
+//! record's id to an ack log the moment its append returns (that is, once it is durable under the policy).
+//! `verify-acks` then proves every logged id is in the journal with its exact payload. Kill the process at
+//! any moment, or pull the power: an id in the ack log that is missing means the disk lied about fsync.
+//!
+//! Payloads are derived from ids (see [`payload`]) so that they can be checked without storing them.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use clap::Args;
+use keel_journal::Journal;
+
+use super::{Failed, WriteArgs};
+use crate::Outcome;
+
+/// Bytes of a payload that encode its id and length.
+pub const PAYLOAD_PREFIX_BYTES: usize = 12;
+
+#[derive(Args)]
+pub struct StressArgs {
+    /// The journal directory (created if absent).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Concurrent writer threads.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    writers: u32,
+    /// Payload bytes per record (at least 12: the payload encodes its id and length).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(12..=16_777_216))]
+    size: u32,
+    /// Total records to append.
+    #[arg(long, required_unless_present = "secs", conflicts_with = "secs")]
+    count: Option<u64>,
+    /// Append for this many seconds.
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Where to log acknowledged ids, one a line; `-` for standard output.
+    #[arg(long)]
+    ack_log: String,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+/// The payload of record `id`: id (u64 LE), length (u32 LE), then bytes of a SplitMix64 stream seeded by id.
+pub fn payload(id: u64, size: usize) -> Vec<u8> {
+    assert!(size >= PAYLOAD_PREFIX_BYTES);
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(size as u32).to_le_bytes());
+    let mut state = id ^ 0x9E37_79B9_7F4A_7C15;
+    while out.len() < size {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let take = (size - out.len()).min(8);
+        out.extend_from_slice(&z.to_le_bytes()[..take]);
+    }
+    out
+}
+
+/// Checks that `bytes` is exactly the payload of record `id`; says where it differs if not.
+pub fn check_payload(id: u64, bytes: &[u8]) -> Result<(), String> {
+    if bytes.len() < PAYLOAD_PREFIX_BYTES {
+        return Err(format!("payload is {} bytes, shorter than its {PAYLOAD_PREFIX_BYTES}-byte prefix", bytes.len()));
+    }
+    let want = payload(id, bytes.len());
+    match want.iter().zip(bytes).position(|(a, b)| a != b) {
+        None => Ok(()),
+        Some(at) => Err(format!("payload differs from the expected bytes at byte {at}")),
+    }
+}
+
+enum AckLog {
+    File(std::fs::File),
+    Stdout,
+}
+
+impl AckLog {
+    fn ack(&self, id: u64) -> std::io::Result<()> {
+        // One write per line: O_APPEND makes it atomic, and it reaches the page cache before we go on, so a
+        // killed process never loses a logged ack (a power loss may; run verify on a separate machine then).
+        let line = format!("{id}\n");
+        match self {
+            AckLog::File(f) => (&*f).write_all(line.as_bytes()),
+            AckLog::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(line.as_bytes())?;
+                out.flush()
+            }
+        }
+    }
+}
+
+pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
+    let ack_log = if args.ack_log == "-" {
+        AckLog::Stdout
+    } else {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&args.ack_log)
+            .with_context(|| format!("--ack-log {}", args.ack_log))?;
+        AckLog::File(f)
+    };
+    let (journal, recovered) = Journal::open(&args.dir, args.write.options())?;
+    let first_id = recovered.records.keys().next_back().map_or(0, |max| max + 1);
+    let journal = Arc::new(journal);
+    let ack_log = Arc::new(ack_log);
+    let stop = Arc::new(AtomicBool::new(false));
+    let issued = Arc::new(AtomicU64::new(0));
+    let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let deadline = args.secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.writers)
+        .map(|_| {
+            let (journal, ack_log, stop, issued, failure) =
+                (journal.clone(), ack_log.clone(), stop.clone(), issued.clone(), failure.clone());
+            let (count, size) = (args.count, args.size as usize);
+            std::thread::spawn(move || {
+                let mut latencies_us: Vec<u32> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    if count.is_some_and(|c| n >= c) {
+                        break;
+                    }
+                    let id = first_id + n;
+                    let body = payload(id, size);
+                    let t = Instant::now();
+                    let result = journal.add(id, 0, &body);
+                    latencies_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    let err = match result {
+                        Ok(_) => match ack_log.ack(id) {
+                            Ok(()) => continue,
+                            Err(e) => format!("writing the ack log: {e}"),
+                        },
+                        Err(e) => format!("append of record {id} failed: {e}"),
+                    };
+                    failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
+                    stop.store(true, Ordering::Relaxed);
+                }
+                latencies_us
+            })
+        })
+        .collect();
+    let mut latencies: Vec<u32> = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().map_err(|_| anyhow!("a writer thread panicked"))?);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(f) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(anyhow!("stress: {f}").context(Failed));
+    }
+    let journal = Arc::try_unwrap(journal).map_err(|_| anyhow!("journal still shared"))?;
+    journal.close().map_err(|e| anyhow!(e).context(Failed))?;
+    latencies.sort_unstable();
+    let n = latencies.len();
+    let pct = |p: f64| if n == 0 { 0.0 } else { f64::from(latencies[((n as f64 * p) as usize).min(n - 1)]) / 1000.0 };
+    let line = format!(
+        "stress: {n} records of {} B by {} writers in {elapsed:.2} s: {:.0} records/s, {:.1} MB/s; latency p50 {:.3} ms, p99 {:.3} ms; sync {:?}; ids {}..{}",
+        args.size,
+        args.writers,
+        n as f64 / elapsed,
+        n as f64 * f64::from(args.size) / elapsed / 1e6,
+        pct(0.50),
+        pct(0.99),
+        args.write.sync,
+        first_id,
+        first_id + n as u64,
+    );
+    if args.ack_log == "-" {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_checks() {
+        let p = payload(42, 100);
+        assert_eq!(p.len(), 100);
+        assert!(check_payload(42, &p).is_ok());
+        assert!(check_payload(43, &p).is_err());
+        let mut q = p.clone();
+        q[50] ^= 1;
+        assert_eq!(check_payload(42, &q).unwrap_err(), "payload differs from the expected bytes at byte 50");
+        assert!(check_payload(42, &p[..99]).is_err(), "a shortened payload fails on its length field");
+    }
+}
