@@ -62,7 +62,8 @@ impl Measurement {
     fn from_latencies(mut latencies_ns: Vec<u64>, secs: f64, size: usize) -> Measurement {
         latencies_ns.sort_unstable();
         let n = latencies_ns.len();
-        let pct = |p: f64| if n == 0 { 0.0 } else { latencies_ns[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0 };
+        let pct =
+            |p: f64| if n == 0 { 0.0 } else { latencies_ns[((n as f64 * p) as usize).min(n - 1)] as f64 / 1000.0 };
         Measurement {
             appends: n as u64,
             secs,
@@ -322,7 +323,9 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 size,
                 keel_vs_raw_loop: raw_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),
                 keel_vs_raw_group_commit: keel.appends_per_sec / raw_group_commit.appends_per_sec,
-                okaywal_vs_raw_group_commit: okaywal.as_ref().map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),
+                okaywal_vs_raw_group_commit: okaywal
+                    .as_ref()
+                    .map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),
                 raw_loop,
                 raw_group_commit,
                 keel,

@@ -44,7 +44,13 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             anyhow::ensure!(!encrypt, "--encrypt: journal encryption is not implemented yet");
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
-            let cfg = MatrixConfig { writers, sizes, duration: Duration::from_secs_f64(secs), rounds, with_okaywal: !no_peer };
+            let cfg = MatrixConfig {
+                writers,
+                sizes,
+                duration: Duration::from_secs_f64(secs),
+                rounds,
+                with_okaywal: !no_peer,
+            };
             let rows = run_matrix(scratch.path(), &cfg, &mut |row| {
                 eprintln!(
                     "{:>3} writers × {:>5} B: keel {:>8.0}/s  raw group commit {:>8.0}/s  ratio {:.2}{}{}",
@@ -72,8 +78,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
 
 fn machine() -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()));
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
     serde_json::json!({ "cpus": cpus, "cpu_model": model, "os": std::env::consts::OS })
 }

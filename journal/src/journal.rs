@@ -70,14 +70,20 @@ impl Options {
                 ),
             );
         }
-        if self.segment_bytes % 4096 != 0 {
+        if !self.segment_bytes.is_multiple_of(4096) {
             return bad("segment_bytes", format!("{} is not a multiple of 4096", self.segment_bytes));
         }
         if self.max_batch_bytes == 0 || self.max_batch_bytes > limits::BATCH_BYTES_MAX {
-            return bad("max_batch_bytes", format!("{} is outside 1..={}", self.max_batch_bytes, limits::BATCH_BYTES_MAX));
+            return bad(
+                "max_batch_bytes",
+                format!("{} is outside 1..={}", self.max_batch_bytes, limits::BATCH_BYTES_MAX),
+            );
         }
         if self.max_batch_wait > Duration::from_millis(limits::BATCH_WAIT_MS_MAX) {
-            return bad("max_batch_wait", format!("{:?} exceeds {} ms", self.max_batch_wait, limits::BATCH_WAIT_MS_MAX));
+            return bad(
+                "max_batch_wait",
+                format!("{:?} exceeds {} ms", self.max_batch_wait, limits::BATCH_WAIT_MS_MAX),
+            );
         }
         if let SyncPolicy::Interval(d) = self.sync {
             if d.is_zero() {
@@ -136,7 +142,7 @@ impl Journal {
         let mut dropped_spare = false;
         for (seq, path) in std::mem::take(&mut dr.spares) {
             let file = vfs.open(&path, OpenMode::ReadWrite).map_err(OpenError::io(&path, "open"))?;
-            let bytes = file.len().map_err(OpenError::io(&path, "stat"))?;
+            let bytes = file.size().map_err(OpenError::io(&path, "stat"))?;
             if bytes == options.segment_bytes && !dropped_spare {
                 spares.push(Spare { seq, path, file, bytes });
             } else {
@@ -160,7 +166,7 @@ impl Journal {
             Resume::InPlace { seq, path, offset, frames, next_lsn } => {
                 let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;
                 file.sync_data().map_err(OpenError::io(path, "fdatasync"))?;
-                let capacity = file.len().map_err(OpenError::io(path, "stat"))?;
+                let capacity = file.size().map_err(OpenError::io(path, "stat"))?;
                 let active = Active {
                     path: path.clone(),
                     file,
@@ -220,7 +226,10 @@ impl Journal {
         let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
         let mut threads = Vec::new();
         let s = shared.clone();
-        threads.push(spawn("keel-journal-writer", move || writer_thread(s)).map_err(OpenError::io(&dir, "spawn writer thread"))?);
+        threads.push(
+            spawn("keel-journal-writer", move || writer_thread(s))
+                .map_err(OpenError::io(&dir, "spawn writer thread"))?,
+        );
         let (pool, s) = (spare_pool.clone(), shared.clone());
         threads.push(
             spawn("keel-journal-spares", move || pool.run(&|e| s.poison(e)))
@@ -253,7 +262,15 @@ impl Journal {
         self.payload_bytes_max
     }
 
-    fn submit(&self, frame_type: FrameType, id: RecordId, tx: u64, kind: u8, payload: &[u8], blocking: bool) -> Pending {
+    fn submit(
+        &self,
+        frame_type: FrameType,
+        id: RecordId,
+        tx: u64,
+        kind: u8,
+        payload: &[u8],
+        blocking: bool,
+    ) -> Pending {
         if payload.len() as u64 > self.payload_bytes_max {
             return Pending::ready(Err(AppendError::PayloadTooLarge {
                 len: payload.len() as u64,
@@ -360,7 +377,7 @@ impl Journal {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        let flushed = lock(&self.shared_writer()).flush();
+        let flushed = lock(self.shared_writer()).flush();
         synced.and(flushed)
     }
 

@@ -25,13 +25,13 @@ pub const IOV_MAX: usize = 1024;
 /// Chunk used when zero-filling a spare segment.
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES % 8 == 0);
+const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(8));
 const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + SEAL_FRAME_BYTES);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64, "since_sync and frame counts are u32");
 const _: () = assert!(PAYLOAD_BYTES_MAX <= u32::MAX as u64, "payload_len is u32 on disk");
 const _: () = assert!(BATCH_BYTES_DEFAULT <= BATCH_BYTES_MAX);
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % ZERO_FILL_CHUNK_BYTES as u64 == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(ZERO_FILL_CHUNK_BYTES as u64));
 
 /// The largest payload that fits in a segment of `segment_bytes` next to its header, one frame header and
 /// the seal frame that must always remain writable.

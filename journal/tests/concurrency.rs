@@ -29,7 +29,7 @@ fn threads_then_reopen(sync: SyncPolicy) {
                     let lsn = j.add(id, t as u8, &payload(id)).unwrap();
                     assert!(lsn.0 > last, "a caller's records keep their order");
                     last = lsn.0;
-                    if k % 3 == 0 {
+                    if k.is_multiple_of(3) {
                         j.update(id, 9, &payload(id + 1)).unwrap();
                     }
                 }
@@ -43,7 +43,7 @@ fn threads_then_reopen(sync: SyncPolicy) {
     let (_j, rec) = Journal::open(dir.path(), options(sync)).unwrap();
     assert_eq!(rec.records.len() as u64, 8 * per_thread);
     for (id, r) in &rec.records {
-        let want = if (id % per_thread) % 3 == 0 { payload(id + 1) } else { payload(*id) };
+        let want = if (id % per_thread).is_multiple_of(3) { payload(id + 1) } else { payload(*id) };
         assert_eq!(r.payload, want, "record {id}");
     }
     assert!(rec.report.segments_read > 3, "roll-overs happened");

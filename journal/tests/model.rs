@@ -46,9 +46,14 @@ fn payload(step: usize, len: usize) -> Vec<u8> {
     (0..len).map(|i| (step.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8).collect()
 }
 
+/// A staged record: operation, id, kind, payload.
+type Staged = (TxOp, u64, u8, Vec<u8>);
+/// A prepared transaction as compared: its data and staged records.
+type PreparedView = BTreeMap<u64, (Vec<u8>, Vec<Staged>)>;
+
 #[derive(Default, Debug)]
 struct Tx {
-    ops: Vec<(TxOp, u64, u8, Vec<u8>)>,
+    ops: Vec<Staged>,
     prepared: Option<Vec<u8>>,
 }
 
@@ -154,7 +159,7 @@ fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered) {
     let got: BTreeMap<u64, (u8, Vec<u8>)> =
         recovered.records.iter().map(|(id, r)| (*id, (r.kind, r.payload.clone()))).collect();
     assert_eq!(got, model.live, "live records after reopen");
-    let got_prepared: BTreeMap<u64, (Vec<u8>, Vec<(TxOp, u64, u8, Vec<u8>)>)> = recovered
+    let got_prepared: PreparedView = recovered
         .prepared
         .iter()
         .map(|p| {
@@ -162,11 +167,8 @@ fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered) {
             (p.tx.get(), (p.data.clone(), ops))
         })
         .collect();
-    let want_prepared: BTreeMap<u64, (Vec<u8>, Vec<(TxOp, u64, u8, Vec<u8>)>)> = model
-        .txs
-        .iter()
-        .map(|(tx, t)| (*tx, (t.prepared.clone().unwrap(), t.ops.clone())))
-        .collect();
+    let want_prepared: PreparedView =
+        model.txs.iter().map(|(tx, t)| (*tx, (t.prepared.clone().unwrap(), t.ops.clone()))).collect();
     assert_eq!(got_prepared, want_prepared, "prepared transactions after reopen");
 }
 
@@ -212,7 +214,8 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) {
     check_recovered(&mut model, &recovered);
     // And the read-only inspection of the tools sees the same.
     drop(_j);
-    let inspection = keel_journal::inspect::inspect(dir.path(), keel_journal::RecoveryMode::Strict, &mut |_| {}).unwrap();
+    let inspection =
+        keel_journal::inspect::inspect(dir.path(), keel_journal::RecoveryMode::Strict, &mut |_| {}).unwrap();
     check_recovered(&mut model, &inspection.recovered);
 }
 

@@ -6,7 +6,22 @@ use std::process::{Command, Stdio};
 use keel_tests::{keel, keel_bin, stderr, stdout};
 
 fn stress(dir: &str, acks: &str, count: &str) {
-    let o = keel(&["journal", "stress", "--dir", dir, "--ack-log", acks, "--count", count, "--writers", "4", "--size", "200", "--segment-bytes", "65536"]);
+    let o = keel(&[
+        "journal",
+        "stress",
+        "--dir",
+        dir,
+        "--ack-log",
+        acks,
+        "--count",
+        count,
+        "--writers",
+        "4",
+        "--size",
+        "200",
+        "--segment-bytes",
+        "65536",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("records/s"), "prints throughput: {}", stdout(&o));
 }
@@ -27,7 +42,8 @@ fn stress_verify_print_import_round_trip() {
     assert!(stats["segments"].as_u64().unwrap() > 3);
     let printed = keel(&["journal", "print", "--dir", dir, "--json"]);
     assert!(printed.status.success());
-    let first: serde_json::Value = serde_json::from_slice(printed.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(printed.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     for field in ["type", "id", "kind", "tx", "lsn", "payload"] {
         assert!(first.get(field).is_some(), "print --json has {field}: {first}");
     }
@@ -75,7 +91,10 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         (vec!["journal", "verify", "--dir", empty.to_str().unwrap()], "no journal here"),
         (vec!["journal", "stress", "--dir", "x", "--ack-log", "-", "--count", "1", "--size", "4"], "--size"),
         (vec!["journal", "stress", "--dir", "x", "--ack-log", "-", "--count", "1", "--sync", "sometimes"], "sometimes"),
-        (vec!["journal", "verify-acks", "--dir", empty.to_str().unwrap(), "--ack-log", "/nonexistent/acks"], "/nonexistent/acks"),
+        (
+            vec!["journal", "verify-acks", "--dir", empty.to_str().unwrap(), "--ack-log", "/nonexistent/acks"],
+            "/nonexistent/acks",
+        ),
     ];
     for (args, needle) in cases {
         let o = keel(&args);
@@ -91,7 +110,12 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    import.stdin.take().unwrap().write_all(b"{\"type\":\"add\",\"id\":1,\"kind\":0,\"tx\":null,\"payload\":\"AA==\"}\n{\"type\":\"explode\"}\n").unwrap();
+    import
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"type\":\"add\",\"id\":1,\"kind\":0,\"tx\":null,\"payload\":\"AA==\"}\n{\"type\":\"explode\"}\n")
+        .unwrap();
     let o = import.wait_with_output().unwrap();
     assert_ne!(o.status.code(), Some(0));
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
@@ -111,7 +135,10 @@ fn stress_on_a_full_disk_stops_cleanly_and_keeps_its_acks() {
     let t = tempfile::tempdir().unwrap();
     let mnt = t.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let m = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "keel-test", mnt.to_str().unwrap()]).output().unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "keel-test", mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(m.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&m.stderr));
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
@@ -122,7 +149,22 @@ fn stress_on_a_full_disk_stops_cleanly_and_keeps_its_acks() {
     let _unmount = Unmount(mnt.clone());
     let dir = mnt.join("j");
     let acks = t.path().join("acks");
-    let o = keel(&["journal", "stress", "--dir", dir.to_str().unwrap(), "--ack-log", acks.to_str().unwrap(), "--count", "100000", "--writers", "4", "--size", "1000", "--segment-bytes", "1048576"]);
+    let o = keel(&[
+        "journal",
+        "stress",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--ack-log",
+        acks.to_str().unwrap(),
+        "--count",
+        "100000",
+        "--writers",
+        "4",
+        "--size",
+        "1000",
+        "--segment-bytes",
+        "1048576",
+    ]);
     assert_eq!(o.status.code(), Some(1), "stress fails on a full disk: {}", stderr(&o));
     assert!(stderr(&o).contains("no space left"), "{}", stderr(&o));
     let acked = std::fs::read_to_string(&acks).unwrap().lines().count();

@@ -54,7 +54,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
             panic!("cycle {cycle}: stress exited on its own ({status}): {err}");
         }
-        let context = format!("cycle {cycle} (sync {sync}, size {size}, writers {writers}, killed after {delay_ms} ms)");
+        let context =
+            format!("cycle {cycle} (sync {sync}, size {size}, writers {writers}, killed after {delay_ms} ms)");
         let verify = keel(&["journal", "verify", "--dir", dir_s]);
         let nothing_acked = std::fs::metadata(&ack_log).map_or(true, |m| m.len() == 0);
         let not_created = stderr(&verify).contains("no journal here") || !dir.exists();
@@ -75,7 +76,9 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
 
     // A final clean reopen repairs any torn tail; afterwards verify finds none and every ack is present.
     let (dir_s, ack_s) = (dir.to_str().unwrap(), ack_log.to_str().unwrap());
-    let (j, rec) = keel_journal::Journal::open(&dir, keel_journal::Options { segment_bytes: 262_144, ..Default::default() }).unwrap();
+    let (j, rec) =
+        keel_journal::Journal::open(&dir, keel_journal::Options { segment_bytes: 262_144, ..Default::default() })
+            .unwrap();
     assert!(rec.records.len() >= acked_in_journal);
     j.close().unwrap();
     let verify = keel(&["journal", "verify", "--dir", dir_s]);

@@ -39,7 +39,8 @@ pub fn run(args: &PerfArgs) -> anyhow::Result<Outcome> {
     let mut trials = Vec::new();
     for fraction in [0.0, 0.25, 0.5, 1.0] {
         let wait = Duration::from_micros((sync_us * fraction) as u64);
-        let scenario = Scenario { writers: args.writers, size: args.size as usize, duration: secs, max_batch_wait: wait };
+        let scenario =
+            Scenario { writers: args.writers, size: args.size as usize, duration: secs, max_batch_wait: wait };
         let dir = scratch.path().join(format!("wait-{}", wait.as_micros()));
         let m = journal_run(&dir, &scenario, false)?;
         trials.push((wait, m));

@@ -57,7 +57,12 @@ pub fn run(dir: &Path, json: bool, salvage: bool) -> anyhow::Result<Outcome> {
         eprintln!("skipped {} bytes at {}:{}: {}", s.bytes, s.path.display(), s.offset, s.reason);
     }
     if let Some(t) = &report.torn_tail {
-        eprintln!("torn tail: {} bytes at {}:{} (not acknowledged; discarded at the next open)", t.bytes, t.path.display(), t.offset);
+        eprintln!(
+            "torn tail: {} bytes at {}:{} (not acknowledged; discarded at the next open)",
+            t.bytes,
+            t.path.display(),
+            t.offset
+        );
     }
     Ok(if report.skipped.is_empty() { Outcome::Ok } else { Outcome::Problem })
 }

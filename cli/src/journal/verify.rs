@@ -31,7 +31,10 @@ pub fn run(dir: &Path) -> anyhow::Result<Outcome> {
                 );
             }
             if let Some(p) = &r.torn_activation {
-                println!("verify: {} is a torn activation (its header never became durable); the next open removes it", p.display());
+                println!(
+                    "verify: {} is a torn activation (its header never became durable); the next open removes it",
+                    p.display()
+                );
             }
             Ok(Outcome::Ok)
         }

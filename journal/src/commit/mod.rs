@@ -33,7 +33,12 @@ use writer::Writer;
 /// What a request asks the writer to log.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum RequestOp {
-    Frame { frame_type: FrameType, id: RecordId, tx: u64, kind: u8 },
+    Frame {
+        frame_type: FrameType,
+        id: RecordId,
+        tx: u64,
+        kind: u8,
+    },
     /// Make everything written so far durable.
     Sync,
 }
@@ -52,7 +57,13 @@ pub(crate) struct Request {
 impl Request {
     fn sync() -> Request {
         let slot = Arc::new(Slot::new());
-        Request { op: RequestOp::Sync, payload: Vec::new(), payload_crc: crc32fast::Hasher::new(), slot, blocking: false }
+        Request {
+            op: RequestOp::Sync,
+            payload: Vec::new(),
+            payload_crc: crc32fast::Hasher::new(),
+            slot,
+            blocking: false,
+        }
     }
 
     /// Bytes this request adds to a batch.

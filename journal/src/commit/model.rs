@@ -116,11 +116,10 @@ impl Model {
 
     /// The open, unprepared transaction `tx`, created if absent; `None` if it is prepared.
     fn open_tx(&mut self, tx: u64, undo: &mut Vec<Undo>) -> Option<&mut TxModel> {
-        if !self.txs.contains_key(&tx) {
-            self.txs.insert(tx, TxModel::default());
+        let t = self.txs.entry(tx).or_insert_with(|| {
             undo.push(Undo::TxCreated(tx));
-        }
-        let t = self.txs.get_mut(&tx)?;
+            TxModel::default()
+        });
         if t.prepared {
             return None;
         }

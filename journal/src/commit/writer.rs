@@ -301,15 +301,8 @@ impl Writer {
 
 /// The bytes of a seal frame.
 pub(crate) fn seal_frame(binding: &Binding, lsn: Lsn, frames: u64, since_sync: u32) -> [u8; HEADER_BYTES] {
-    let header = FrameHeader {
-        payload_len: 0,
-        lsn,
-        id: frames,
-        tx: 0,
-        since_sync,
-        frame_type: FrameType::Seal,
-        kind: 0,
-    };
+    let header =
+        FrameHeader { payload_len: 0, lsn, id: frames, tx: 0, since_sync, frame_type: FrameType::Seal, kind: 0 };
     header.encode(binding, &crc32fast::Hasher::new())
 }
 

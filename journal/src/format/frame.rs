@@ -186,15 +186,7 @@ mod tests {
     }
 
     fn header(len: u32) -> FrameHeader {
-        FrameHeader {
-            payload_len: len,
-            lsn: Lsn(42),
-            id: 9,
-            tx: 0,
-            since_sync: 1,
-            frame_type: FrameType::Add,
-            kind: 5,
-        }
+        FrameHeader { payload_len: len, lsn: Lsn(42), id: 9, tx: 0, since_sync: 1, frame_type: FrameType::Add, kind: 5 }
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub(crate) fn read_identity(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Identity
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(OpenError::io(&path, "open")(e)),
     };
-    let len = file.len().map_err(OpenError::io(&path, "stat"))?;
+    let len = file.size().map_err(OpenError::io(&path, "stat"))?;
     let mut buf = vec![0u8; len.min(1 << 20) as usize];
     file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
     Identity::decode(&buf).map(Some).map_err(|source| OpenError::Identity { path, source })
@@ -150,7 +150,7 @@ pub(crate) fn recover_dir(
     for &seq in &seqs {
         let path = dir.join(segment::file_name(seq));
         let file = vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
-        let file_bytes = file.len().map_err(OpenError::io(&path, "stat"))?;
+        let file_bytes = file.size().map_err(OpenError::io(&path, "stat"))?;
         let mut buf = vec![0u8; SEGMENT_HEADER_BYTES.min(file_bytes) as usize];
         file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
         headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
@@ -190,7 +190,7 @@ pub(crate) fn recover_dir(
             Err(e) => {
                 // A torn activation leaves a full-size, pre-allocated file; a shorter one was cut by something
                 // else and may hold acknowledged frames, so it is never deleted as torn.
-                let full_size = *file_bytes >= crate::limits::SEGMENT_BYTES_MIN && file_bytes % 4096 == 0;
+                let full_size = *file_bytes >= crate::limits::SEGMENT_BYTES_MIN && file_bytes.is_multiple_of(4096);
                 if newest && full_size {
                     let data = read_whole(vfs, path, *file_bytes)?;
                     let min = expected.unwrap_or(Lsn(1));

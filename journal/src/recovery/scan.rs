@@ -55,11 +55,11 @@ pub struct ScanInput<'a> {
     pub mode: RecoveryMode,
 }
 
+/// Called for each valid frame: its offset, header and payload.
+pub type FrameVisitor<'a> = dyn FnMut(u64, &FrameHeader, &[u8]) -> Result<(), Corruption> + 'a;
+
 /// Scans frames from the end of the header, calling `visit` for each valid non-seal frame in order.
-pub fn scan_segment(
-    input: &ScanInput<'_>,
-    visit: &mut dyn FnMut(u64, &FrameHeader, &[u8]) -> Result<(), Corruption>,
-) -> Result<Scanned, Corruption> {
+pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Result<Scanned, Corruption> {
     let data = input.data;
     let len = data.len() as u64;
     let mut offset = SEGMENT_HEADER_BYTES;
@@ -140,16 +140,11 @@ pub fn scan_segment(
                 skipped.push(SkippedRange {
                     path: input.path.to_path_buf(),
                     offset,
-                    bytes: len - offset,
+                    bytes: len.saturating_sub(offset),
                     reason: what.to_string(),
                     lsns: (expected, expected),
                 });
-                return Ok(Scanned {
-                    end: SegmentEnd::Unterminated { offset },
-                    frames,
-                    next_lsn: expected,
-                    skipped,
-                });
+                return Ok(Scanned { end: SegmentEnd::Unterminated { offset }, frames, next_lsn: expected, skipped });
             }
         }
     }

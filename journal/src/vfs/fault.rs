@@ -106,7 +106,7 @@ impl VfsFile for FaultyFile {
 
     fn write_all_at(&self, bufs: &[IoSlice<'_>], offset: u64) -> io::Result<()> {
         let bytes: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        let extends = offset + bytes > self.inner.len()?;
+        let extends = offset + bytes > self.inner.size()?;
         self.faults.check_write(extends)?;
         self.inner.write_all_at(bufs, offset)
     }
@@ -121,8 +121,8 @@ impl VfsFile for FaultyFile {
         self.inner.sync_all()
     }
 
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 }
 
