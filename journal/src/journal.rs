@@ -121,7 +121,7 @@ impl Journal {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         let vfs = options.vfs.clone();
-        vfs.create_dir_all(&dir).map_err(OpenError::io(&dir, "create directory"))?;
+        create_dir_durably(vfs.as_ref(), &dir)?;
         let lock_path = dir.join("LOCK");
         let lock_file = File::options()
             .create(true)
@@ -402,6 +402,27 @@ fn tx_frame(op: TxOp) -> FrameType {
         TxOp::Update => FrameType::UpdateTx,
         TxOp::Delete => FrameType::DeleteTx,
     }
+}
+
+/// Creates `dir` and any missing ancestors, fsyncing each new directory's parent so that the new entries
+/// survive a power loss (the journal's files are only as durable as the directory that names them).
+fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), OpenError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    vfs.create_dir_all(dir).map_err(OpenError::io(dir, "create directory"))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            vfs.sync_dir(parent).map_err(OpenError::io(parent, "fsync directory"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the identity file in a directory that holds no journal yet.

@@ -35,9 +35,11 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         };
         let size = [16u64, 100, 1000, 4000, 12_000][rng.range(0, 5) as usize].to_string();
         let writers = rng.range(1, 9).to_string();
+        // A third of the runs commit records in transactions (half of them prepared first).
+        let tx = if rng.range(0, 3) == 0 { rng.range(2, 6) } else { 0 }.to_string();
         let mut child = Command::new(keel_bin())
             .args(["journal", "stress", "--dir", dir_s, "--ack-log", ack_s, "--secs", "60"])
-            .args(["--writers", &writers, "--size", &size, "--sync", &sync, "--segment-bytes", "262144"])
+            .args(["--writers", &writers, "--size", &size, "--sync", &sync, "--segment-bytes", "262144", "--tx", &tx])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -55,7 +57,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             panic!("cycle {cycle}: stress exited on its own ({status}): {err}");
         }
         let context =
-            format!("cycle {cycle} (sync {sync}, size {size}, writers {writers}, killed after {delay_ms} ms)");
+            format!("cycle {cycle} (sync {sync}, size {size}, writers {writers}, tx {tx}, killed after {delay_ms} ms)");
         let verify = keel(&["journal", "verify", "--dir", dir_s]);
         let nothing_acked = std::fs::metadata(&ack_log).map_or(true, |m| m.len() == 0);
         let not_created = stderr(&verify).contains("no journal here") || !dir.exists();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use keel_journal::Journal;
+use keel_journal::{Journal, TxId};
 
 use super::{Failed, WriteArgs};
 use crate::Outcome;
@@ -39,6 +39,10 @@ pub struct StressArgs {
     /// Append for this many seconds.
     #[arg(long)]
     secs: Option<f64>,
+    /// Group this many records per transaction (add in the tx, then commit; every other transaction is
+    /// prepared first, two-phase). Ids are logged once their transaction's commit is durable. 0: no tx.
+    #[arg(long, default_value_t = 0)]
+    tx: u32,
     /// Where to log acknowledged ids, one a line; `-` for standard output.
     #[arg(long)]
     ack_log: String,
@@ -98,6 +102,20 @@ impl AckLog {
     }
 }
 
+/// Adds `ids` in one transaction (tx id = first id + 1, never 0) and commits; every other transaction is
+/// prepared first.
+fn in_transaction(journal: &Journal, ids: &[u64], size: usize) -> Result<(), keel_journal::AppendError> {
+    let tx = TxId::new(ids[0] + 1).expect("non-zero");
+    for id in ids {
+        journal.add_tx(tx, *id, 0, &payload(*id, size))?;
+    }
+    if (ids[0] / ids.len() as u64).is_multiple_of(2) {
+        journal.prepare(tx, b"stress")?;
+    }
+    journal.commit(tx)?;
+    Ok(())
+}
+
 pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
     let ack_log = if args.ack_log == "-" {
         AckLog::Stdout
@@ -110,7 +128,13 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
         AckLog::File(f)
     };
     let (journal, recovered) = Journal::open(&args.dir, args.write.options())?;
-    let first_id = recovered.records.keys().next_back().map_or(0, |max| max + 1);
+    // Prepared transactions left by a killed run were never acknowledged: roll them back, and start ids
+    // past every id they staged, so that ids and transaction ids are never reused.
+    let mut first_id = recovered.records.keys().next_back().map_or(0, |max| max + 1);
+    for p in &recovered.prepared {
+        first_id = first_id.max(p.records.iter().map(|r| r.id + 1).max().unwrap_or(0)).max(p.tx.get());
+        journal.rollback(p.tx).map_err(|e| anyhow!(e).context(Failed))?;
+    }
     let journal = Arc::new(journal);
     let ack_log = Arc::new(ack_log);
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,28 +146,32 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
         .map(|_| {
             let (journal, ack_log, stop, issued, failure) =
                 (journal.clone(), ack_log.clone(), stop.clone(), issued.clone(), failure.clone());
-            let (count, size) = (args.count, args.size as usize);
+            let (count, size, tx_records) = (args.count, args.size as usize, u64::from(args.tx));
             std::thread::spawn(move || {
                 let mut latencies_us: Vec<u32> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
-                    let n = issued.fetch_add(1, Ordering::Relaxed);
+                    let group = tx_records.max(1);
+                    let n = issued.fetch_add(group, Ordering::Relaxed);
                     if count.is_some_and(|c| n >= c) {
                         break;
                     }
-                    let id = first_id + n;
-                    let body = payload(id, size);
+                    let ids: Vec<u64> = (first_id + n..first_id + n + group).collect();
                     let t = Instant::now();
-                    let result = journal.add(id, 0, &body);
+                    let result = if tx_records == 0 {
+                        journal.add(ids[0], 0, &payload(ids[0], size)).map(|_| ())
+                    } else {
+                        in_transaction(&journal, &ids, size)
+                    };
                     latencies_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     let err = match result {
-                        Ok(_) => match ack_log.ack(id) {
+                        Ok(()) => match ids.iter().try_for_each(|id| ack_log.ack(*id)) {
                             Ok(()) => continue,
                             Err(e) => format!("writing the ack log: {e}"),
                         },
-                        Err(e) => format!("append of record {id} failed: {e}"),
+                        Err(e) => format!("append of record {} failed: {e}", ids[0]),
                     };
                     failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(err);
                     stop.store(true, Ordering::Relaxed);
@@ -164,18 +192,21 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
     journal.close().map_err(|e| anyhow!(e).context(Failed))?;
     latencies.sort_unstable();
     let n = latencies.len();
+    let per_append = u64::from(args.tx.max(1));
+    let records = n as u64 * per_append;
+    let unit = if args.tx == 0 { "append" } else { "transaction" };
     let pct = |p: f64| if n == 0 { 0.0 } else { f64::from(latencies[((n as f64 * p) as usize).min(n - 1)]) / 1000.0 };
     let line = format!(
-        "stress: {n} records of {} B by {} writers in {elapsed:.2} s: {:.0} records/s, {:.1} MB/s; latency p50 {:.3} ms, p99 {:.3} ms; sync {:?}; ids {}..{}",
+        "stress: {records} records of {} B by {} writers in {elapsed:.2} s: {:.0} records/s, {:.1} MB/s; {unit} latency p50 {:.3} ms, p99 {:.3} ms; sync {:?}; ids {}..{}",
         args.size,
         args.writers,
-        n as f64 / elapsed,
-        n as f64 * f64::from(args.size) / elapsed / 1e6,
+        records as f64 / elapsed,
+        records as f64 * f64::from(args.size) / elapsed / 1e6,
         pct(0.50),
         pct(0.99),
         args.write.sync,
         first_id,
-        first_id + n as u64,
+        first_id + records,
     );
     if args.ack_log == "-" {
         eprintln!("{line}");
