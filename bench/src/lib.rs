@@ -207,8 +207,19 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// Opens a journal for benchmarking: 64 MiB segments, `spares` pre-allocated before the clock starts (the
 /// baselines write into a pre-allocated file too).
-pub fn open_bench_journal(dir: &Path, max_batch_wait: Duration, spares: u32) -> io::Result<Journal> {
-    let opts = Options { sync: SyncPolicy::Always, max_batch_wait, spare_segments: spares, ..Options::default() };
+pub fn open_bench_journal(
+    dir: &Path,
+    max_batch_wait: Duration,
+    spares: u32,
+    segment_bytes: u64,
+) -> io::Result<Journal> {
+    let opts = Options {
+        sync: SyncPolicy::Always,
+        max_batch_wait,
+        spare_segments: spares,
+        segment_bytes,
+        ..Options::default()
+    };
     let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
     Ok(j)
 }
@@ -231,7 +242,7 @@ pub fn journal_run(dir: &Path, scenario: &Scenario, encrypt: bool) -> io::Result
     if encrypt {
         return Err(io::Error::other("encryption is not implemented yet"));
     }
-    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4)?);
+    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4, keel_journal::limits::SEGMENT_BYTES_DEFAULT)?);
     let m = journal_on(j.clone(), scenario.writers, scenario.size, scenario.duration)?;
     if let Ok(j) = Arc::try_unwrap(j) {
         j.close().map_err(io::Error::other)?;
@@ -270,6 +281,8 @@ pub struct MatrixConfig {
     /// disk's drift hits every system alike.
     pub rounds: u32,
     pub with_okaywal: bool,
+    /// Keel's segment size.
+    pub segment_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -289,9 +302,10 @@ pub struct Row {
 /// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
 pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)) -> io::Result<Vec<Row>> {
     let journal_dir = dir.join("keel");
-    // 40 spares of 64 MiB: a row never drains the pool below half, so no refill competes with a
+    // 2.5 GiB of spares: a row never drains the pool below half, so no refill competes with a
     // measurement (the baselines' file is pre-allocated too); the pool is topped up between rows.
-    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, 40)?);
+    let spares = (40 * keel_journal::limits::SEGMENT_BYTES_DEFAULT / cfg.segment_bytes).clamp(2, 64) as u32;
+    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, spares, cfg.segment_bytes)?);
     if !journal.wait_for_spares(Duration::from_secs(600)) {
         return Err(io::Error::other("spare segments were not ready in 600 s"));
     }

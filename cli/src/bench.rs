@@ -29,6 +29,9 @@ pub enum BenchCommand {
         /// Record sizes in bytes (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "256,1024,16384")]
         sizes: Vec<usize>,
+        /// Keel's segment size in bytes.
+        #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
+        segment_bytes: u64,
         /// Skip the okaywal peer.
         #[arg(long)]
         no_peer: bool,
@@ -40,7 +43,7 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
-        BenchCommand::Journal { dir, secs, rounds, writers, sizes, no_peer, encrypt } => {
+        BenchCommand::Journal { dir, secs, rounds, writers, sizes, segment_bytes, no_peer, encrypt } => {
             anyhow::ensure!(!encrypt, "--encrypt: journal encryption is not implemented yet");
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
@@ -50,6 +53,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 duration: Duration::from_secs_f64(secs),
                 rounds,
                 with_okaywal: !no_peer,
+                segment_bytes,
             };
             let rows = run_matrix(scratch.path(), &cfg, &mut |row| {
                 eprintln!(

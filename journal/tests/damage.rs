@@ -108,8 +108,17 @@ fn torn_tail_is_sealed_on_open_and_writing_continues() {
 fn truncated_segment_file_is_refused_with_file_and_size() {
     let dir = tempfile::tempdir().unwrap();
     let all = build(dir.path(), 20);
-    let (path, start, end, _) = all.last().unwrap().clone();
-    for cut in [start, start + 1, end - 1, end, 100, 0] {
+    let (path, _, end, _) = all.last().unwrap().clone();
+    let from = all.iter().rev().nth(2).unwrap().1;
+    // Every byte offset of the last three frames, and inside the header.
+    let original = std::fs::read(&path).unwrap();
+    for cut in (from..=end).chain([0, 100, 255, 256]) {
+        std::fs::write(&path, &original[..cut as usize]).unwrap();
+        let e = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains(&path.display().to_string()), "cut at {cut} names the file: {e}");
+        std::fs::write(&path, &original).unwrap();
+    }
+    for cut in [from, from + 1, end - 1, end, 100, 0] {
         let original = std::fs::read(&path).unwrap();
         std::fs::write(&path, &original[..cut as usize]).unwrap();
         let r = Journal::open(dir.path(), options()).map(|_| ());

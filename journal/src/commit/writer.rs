@@ -215,6 +215,9 @@ impl Writer {
             let active = self.active.as_mut().expect("still active");
             active.header = None;
             active.offset = end;
+            // The seal must always fit: a segment that cannot be sealed cannot be rolled over.
+            assert!(active.offset + SEAL_FRAME_BYTES <= active.capacity, "seal room reserved");
+            debug_assert_eq!(self.next_lsn.0 - start_lsn.0, headers.len() as u64, "one LSN per frame");
             active.frames += headers.len() as u64;
             active.since_sync += headers.len() as u32;
             self.unsynced = true;
@@ -244,6 +247,7 @@ impl Writer {
     }
 
     fn activate(&mut self, spare: Spare) {
+        assert!(self.active.is_none(), "activate only after the previous segment was sealed");
         assert_eq!(spare.seq, self.last_seq + 1, "segments are used in sequence order");
         let binding = Binding { journal_id: self.journal_id, segment_seq: spare.seq };
         let header = SegmentHeader {

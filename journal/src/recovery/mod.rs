@@ -262,6 +262,8 @@ pub(crate) fn recover_dir(
             | SegmentEnd::Torn { offset, .. }
             | SegmentEnd::Unterminated { offset } => offset,
         };
+        assert!(end_offset <= *file_bytes, "a scan never ends past its segment");
+        assert!(scanned.next_lsn.0 >= header.first_lsn.0, "LSNs never go back within a segment");
         report.segments_read += 1;
         report.frames += scanned.frames;
         report.bytes_read += end_offset;
