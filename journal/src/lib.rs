@@ -33,6 +33,7 @@
 //! ```
 
 mod commit;
+pub mod crypto;
 mod error;
 mod format;
 pub mod inspect;

@@ -22,7 +22,7 @@ impl Binding {
     }
 }
 
-pub(crate) fn u32_at(buf: &[u8], at: usize) -> u32 {
+pub fn u32_at(buf: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&buf[at..at + 4]);
     u32::from_le_bytes(b)
