@@ -43,6 +43,8 @@ pub enum CorruptionKind {
     DamageBeforeSyncedData { later_offset: u64, later_lsn: Lsn },
     #[error("seal frame counts {declared} frames, the segment has {actual}")]
     SealCount { declared: u64, actual: u64 },
+    #[error("sealed unit: {0}")]
+    Unit(crate::crypto::unit::UnitError),
     #[error("transaction {tx}: {frame} declares {declared} records, {staged} were logged")]
     TxCount { tx: u64, frame: &'static str, declared: u64, staged: u64 },
 }
@@ -63,6 +65,8 @@ pub enum OpenError {
     NotAJournal { dir: PathBuf },
     #[error(transparent)]
     Corrupt(#[from] Corruption),
+    #[error("{}: encrypted under master key id {key_id}, {why}", path.display())]
+    KeyUnavailable { path: PathBuf, key_id: u32, why: &'static str },
     #[error("invalid option {name}: {why}")]
     InvalidOption { name: &'static str, why: String },
 }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::path::Path;
 
+use crate::crypto::keys::KeyRing;
 use crate::error::OpenError;
 use crate::format::identity;
 use crate::recovery::{recover_dir, FrameEvent, Recovered, SegmentSummary};
@@ -27,10 +28,11 @@ pub struct Inspection {
 pub fn inspect(
     dir: &Path,
     mode: RecoveryMode,
+    keys: Option<&KeyRing>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<Inspection, OpenError> {
     let _lock = shared_lock(dir)?;
-    let dr = recover_dir(&StdVfs, dir, mode, visit)?;
+    let dr = recover_dir(&StdVfs, dir, mode, keys, visit)?;
     Ok(Inspection {
         journal_id: identity::id_hex(&dr.identity.journal_id),
         created_unix_ms: dr.identity.created_unix_ms,

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use crate::commit::completion::Pending;
 use crate::commit::model::Model;
-use crate::commit::writer::{seal_frame, Active, Writer};
+use crate::commit::writer::{seal_bytes, Active, Writer};
 use crate::commit::{writer_thread, RequestOp, Shared};
+use crate::crypto::keys::KeyRing;
 use crate::error::{AppendError, OpenError};
 use crate::format::frame::FrameType;
 use crate::format::identity::{self, Identity};
@@ -40,6 +41,9 @@ pub struct Options {
     pub spare_segments: u32,
     /// The filesystem seam; tests substitute a fault-injecting one.
     pub vfs: Arc<dyn Vfs>,
+    /// Master keys. With keys, new segments are encrypted under the current (highest-id) key and encrypted
+    /// segments can be read; without, the journal writes plaintext and refuses encrypted segments.
+    pub keys: Option<KeyRing>,
 }
 
 impl Default for Options {
@@ -52,6 +56,7 @@ impl Default for Options {
             recovery: RecoveryMode::Strict,
             spare_segments: 1,
             vfs: Arc::new(StdVfs),
+            keys: None,
         }
     }
 }
@@ -135,7 +140,7 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::io(&lock_path, "lock")(e)),
         }
         create_identity_if_new(vfs.as_ref(), &dir)?;
-        let mut dr = recover_dir(vfs.as_ref(), &dir, options.recovery, &mut |_| {})?;
+        let mut dr = recover_dir(vfs.as_ref(), &dir, options.recovery, options.keys.as_ref(), &mut |_| {})?;
 
         // Spares of another size (the option changed) are discarded: a roll-over relies on the size.
         let mut spares = Vec::new();
@@ -163,7 +168,7 @@ impl Journal {
 
         let journal_id = dr.identity.journal_id;
         let (active, next_lsn, last_seq) = match &dr.resume {
-            Resume::InPlace { seq, path, offset, frames, next_lsn } => {
+            Resume::InPlace { seq, path, offset, frames, next_lsn, cipher } => {
                 let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;
                 file.sync_data().map_err(OpenError::io(path, "fdatasync"))?;
                 let capacity = file.size().map_err(OpenError::io(path, "stat"))?;
@@ -176,13 +181,14 @@ impl Journal {
                     frames: *frames,
                     since_sync: 0,
                     header: None,
+                    cipher: cipher.clone(),
                 };
                 (Some(active), *next_lsn, *seq)
             }
-            Resume::SealThenNew { path, segment_seq, offset, frames, seal_lsn } => {
+            Resume::SealThenNew { path, segment_seq, offset, frames, seal_lsn, cipher } => {
                 let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;
                 let binding = Binding { journal_id, segment_seq: *segment_seq };
-                let frame = seal_frame(&binding, *seal_lsn, *frames, 0);
+                let frame = seal_bytes(&binding, cipher.as_ref(), *offset, *seal_lsn, *frames, 0);
                 file.write_all_at(&[IoSlice::new(&frame)], *offset).map_err(OpenError::io(path, "write seal"))?;
                 file.sync_data().map_err(OpenError::io(path, "fdatasync"))?;
                 (None, Lsn(seal_lsn.0 + 1), *segment_seq)
@@ -222,6 +228,7 @@ impl Journal {
             spares: spare_pool.clone(),
             policy: options.sync,
             unsynced: false,
+            keys: options.keys.clone(),
         };
         let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
         let mut threads = Vec::new();

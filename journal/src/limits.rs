@@ -12,6 +12,8 @@ pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 /// Default segment size.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// Bytes a sealed unit (encryption) adds around the frames of one write: its header and tag.
+pub const UNIT_OVERHEAD_BYTES: u64 = 48;
 /// A seal frame carries no payload.
 pub const SEAL_FRAME_BYTES: u64 = FRAME_HEADER_BYTES;
 /// Default bound on the bytes one group-commit batch writes.
@@ -26,7 +28,8 @@ pub const IOV_MAX: usize = 1024;
 pub const ZERO_FILL_CHUNK_BYTES: usize = 1024 * 1024;
 
 const _: () = assert!(SEGMENT_HEADER_BYTES.is_multiple_of(8));
-const _: () = assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + SEAL_FRAME_BYTES);
+const _: () =
+    assert!(SEGMENT_BYTES_MIN > SEGMENT_HEADER_BYTES + FRAME_HEADER_BYTES + SEAL_FRAME_BYTES + 2 * UNIT_OVERHEAD_BYTES);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT >= SEGMENT_BYTES_MIN && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX <= u32::MAX as u64, "since_sync and frame counts are u32");
 const _: () = assert!(PAYLOAD_BYTES_MAX <= u32::MAX as u64, "payload_len is u32 on disk");
@@ -36,7 +39,8 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(ZERO_FILL_CHUNK_BYTES
 /// The largest payload that fits in a segment of `segment_bytes` next to its header, one frame header and
 /// the seal frame that must always remain writable.
 pub const fn payload_bytes_max_for(segment_bytes: u64) -> u64 {
-    let room = segment_bytes - SEGMENT_HEADER_BYTES - FRAME_HEADER_BYTES - SEAL_FRAME_BYTES;
+    // Room for the frame and the seal, each possibly in a sealed unit of its own.
+    let room = segment_bytes - SEGMENT_HEADER_BYTES - FRAME_HEADER_BYTES - SEAL_FRAME_BYTES - 2 * UNIT_OVERHEAD_BYTES;
     if room < PAYLOAD_BYTES_MAX {
         room
     } else {

@@ -28,7 +28,7 @@ fn build(dir: &Path, n: u64) -> Vec<(PathBuf, u64, u64, u64)> {
 
 fn frames(dir: &Path) -> Vec<(PathBuf, u64, u64, u64)> {
     let mut out = Vec::new();
-    inspect(dir, RecoveryMode::Strict, &mut |f| {
+    inspect(dir, RecoveryMode::Strict, None, &mut |f| {
         out.push((f.path.to_path_buf(), f.offset, f.offset + f.header.frame_bytes(), f.header.id))
     })
     .unwrap();
@@ -36,7 +36,7 @@ fn frames(dir: &Path) -> Vec<(PathBuf, u64, u64, u64)> {
 }
 
 fn ids(dir: &Path, mode: RecoveryMode) -> Result<Vec<u64>, OpenError> {
-    let i = inspect(dir, mode, &mut |_| {})?;
+    let i = inspect(dir, mode, None, &mut |_| {})?;
     for (id, r) in &i.recovered.records {
         assert_eq!(r.payload, payload(*id), "record {id} intact");
     }
@@ -70,7 +70,7 @@ fn torn_write_at_every_byte_of_the_last_frames_drops_exactly_the_torn_record() {
         b[x as usize..written_end as usize].fill(0);
         std::fs::write(&path, &b).unwrap();
         let want: Vec<u64> = all.iter().filter(|f| f.0 != path || f.2 <= x).map(|f| f.3).collect();
-        let i = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).unwrap();
+        let i = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).unwrap();
         let got: Vec<u64> = i.recovered.records.keys().copied().collect();
         assert_eq!(got, want, "torn at byte {x}");
         let frame_start = all.iter().filter(|f| f.0 == path && f.1 <= x).map(|f| f.1).max().unwrap();
@@ -114,7 +114,7 @@ fn truncated_segment_file_is_refused_with_file_and_size() {
     let original = std::fs::read(&path).unwrap();
     for cut in (from..=end).chain([0, 100, 255, 256]) {
         std::fs::write(&path, &original[..cut as usize]).unwrap();
-        let e = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).map(|_| ()).unwrap_err();
+        let e = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).map(|_| ()).unwrap_err();
         assert!(e.to_string().contains(&path.display().to_string()), "cut at {cut} names the file: {e}");
         std::fs::write(&path, &original).unwrap();
     }
@@ -143,7 +143,7 @@ fn bit_flip_in_synced_frames_of_newest_segment_is_corruption_and_salvage_skips_i
     let got = ids(dir.path(), RecoveryMode::Salvage).unwrap();
     let want: Vec<u64> = all.iter().map(|f| f.3).filter(|id| *id != victim.3).collect();
     assert_eq!(got, want, "salvage loses exactly the damaged record");
-    let i = inspect(dir.path(), RecoveryMode::Salvage, &mut |_| {}).unwrap();
+    let i = inspect(dir.path(), RecoveryMode::Salvage, None, &mut |_| {}).unwrap();
     assert_eq!(i.recovered.report.skipped.len(), 1);
     assert_eq!(i.recovered.report.skipped[0].offset, victim.1);
     assert_eq!(i.recovered.report.skipped[0].bytes, victim.2 - victim.1);
@@ -178,7 +178,7 @@ fn garbage_tail_after_the_last_frame_is_a_torn_tail() {
             *byte = (i * 7 + 3) as u8;
         }
     });
-    let i = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).unwrap();
+    let i = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).unwrap();
     assert_eq!(i.recovered.records.len(), 10);
     let t = i.recovered.report.torn_tail.unwrap();
     assert_eq!((t.offset, t.bytes), (end, 500));
@@ -188,7 +188,7 @@ fn garbage_tail_after_the_last_frame_is_a_torn_tail() {
 fn zero_filled_tail_is_a_clean_end() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path(), 10);
-    let i = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).unwrap();
+    let i = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).unwrap();
     assert!(i.recovered.report.torn_tail.is_none());
     assert!(matches!(i.segments.last().unwrap().end, SegmentEnd::Open { .. }));
 }
@@ -273,6 +273,6 @@ fn a_second_writer_is_refused() {
     let (_j, _) = Journal::open(dir.path(), options()).unwrap();
     let e = Journal::open(dir.path(), options()).unwrap_err();
     assert!(matches!(e, OpenError::Locked { .. }), "{e}");
-    let e = inspect(dir.path(), RecoveryMode::Strict, &mut |_| {}).unwrap_err();
+    let e = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).unwrap_err();
     assert!(matches!(e, OpenError::Locked { .. }), "{e}");
 }

@@ -149,8 +149,10 @@ impl Model {
     }
 }
 
-fn options(sync: SyncPolicy) -> Options {
-    Options { segment_bytes: 64 * 1024, sync, ..Options::default() }
+fn options(sync: SyncPolicy, encrypted: bool) -> Options {
+    let keys = encrypted
+        .then(|| keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "5a".repeat(32)), "test").unwrap());
+    Options { segment_bytes: 64 * 1024, sync, keys, ..Options::default() }
 }
 
 fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered) {
@@ -172,7 +174,8 @@ fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered) {
     assert_eq!(got_prepared, want_prepared, "prepared transactions after reopen");
 }
 
-fn run(ops: Vec<Op>, sync: SyncPolicy) {
+fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
+    let options = |sync| options(sync, encrypted);
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::default();
     let (mut journal, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
@@ -214,8 +217,13 @@ fn run(ops: Vec<Op>, sync: SyncPolicy) {
     check_recovered(&mut model, &recovered);
     // And the read-only inspection of the tools sees the same.
     drop(_j);
-    let inspection =
-        keel_journal::inspect::inspect(dir.path(), keel_journal::RecoveryMode::Strict, &mut |_| {}).unwrap();
+    let inspection = keel_journal::inspect::inspect(
+        dir.path(),
+        keel_journal::RecoveryMode::Strict,
+        options(sync).keys.as_ref(),
+        &mut |_| {},
+    )
+    .unwrap();
     check_recovered(&mut model, &inspection.recovered);
 }
 
@@ -224,11 +232,16 @@ proptest! {
 
     #[test]
     fn journal_matches_model_sync_always(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, SyncPolicy::Always);
+        run(ops, SyncPolicy::Always, false);
     }
 
     #[test]
     fn journal_matches_model_sync_never(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, SyncPolicy::Never);
+        run(ops, SyncPolicy::Never, false);
+    }
+
+    #[test]
+    fn journal_matches_model_encrypted(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops, SyncPolicy::Always, true);
     }
 }

@@ -14,7 +14,7 @@ pub fn run(dir: &Path, json: bool, salvage: bool) -> anyhow::Result<Outcome> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_err: Option<std::io::Error> = None;
-    let inspection = inspect(dir, mode(salvage), &mut |f| {
+    let inspection = inspect(dir, mode(salvage), None, &mut |f| {
         if write_err.is_some() {
             return;
         }

@@ -9,7 +9,7 @@ use keel_journal::{OpenError, RecoveryMode};
 use crate::Outcome;
 
 pub fn run(dir: &Path) -> anyhow::Result<Outcome> {
-    match inspect(dir, RecoveryMode::Strict, &mut |_| {}) {
+    match inspect(dir, RecoveryMode::Strict, None, &mut |_| {}) {
         Ok(i) => {
             let r = &i.recovered.report;
             println!(
@@ -41,7 +41,7 @@ pub fn run(dir: &Path) -> anyhow::Result<Outcome> {
         Err(OpenError::Corrupt(first)) => {
             println!("verify: CORRUPT: {first}");
             // List every damaged range, not only the first.
-            if let Ok(i) = inspect(dir, RecoveryMode::Salvage, &mut |_| {}) {
+            if let Ok(i) = inspect(dir, RecoveryMode::Salvage, None, &mut |_| {}) {
                 for s in &i.recovered.report.skipped {
                     println!("verify: damaged: {}:{} ({} bytes): {}", s.path.display(), s.offset, s.bytes, s.reason);
                 }

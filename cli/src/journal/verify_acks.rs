@@ -15,7 +15,7 @@ const PROBLEMS_SHOWN_MAX: usize = 20;
 
 pub fn run(dir: &Path, ack_log: &Path) -> anyhow::Result<Outcome> {
     let ids = read_ack_log(ack_log)?;
-    let inspection = inspect(dir, RecoveryMode::Strict, &mut |_| {})?;
+    let inspection = inspect(dir, RecoveryMode::Strict, None, &mut |_| {})?;
     let records = &inspection.recovered.records;
     let mut problems = Vec::new();
     for id in &ids {

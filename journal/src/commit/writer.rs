@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 use super::model::{Model, Undo};
 use super::{Request, RequestOp, Shared};
+use crate::crypto::keys::KeyRing;
+use crate::crypto::{unit, SegmentCipher};
 use crate::error::AppendError;
 use crate::format::frame::{FrameHeader, FrameType, HEADER_BYTES};
 use crate::format::segment_header::{self, SegmentHeader};
@@ -46,6 +48,24 @@ pub(crate) struct Active {
     pub since_sync: u32,
     /// The header, until the first write into this segment lands.
     pub header: Option<[u8; segment_header::BYTES]>,
+    /// The segment's data key, if it is encrypted: every write is then one sealed unit.
+    pub cipher: Option<SegmentCipher>,
+}
+
+impl Active {
+    /// Bytes a write adds around its frames.
+    fn unit_overhead(&self) -> u64 {
+        if self.cipher.is_some() {
+            unit::UNIT_OVERHEAD_BYTES
+        } else {
+            0
+        }
+    }
+
+    /// Room that must stay free for the seal.
+    fn seal_reserve(&self) -> u64 {
+        SEAL_FRAME_BYTES + self.unit_overhead()
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +79,8 @@ pub(crate) struct Writer {
     pub policy: SyncPolicy,
     /// Bytes were written since the last fdatasync.
     pub unsynced: bool,
+    /// Master keys; new segments are encrypted under the current one. `None`: plaintext.
+    pub keys: Option<KeyRing>,
 }
 
 enum Stop {
@@ -122,7 +144,7 @@ impl Writer {
         let mut undo: Vec<Undo> = Vec::new();
         let mut headers: Vec<[u8; HEADER_BYTES]> = Vec::new();
         let mut planned: Vec<(usize, Option<Lsn>)> = Vec::new();
-        let mut end = active.offset;
+        let mut end = active.offset + active.unit_overhead();
         let mut want_sync = self.policy == SyncPolicy::Always;
         let mut segment_full = false;
         let mut i = *next;
@@ -138,7 +160,7 @@ impl Writer {
                 continue;
             };
             let bytes = FRAME_HEADER_BYTES + req.payload.len() as u64;
-            if end + bytes + SEAL_FRAME_BYTES > active.capacity {
+            if end + bytes + active.seal_reserve() > active.capacity {
                 assert!(end > SEGMENT_HEADER_BYTES || active.frames > 0, "a frame larger than an empty segment");
                 segment_full = true;
                 break;
@@ -170,7 +192,21 @@ impl Writer {
         }
 
         if !headers.is_empty() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 1);
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3);
+            let mut sealed: Option<([u8; unit::UNIT_HEADER_BYTES], Vec<u8>, [u8; 16])> = None;
+            if let Some(cipher) = &active.cipher {
+                // One sealed unit per write: the frames, encrypted together.
+                let mut plain = Vec::with_capacity((end - start_offset) as usize);
+                let mut h = headers.iter();
+                for (idx, lsn) in &planned {
+                    if lsn.is_some() {
+                        plain.extend_from_slice(h.next().expect("one header per frame"));
+                        plain.extend_from_slice(&batch[*idx].as_ref().expect("planned").payload);
+                    }
+                }
+                let (uh, tag) = unit::seal(cipher, &active.binding, start_offset, &mut plain);
+                sealed = Some((uh, plain, tag));
+            }
             let write_at = match &active.header {
                 Some(h) => {
                     slices.push(IoSlice::new(h));
@@ -178,13 +214,22 @@ impl Writer {
                 }
                 None => start_offset,
             };
-            let mut h = headers.iter();
-            for (idx, lsn) in &planned {
-                if lsn.is_some() {
-                    let req = batch[*idx].as_ref().expect("planned requests are present");
-                    slices.push(IoSlice::new(h.next().expect("one header per frame")));
-                    if !req.payload.is_empty() {
-                        slices.push(IoSlice::new(&req.payload));
+            match &sealed {
+                Some((uh, ct, tag)) => {
+                    slices.push(IoSlice::new(uh));
+                    slices.push(IoSlice::new(ct));
+                    slices.push(IoSlice::new(tag));
+                }
+                None => {
+                    let mut h = headers.iter();
+                    for (idx, lsn) in &planned {
+                        if lsn.is_some() {
+                            let req = batch[*idx].as_ref().expect("planned requests are present");
+                            slices.push(IoSlice::new(h.next().expect("one header per frame")));
+                            if !req.payload.is_empty() {
+                                slices.push(IoSlice::new(&req.payload));
+                            }
+                        }
                     }
                 }
             }
@@ -216,7 +261,7 @@ impl Writer {
             active.header = None;
             active.offset = end;
             // The seal must always fit: a segment that cannot be sealed cannot be rolled over.
-            assert!(active.offset + SEAL_FRAME_BYTES <= active.capacity, "seal room reserved");
+            assert!(active.offset + active.seal_reserve() <= active.capacity, "seal room reserved");
             debug_assert_eq!(self.next_lsn.0 - start_lsn.0, headers.len() as u64, "one LSN per frame");
             active.frames += headers.len() as u64;
             active.since_sync += headers.len() as u32;
@@ -250,13 +295,22 @@ impl Writer {
         assert!(self.active.is_none(), "activate only after the previous segment was sealed");
         assert_eq!(spare.seq, self.last_seq + 1, "segments are used in sequence order");
         let binding = Binding { journal_id: self.journal_id, segment_seq: spare.seq };
+        let (cipher, key_id, wrapped_key) = match &self.keys {
+            Some(keys) => {
+                let (id, master) = keys.current();
+                let (cipher, wrapped) = SegmentCipher::create(master, id, &binding);
+                (Some(cipher), id, wrapped)
+            }
+            None => (None, 0, [0; segment_header::WRAPPED_KEY_BYTES]),
+        };
         let header = SegmentHeader {
             journal_id: self.journal_id,
             segment_seq: spare.seq,
             first_lsn: self.next_lsn,
             created_unix_ms: unix_ms_now(),
             segment_bytes: spare.bytes,
-            key_id: 0,
+            key_id,
+            wrapped_key,
         };
         self.last_seq = spare.seq;
         self.active = Some(Active {
@@ -268,6 +322,7 @@ impl Writer {
             frames: 0,
             since_sync: 0,
             header: Some(header.encode()),
+            cipher,
         });
     }
 
@@ -278,12 +333,13 @@ impl Writer {
             // Never written: the spare stays usable as it is. Keep it active.
             return Ok(());
         }
-        assert!(active.offset + SEAL_FRAME_BYTES <= active.capacity, "room for the seal is always reserved");
+        assert!(active.offset + active.seal_reserve() <= active.capacity, "room for the seal is always reserved");
         let lsn = self.next_lsn;
-        let frame = seal_frame(&active.binding, lsn, active.frames, active.since_sync);
+        let bytes =
+            seal_bytes(&active.binding, active.cipher.as_ref(), active.offset, lsn, active.frames, active.since_sync);
         active
             .file
-            .write_all_at(&[IoSlice::new(&frame)], active.offset)
+            .write_all_at(&[IoSlice::new(&bytes)], active.offset)
             .map_err(|e| poisoned(&active.path, "write seal", e))?;
         active.file.sync_data().map_err(|e| poisoned(&active.path, "fdatasync", e))?;
         self.next_lsn = Lsn(lsn.0 + 1);
@@ -303,8 +359,27 @@ impl Writer {
     }
 }
 
+/// The bytes that seal a segment at `offset`: the seal frame, in a sealed unit if the segment is encrypted.
+pub(crate) fn seal_bytes(
+    binding: &Binding,
+    cipher: Option<&SegmentCipher>,
+    offset: u64,
+    lsn: Lsn,
+    frames: u64,
+    since_sync: u32,
+) -> Vec<u8> {
+    let mut frame = seal_frame(binding, lsn, frames, since_sync).to_vec();
+    match cipher {
+        None => frame,
+        Some(c) => {
+            let (uh, tag) = unit::seal(c, binding, offset, &mut frame);
+            [&uh[..], &frame, &tag[..]].concat()
+        }
+    }
+}
+
 /// The bytes of a seal frame.
-pub(crate) fn seal_frame(binding: &Binding, lsn: Lsn, frames: u64, since_sync: u32) -> [u8; HEADER_BYTES] {
+fn seal_frame(binding: &Binding, lsn: Lsn, frames: u64, since_sync: u32) -> [u8; HEADER_BYTES] {
     let header =
         FrameHeader { payload_len: 0, lsn, id: frames, tx: 0, since_sync, frame_type: FrameType::Seal, kind: 0 };
     header.encode(binding, &crc32fast::Hasher::new())

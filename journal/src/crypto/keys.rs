@@ -141,8 +141,7 @@ mod tests {
             (format!("{K1}\n{K1}"), "appears twice"),
             ("# nothing".to_owned(), "holds no key"),
         ];
-        for (text, want) in cases
-        {
+        for (text, want) in cases {
             let e = KeyRing::parse(&text, "test").unwrap_err().to_string();
             assert!(e.contains(want), "{e}");
         }

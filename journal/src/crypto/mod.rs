@@ -81,8 +81,13 @@ impl SegmentCipher {
         let mut buf = Zeroizing::new(wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].to_vec());
         let tag = chacha20poly1305::Tag::from_slice(&wrapped[NONCE_BYTES + KEY_BYTES..]);
         let wrap = XChaCha20Poly1305::new(master.bytes().into());
-        wrap.decrypt_in_place_detached(XNonce::from_slice(&wrapped[..NONCE_BYTES]), &wrap_ad(binding, key_id), &mut buf, tag)
-            .ok()?;
+        wrap.decrypt_in_place_detached(
+            XNonce::from_slice(&wrapped[..NONCE_BYTES]),
+            &wrap_ad(binding, key_id),
+            &mut buf,
+            tag,
+        )
+        .ok()?;
         Some(SegmentCipher { aead: XChaCha20Poly1305::new(buf.as_slice().into()) })
     }
 
@@ -98,7 +103,12 @@ impl SegmentCipher {
         let mut key = Zeroizing::new(wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].to_vec());
         let tag = chacha20poly1305::Tag::from_slice(&wrapped[NONCE_BYTES + KEY_BYTES..]);
         XChaCha20Poly1305::new(old.bytes().into())
-            .decrypt_in_place_detached(XNonce::from_slice(&wrapped[..NONCE_BYTES]), &wrap_ad(binding, old_id), &mut key, tag)
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&wrapped[..NONCE_BYTES]),
+                &wrap_ad(binding, old_id),
+                &mut key,
+                tag,
+            )
             .ok()?;
         let nonce = random_bytes::<NONCE_BYTES>();
         let tag = XChaCha20Poly1305::new(new.bytes().into())

@@ -17,6 +17,7 @@ use crate::format::{u32_at, Binding};
 pub const UNIT_HEADER_BYTES: usize = 32;
 /// Bytes a unit adds around its frames.
 pub const UNIT_OVERHEAD_BYTES: u64 = (UNIT_HEADER_BYTES + TAG_BYTES) as u64;
+const _: () = assert!(UNIT_OVERHEAD_BYTES == crate::limits::UNIT_OVERHEAD_BYTES);
 
 fn ad(binding: &Binding, offset: u64, ct_len: u32) -> [u8; 36] {
     let mut a = [0u8; 36];

@@ -6,7 +6,11 @@ use crate::types::Lsn;
 
 pub const BYTES: usize = SEGMENT_HEADER_BYTES as usize;
 const MAGIC: &[u8; 8] = b"KEELSEG\0";
+/// Plaintext segments.
 pub const FORMAT_VERSION: u32 = 1;
+/// Encrypted segments (docs/FORMAT.md, "Journal format version 2").
+pub const FORMAT_VERSION_ENCRYPTED: u32 = 2;
+pub const WRAPPED_KEY_BYTES: usize = crate::crypto::WRAPPED_KEY_BYTES;
 const CRC_AT: usize = BYTES - 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,8 +20,10 @@ pub struct SegmentHeader {
     pub first_lsn: Lsn,
     pub created_unix_ms: u64,
     pub segment_bytes: u64,
-    /// 0 for plaintext; the encryption issue gives non-zero ids meaning.
+    /// 0 for plaintext; otherwise the master key id that wraps `wrapped_key`.
     pub key_id: u32,
+    /// The segment's data key wrapped under master key `key_id`; zero for plaintext.
+    pub wrapped_key: [u8; WRAPPED_KEY_BYTES],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -30,19 +36,20 @@ pub enum HeaderError {
     Magic,
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
-    #[error("format version {0} is not supported (this build reads version {FORMAT_VERSION})")]
+    #[error("format version {0} is not supported (this build reads versions {FORMAT_VERSION} and {FORMAT_VERSION_ENCRYPTED})")]
     Version(u32),
+    #[error("format version {version} does not go with key id {key_id}")]
+    KeyIdMismatch { version: u32, key_id: u32 },
     #[error("header_bytes field is {0}, expected {BYTES}")]
     HeaderBytes(u32),
-    #[error("encrypted with key id {0}, and this build reads only plaintext segments")]
-    Encrypted(u32),
 }
 
 impl SegmentHeader {
     pub fn encode(&self) -> [u8; BYTES] {
         let mut b = [0u8; BYTES];
         b[0..8].copy_from_slice(MAGIC);
-        b[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let version = if self.key_id == 0 { FORMAT_VERSION } else { FORMAT_VERSION_ENCRYPTED };
+        b[8..12].copy_from_slice(&version.to_le_bytes());
         b[12..16].copy_from_slice(&(BYTES as u32).to_le_bytes());
         b[16..32].copy_from_slice(&self.journal_id);
         b[32..40].copy_from_slice(&self.segment_seq.to_le_bytes());
@@ -50,6 +57,7 @@ impl SegmentHeader {
         b[48..56].copy_from_slice(&self.created_unix_ms.to_le_bytes());
         b[56..64].copy_from_slice(&self.segment_bytes.to_le_bytes());
         b[64..68].copy_from_slice(&self.key_id.to_le_bytes());
+        b[68..68 + WRAPPED_KEY_BYTES].copy_from_slice(&self.wrapped_key);
         let crc = crc32fast::hash(&b[0..CRC_AT]);
         b[CRC_AT..].copy_from_slice(&crc.to_le_bytes());
         b
@@ -72,7 +80,7 @@ impl SegmentHeader {
             return Err(HeaderError::Checksum { stored, computed });
         }
         let version = u32_at(b, 8);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_ENCRYPTED {
             return Err(HeaderError::Version(version));
         }
         let header_bytes = u32_at(b, 12);
@@ -80,9 +88,11 @@ impl SegmentHeader {
             return Err(HeaderError::HeaderBytes(header_bytes));
         }
         let key_id = u32_at(b, 64);
-        if key_id != 0 {
-            return Err(HeaderError::Encrypted(key_id));
+        if (key_id == 0) != (version == FORMAT_VERSION) {
+            return Err(HeaderError::KeyIdMismatch { version, key_id });
         }
+        let mut wrapped_key = [0u8; WRAPPED_KEY_BYTES];
+        wrapped_key.copy_from_slice(&b[68..68 + WRAPPED_KEY_BYTES]);
         let mut journal_id = [0u8; 16];
         journal_id.copy_from_slice(&b[16..32]);
         Ok(SegmentHeader {
@@ -92,6 +102,7 @@ impl SegmentHeader {
             created_unix_ms: u64_at(b, 48),
             segment_bytes: u64_at(b, 56),
             key_id,
+            wrapped_key,
         })
     }
 }
@@ -109,6 +120,7 @@ mod tests {
             created_unix_ms: 4,
             segment_bytes: 1 << 20,
             key_id: 0,
+            wrapped_key: [0; WRAPPED_KEY_BYTES],
         };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b).unwrap(), h);

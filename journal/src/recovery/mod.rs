@@ -4,10 +4,13 @@
 
 pub mod replay;
 pub mod scan;
+pub mod units;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::crypto::keys::KeyRing;
+use crate::crypto::SegmentCipher;
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::format::frame::FrameHeader;
 use crate::format::identity::{self, Identity};
@@ -85,9 +88,16 @@ pub struct SegmentSummary {
 #[derive(Debug)]
 pub(crate) enum Resume {
     /// Append to the newest segment.
-    InPlace { seq: u64, path: PathBuf, offset: u64, frames: u64, next_lsn: Lsn },
+    InPlace { seq: u64, path: PathBuf, offset: u64, frames: u64, next_lsn: Lsn, cipher: Option<SegmentCipher> },
     /// Seal the newest segment at `offset` (writing over a torn tail), then start a new segment.
-    SealThenNew { path: PathBuf, segment_seq: u64, offset: u64, frames: u64, seal_lsn: Lsn },
+    SealThenNew {
+        path: PathBuf,
+        segment_seq: u64,
+        offset: u64,
+        frames: u64,
+        seal_lsn: Lsn,
+        cipher: Option<SegmentCipher>,
+    },
     /// Start a new segment.
     New { next_lsn: Lsn },
 }
@@ -124,6 +134,7 @@ pub(crate) fn recover_dir(
     vfs: &dyn Vfs,
     dir: &Path,
     mode: RecoveryMode,
+    keys: Option<&KeyRing>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
     let names = vfs.list(dir).map_err(OpenError::io(dir, "list directory"))?;
@@ -195,7 +206,7 @@ pub(crate) fn recover_dir(
                     let data = read_whole(vfs, path, *file_bytes)?;
                     let min = expected.unwrap_or(Lsn(1));
                     let torn = match scan::find_next_valid(&binding, &data, SEGMENT_HEADER_BYTES, min) {
-                        None => true,
+                        None => !units::later_unit_exists(&binding, &data),
                         Some((_, h)) => h.lsn.0.saturating_sub(u64::from(h.since_sync)) <= min.0,
                     };
                     if torn {
@@ -249,13 +260,45 @@ pub(crate) fn recover_dir(
         }
 
         let data = read_whole(vfs, path, *file_bytes)?;
-        let input = ScanInput { path, data: &data, binding, first_lsn: header.first_lsn, newest, mode };
+        let cipher = segment_cipher(keys, path, &header, &binding)?;
+        let decrypted = match &cipher {
+            None => None,
+            Some(c) => Some(units::decrypt(&units::UnitInput {
+                path,
+                data: &data,
+                binding,
+                cipher: c,
+                first_lsn: header.first_lsn,
+                newest,
+                mode,
+            })?),
+        };
+        let to_file = |at: u64| decrypted.as_ref().map_or(at, |d| d.file_offset(at));
+        let frames_data = decrypted.as_ref().map_or(&data[..], |d| &d.stream[..]);
+        let input = ScanInput { path, data: frames_data, binding, first_lsn: header.first_lsn, newest, mode };
         let mut on_frame = |offset: u64, h: &FrameHeader, payload: &[u8]| {
+            let offset = to_file(offset);
             replay.apply(h, payload, lenient).map_err(|what| corrupt(path, offset, what))?;
             visit(&FrameEvent { path, segment_seq: *seq, offset, header: h, payload });
             Ok(())
         };
-        let scanned = scan::scan_segment(&input, &mut on_frame)?;
+        let mut scanned = scan::scan_segment(&input, &mut on_frame).map_err(|mut c| {
+            c.offset = to_file(c.offset);
+            c
+        })?;
+        for s in &mut scanned.skipped {
+            s.offset = to_file(s.offset);
+        }
+        if let Some(d) = &decrypted {
+            scanned.skipped.extend(d.skipped.iter().cloned());
+            scanned.end = match (d.end, scanned.end) {
+                (units::UnitEnd::Torn { offset, bytes }, _) => SegmentEnd::Torn { offset, bytes },
+                (units::UnitEnd::Clean { offset }, SegmentEnd::Open { .. }) => SegmentEnd::Open { offset },
+                (_, SegmentEnd::Sealed { offset, lsn }) => SegmentEnd::Sealed { offset: to_file(offset), lsn },
+                (_, SegmentEnd::Torn { offset, bytes }) => SegmentEnd::Torn { offset: to_file(offset), bytes },
+                (_, SegmentEnd::Unterminated { offset }) => SegmentEnd::Unterminated { offset: to_file(offset) },
+            };
+        }
         let end_offset = match scanned.end {
             SegmentEnd::Sealed { offset, .. }
             | SegmentEnd::Open { offset }
@@ -280,12 +323,13 @@ pub(crate) fn recover_dir(
                 offset,
                 frames: scanned.frames,
                 next_lsn: scanned.next_lsn,
+                cipher: cipher.clone(),
             },
             SegmentEnd::Torn { offset, bytes } => {
                 report.torn_tail = Some(TornTail { path: path.clone(), offset, bytes });
-                seal_then_new(path, *seq, offset, &scanned)
+                seal_then_new(path, *seq, offset, &scanned, cipher.clone())
             }
-            SegmentEnd::Unterminated { offset } => seal_then_new(path, *seq, offset, &scanned),
+            SegmentEnd::Unterminated { offset } => seal_then_new(path, *seq, offset, &scanned, cipher.clone()),
         };
         segments.push(SegmentSummary {
             seq: *seq,
@@ -319,14 +363,33 @@ pub(crate) fn recover_dir(
     })
 }
 
-fn seal_then_new(path: &Path, seq: u64, offset: u64, scanned: &scan::Scanned) -> Resume {
+fn seal_then_new(path: &Path, seq: u64, offset: u64, scanned: &scan::Scanned, cipher: Option<SegmentCipher>) -> Resume {
     Resume::SealThenNew {
         path: path.to_path_buf(),
         segment_seq: seq,
         offset,
         frames: scanned.frames,
         seal_lsn: scanned.next_lsn,
+        cipher,
     }
+}
+
+/// The data key of an encrypted segment (`None` for plaintext), or why it cannot be had.
+fn segment_cipher(
+    keys: Option<&KeyRing>,
+    path: &Path,
+    header: &SegmentHeader,
+    binding: &Binding,
+) -> Result<Option<SegmentCipher>, OpenError> {
+    if header.key_id == 0 {
+        return Ok(None);
+    }
+    let unavailable = |why| OpenError::KeyUnavailable { path: path.to_path_buf(), key_id: header.key_id, why };
+    let keys = keys.ok_or_else(|| unavailable("and no key was given (--key-file, KEEL_KEY_FILE or KEEL_KEY)"))?;
+    let master = keys.get(header.key_id).ok_or_else(|| unavailable("which is not in the key ring"))?;
+    SegmentCipher::open(master, header.key_id, binding, &header.wrapped_key)
+        .map(Some)
+        .ok_or_else(|| unavailable("and the key listed under that id does not unwrap its data key (wrong key)"))
 }
 
 fn salvage_or_fail(mode: RecoveryMode, report: &mut RecoveryReport, c: Corruption) -> Result<(), OpenError> {

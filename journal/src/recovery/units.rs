@@ -1,0 +1,176 @@
+//! The unit layer of an encrypted segment's recovery: authenticates and decrypts its sealed units into the
+//! frame stream that `scan` reads, and decides — at unit granularity, with the same rules as for frames
+//! (docs/FORMAT.md, "Recovery") — whether damage is a torn tail or corruption.
+
+use std::path::Path;
+
+use crate::crypto::unit::{self, UnitError};
+use crate::crypto::SegmentCipher;
+use crate::error::{Corruption, CorruptionKind};
+use crate::format::frame::{decode_frame, FrameType};
+use crate::format::Binding;
+use crate::limits::SEGMENT_HEADER_BYTES;
+use crate::types::{Lsn, RecoveryMode};
+
+use super::scan::SkippedRange;
+
+/// How the unit sequence of a segment ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitEnd {
+    /// After the last unit, only zeros (or the end of the file): the next unit goes at `offset`.
+    Clean { offset: u64 },
+    /// The newest segment's last sync group is damaged from `offset`; `bytes` non-zero bytes discarded.
+    Torn { offset: u64, bytes: u64 },
+}
+
+/// A segment's decrypted frames, laid out as a plaintext segment would be (a zero header, then frames), so
+/// that `scan::scan_segment` reads them unchanged.
+pub struct Decrypted {
+    pub stream: Vec<u8>,
+    /// (stream offset where a unit's frames start, the unit's offset in the file), in order.
+    pub units: Vec<(u64, u64)>,
+    pub end: UnitEnd,
+    pub skipped: Vec<SkippedRange>,
+}
+
+impl Decrypted {
+    /// The file offset of the unit holding stream offset `at` (for errors and tools).
+    pub fn file_offset(&self, at: u64) -> u64 {
+        match self.units.partition_point(|(start, _)| *start <= at) {
+            0 => match self.end {
+                UnitEnd::Clean { offset } | UnitEnd::Torn { offset, .. } => offset,
+            },
+            i if i == self.units.len() && at >= self.stream.len() as u64 => match self.end {
+                UnitEnd::Clean { offset } | UnitEnd::Torn { offset, .. } => offset,
+            },
+            i => self.units[i - 1].1,
+        }
+    }
+}
+
+pub struct UnitInput<'a> {
+    pub path: &'a Path,
+    pub data: &'a [u8],
+    pub binding: Binding,
+    pub cipher: &'a SegmentCipher,
+    pub first_lsn: Lsn,
+    pub newest: bool,
+    pub mode: RecoveryMode,
+}
+
+pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
+    let data = input.data;
+    let len = data.len() as u64;
+    let mut out = Decrypted {
+        stream: vec![0u8; SEGMENT_HEADER_BYTES as usize],
+        units: Vec::new(),
+        end: UnitEnd::Clean { offset: SEGMENT_HEADER_BYTES },
+        skipped: Vec::new(),
+    };
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut expected = input.first_lsn;
+    // Every iteration advances `offset` by a whole unit, jumps to a later unit, or ends.
+    loop {
+        let rest = data.get(offset as usize..).unwrap_or(&[]);
+        if rest.iter().all(|&b| b == 0) {
+            out.end = UnitEnd::Clean { offset };
+            return Ok(out);
+        }
+        let fault = match unit::open(input.cipher, &input.binding, data, offset) {
+            Ok((plain, total)) => {
+                let last = last_frame(&input.binding, &plain);
+                expected = last.map_or(expected, |(l, _)| Lsn(l.0 + 1));
+                out.units.push((out.stream.len() as u64, offset));
+                out.stream.extend_from_slice(&plain);
+                offset += total;
+                if last.is_some_and(|(_, t)| t == FrameType::Seal) {
+                    // Nothing after a seal is ever read (a sealed-over torn tail may follow it).
+                    out.end = UnitEnd::Clean { offset };
+                    return Ok(out);
+                }
+                continue;
+            }
+            Err(e) => e,
+        };
+        let next = find_next_unit(input, offset + 1, expected);
+        if input.newest {
+            let torn = match &next {
+                None => true,
+                Some((_, first)) => first.0.saturating_sub(first.1) <= expected.0,
+            };
+            if torn {
+                let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(offset, |p| p as u64 + 1);
+                out.end = UnitEnd::Torn { offset, bytes: last_nonzero.saturating_sub(offset) };
+                return Ok(out);
+            }
+        }
+        let what = match (input.newest, &next) {
+            (true, Some((later_offset, (lsn, _)))) => {
+                CorruptionKind::DamageBeforeSyncedData { later_offset: *later_offset, later_lsn: Lsn(*lsn) }
+            }
+            _ => CorruptionKind::Unit(fault),
+        };
+        if input.mode == RecoveryMode::Strict {
+            return Err(Corruption { path: input.path.to_path_buf(), offset, what });
+        }
+        let resume_at = next.as_ref().map_or(len, |n| n.0);
+        out.skipped.push(SkippedRange {
+            path: input.path.to_path_buf(),
+            offset,
+            bytes: resume_at - offset,
+            reason: what.to_string(),
+            lsns: (expected, expected),
+        });
+        match next {
+            Some((at, _)) => offset = at,
+            None => {
+                out.end = UnitEnd::Clean { offset: len };
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// Whether a sealed unit's header validates anywhere after the unit at the start of the frames — proof,
+/// without the key, that the segment's first write completed (a torn activation is a single write).
+pub fn later_unit_exists(binding: &Binding, data: &[u8]) -> bool {
+    let first_end =
+        unit::peek(binding, data, SEGMENT_HEADER_BYTES).map_or(SEGMENT_HEADER_BYTES + 1, |t| SEGMENT_HEADER_BYTES + t);
+    let Some(end) = (data.len() as u64).checked_sub(unit::UNIT_OVERHEAD_BYTES) else { return false };
+    (first_end..=end).any(|at| unit::peek(binding, data, at).is_ok())
+}
+
+/// The LSN and type of the last frame in a unit's plaintext (every frame in it is authentic).
+fn last_frame(binding: &Binding, plain: &[u8]) -> Option<(Lsn, FrameType)> {
+    let mut at = 0usize;
+    let mut last = None;
+    while let Ok((h, _)) = decode_frame(binding, &plain[at..]) {
+        last = Some((h.lsn, h.frame_type));
+        at += h.frame_bytes() as usize;
+    }
+    last
+}
+
+/// The first unit at or after `from` that authenticates, with its first frame's (LSN, since_sync); units
+/// whose frames all precede `min_lsn` (stale) are passed over. One checksum per byte; a decryption only
+/// where the unit header's checksum holds.
+fn find_next_unit(input: &UnitInput<'_>, from: u64, min_lsn: Lsn) -> Option<(u64, (u64, u64))> {
+    let end = (input.data.len() as u64).checked_sub(unit::UNIT_OVERHEAD_BYTES)?;
+    for at in from..=end {
+        if unit::peek(&input.binding, input.data, at).is_err() {
+            continue;
+        }
+        let Ok((plain, _)) = unit::open(input.cipher, &input.binding, input.data, at) else { continue };
+        let Ok((h, _)) = decode_frame(&input.binding, &plain) else { continue };
+        if last_frame(&input.binding, &plain).is_some_and(|(l, _)| l >= min_lsn) {
+            return Some((at, (h.lsn.0, u64::from(h.since_sync))));
+        }
+    }
+    None
+}
+
+impl From<UnitError> for CorruptionKind {
+    fn from(e: UnitError) -> CorruptionKind {
+        CorruptionKind::Unit(e)
+    }
+}
