@@ -55,3 +55,106 @@ fn shared_lock(dir: &Path) -> Result<Option<File>, OpenError> {
         Err(std::fs::TryLockError::Error(e)) => Err(OpenError::io(&path, "lock")(e)),
     }
 }
+
+/// What a check without keys could establish.
+#[derive(Debug, Default)]
+pub struct StructureReport {
+    pub segments: u32,
+    pub encrypted_segments: u32,
+    /// Sealed units whose header checksum and length validated.
+    pub units: u64,
+    /// Frames of plaintext segments, fully checked.
+    pub plaintext_frames: u64,
+    /// Master key ids the segments need.
+    pub key_ids: std::collections::BTreeSet<u32>,
+    /// Per encrypted segment, where its chain of unit headers stopped validating before the end (a torn or
+    /// sealed-over tail and damage look alike without the key).
+    pub unit_chain_stops: Vec<(std::path::PathBuf, u64)>,
+}
+
+/// Checks what can be checked without the master keys: identity, segment headers (journal id, sequence,
+/// size), plaintext segments' frames, and encrypted segments' chains of unit headers. It does **not**
+/// authenticate encrypted contents.
+pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
+    use crate::error::{Corruption, CorruptionKind};
+    use crate::format::segment_header::{HeaderError, SegmentHeader};
+    use crate::format::Binding;
+    use crate::recovery::scan::{scan_segment, ScanInput};
+    use crate::segment::{parse_name, EntryName};
+    use crate::vfs::{OpenMode, Vfs};
+
+    let _lock = shared_lock(dir)?;
+    let vfs = StdVfs;
+    let identity =
+        crate::recovery::read_identity(&vfs, dir)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
+    let mut seqs: Vec<u64> = vfs
+        .list(dir)
+        .map_err(OpenError::io(dir, "list directory"))?
+        .iter()
+        .filter_map(|n| match parse_name(n) {
+            EntryName::Segment(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    seqs.sort_unstable();
+    let mut report = StructureReport::default();
+    let mut images = Vec::new();
+    for seq in seqs {
+        let path = dir.join(crate::segment::file_name(seq));
+        let file = vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
+        let mut data = vec![0u8; file.size().map_err(OpenError::io(&path, "stat"))? as usize];
+        file.read_exact_at(&mut data, 0).map_err(OpenError::io(&path, "read"))?;
+        match SegmentHeader::decode(&data) {
+            Err(HeaderError::Zero) => continue,
+            Err(e) => return Err(Corruption { path, offset: 0, what: CorruptionKind::Header(e) }.into()),
+            Ok(h) => images.push((seq, path, data, h)),
+        }
+    }
+    let count = images.len();
+    for (index, (seq, path, data, h)) in images.into_iter().enumerate() {
+        let corrupt = |offset, what| OpenError::Corrupt(Corruption { path: path.clone(), offset, what });
+        if h.journal_id != identity.journal_id {
+            let what = CorruptionKind::ForeignSegment {
+                expected: identity::id_hex(&identity.journal_id),
+                found: identity::id_hex(&h.journal_id),
+            };
+            return Err(corrupt(16, what));
+        }
+        if h.segment_seq != seq {
+            return Err(corrupt(32, CorruptionKind::SequenceMismatch { in_name: seq, in_header: h.segment_seq }));
+        }
+        let binding = Binding { journal_id: identity.journal_id, segment_seq: seq };
+        report.segments += 1;
+        if h.key_id == 0 {
+            let input = ScanInput {
+                path: &path,
+                data: &data,
+                binding,
+                first_lsn: h.first_lsn,
+                newest: index + 1 == count,
+                mode: RecoveryMode::Strict,
+            };
+            report.plaintext_frames += scan_segment(&input, &mut |_, _, _| Ok(()))?.frames;
+            continue;
+        }
+        report.encrypted_segments += 1;
+        report.key_ids.insert(h.key_id);
+        let mut at = crate::limits::SEGMENT_HEADER_BYTES;
+        loop {
+            if data.get(at as usize..).is_none_or(|r| r.iter().all(|b| *b == 0)) {
+                break;
+            }
+            match crate::crypto::unit::peek(&binding, &data, at) {
+                Ok(total) => {
+                    report.units += 1;
+                    at += total;
+                }
+                Err(_) => {
+                    report.unit_chain_stops.push((path.clone(), at));
+                    break;
+                }
+            }
+        }
+    }
+    Ok(report)
+}

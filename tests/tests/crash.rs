@@ -19,6 +19,10 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let mut acked_total = 0usize;
     let (mut dir, mut ack_log) = (work.path().to_path_buf(), work.path().to_path_buf());
     let mut acked_in_journal = 0usize;
+    let key_file = work.path().join("keys");
+    std::fs::write(&key_file, format!("# crash test\n3:{}\n", "c7".repeat(32))).unwrap();
+    let key_s = key_file.to_str().unwrap().to_owned();
+    let mut key_args: Vec<String> = Vec::new();
     for cycle in 0..cycles {
         // Every ten cycles a fresh journal, so that verification does not re-read an ever larger one.
         if cycle % 10 == 0 {
@@ -26,6 +30,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             acked_in_journal = 0;
             dir = work.path().join(format!("journal-{cycle}"));
             ack_log = work.path().join(format!("acks-{cycle}.log"));
+            // Every other journal is encrypted.
+            key_args = if (cycle / 10) % 2 == 1 { vec!["--key-file".into(), key_s.clone()] } else { Vec::new() };
         }
         let (dir_s, ack_s) = (dir.to_str().unwrap(), ack_log.to_str().unwrap());
         let sync = match rng.range(0, 6) {
@@ -40,6 +46,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         let mut child = Command::new(keel_bin())
             .args(["journal", "stress", "--dir", dir_s, "--ack-log", ack_s, "--secs", "60"])
             .args(["--writers", &writers, "--size", &size, "--sync", &sync, "--segment-bytes", "262144", "--tx", &tx])
+            .args(&key_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -56,9 +63,16 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
             panic!("cycle {cycle}: stress exited on its own ({status}): {err}");
         }
-        let context =
-            format!("cycle {cycle} (sync {sync}, size {size}, writers {writers}, tx {tx}, killed after {delay_ms} ms)");
-        let verify = keel(&["journal", "verify", "--dir", dir_s]);
+        let context = format!(
+            "cycle {cycle} (sync {sync}, size {size}, writers {writers}, tx {tx}, keys {}, killed after {delay_ms} ms)",
+            !key_args.is_empty()
+        );
+        let with_keys = |args: &[&str]| {
+            let mut v: Vec<&str> = args.to_vec();
+            v.extend(key_args.iter().map(String::as_str));
+            keel(&v)
+        };
+        let verify = with_keys(&["journal", "verify", "--dir", dir_s]);
         let nothing_acked = std::fs::metadata(&ack_log).map_or(true, |m| m.len() == 0);
         let not_created = stderr(&verify).contains("no journal here") || !dir.exists();
         if nothing_acked && not_created {
@@ -68,7 +82,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         }
         assert!(verify.status.success(), "{context}: verify failed:\n{}{}", stdout(&verify), stderr(&verify));
         if std::fs::metadata(&ack_log).is_ok() {
-            let acks = keel(&["journal", "verify-acks", "--dir", dir_s, "--ack-log", ack_s]);
+            let acks = with_keys(&["journal", "verify-acks", "--dir", dir_s, "--ack-log", ack_s]);
             assert!(acks.status.success(), "{context}: verify-acks failed:\n{}{}", stdout(&acks), stderr(&acks));
             acked_in_journal = std::fs::read_to_string(&ack_log).unwrap().lines().count();
         }
@@ -77,15 +91,22 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     assert!(acked_total > 1000, "the runs acknowledged only {acked_total} records: the test proved little");
 
     // A final clean reopen repairs any torn tail; afterwards verify finds none and every ack is present.
+    let keys = (!key_args.is_empty()).then(|| keel_journal::crypto::keys::KeyRing::from_file(&key_file).unwrap());
     let (dir_s, ack_s) = (dir.to_str().unwrap(), ack_log.to_str().unwrap());
     let (j, rec) =
-        keel_journal::Journal::open(&dir, keel_journal::Options { segment_bytes: 262_144, ..Default::default() })
+        keel_journal::Journal::open(&dir, keel_journal::Options { segment_bytes: 262_144, keys, ..Default::default() })
             .unwrap();
     assert!(rec.records.len() >= acked_in_journal);
     j.close().unwrap();
-    let verify = keel(&["journal", "verify", "--dir", dir_s]);
+    let with_keys = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend(key_args.iter().map(String::as_str));
+        keel(&v)
+    };
+    let verify = with_keys(&["journal", "verify", "--dir", dir_s]);
     assert!(verify.status.success() && !stdout(&verify).contains("torn"), "{}", stdout(&verify));
-    let acks = keel(&["journal", "verify-acks", "--dir", dir_s, "--ack-log", ack_s]);
+    assert!(key_args.is_empty() || stdout(&verify).contains("authenticated"), "{}", stdout(&verify));
+    let acks = with_keys(&["journal", "verify-acks", "--dir", dir_s, "--ack-log", ack_s]);
     assert!(acks.status.success(), "{}", stdout(&acks));
     eprintln!("crash: {cycles} kill-and-recover cycles, {acked_total} acknowledged records, all present");
 }

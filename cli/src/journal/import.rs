@@ -29,7 +29,7 @@ struct Line {
 }
 
 pub fn run(dir: &Path, write: &WriteArgs) -> anyhow::Result<Outcome> {
-    let (journal, _) = Journal::open(dir, write.options())?;
+    let (journal, _) = Journal::open(dir, write.options()?)?;
     let stdin = std::io::stdin();
     let mut count = 0u64;
     for (index, line) in stdin.lock().lines().enumerate() {

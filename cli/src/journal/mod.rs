@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::{Options, RecoveryMode, SyncPolicy};
 
 use crate::Outcome;
@@ -80,6 +81,29 @@ pub struct DirArg {
     /// The journal directory.
     #[arg(long)]
     pub dir: PathBuf,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Where master keys come from.
+#[derive(Args, Clone, Default)]
+pub struct KeyArgs {
+    /// Master key file (lines `ID:HEX`; the highest id encrypts new segments). Without one, `KEEL_KEY` (for
+    /// development) may hold the same text; without either, the journal is plaintext.
+    #[arg(long, env = "KEEL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    pub fn load(&self) -> anyhow::Result<Option<KeyRing>> {
+        if let Some(path) = &self.key_file {
+            return Ok(Some(KeyRing::from_file(path)?));
+        }
+        if std::env::var_os("KEEL_KEY").is_some() {
+            return Ok(Some(KeyRing::from_env("KEEL_KEY")?));
+        }
+        Ok(None)
+    }
 }
 
 #[derive(Args, Clone)]
@@ -90,11 +114,18 @@ pub struct WriteArgs {
     /// Size of newly created segment files, in bytes.
     #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
     pub segment_bytes: u64,
+    #[command(flatten)]
+    pub keys: KeyArgs,
 }
 
 impl WriteArgs {
-    pub fn options(&self) -> Options {
-        Options { sync: self.sync, segment_bytes: self.segment_bytes, ..Options::default() }
+    pub fn options(&self) -> anyhow::Result<Options> {
+        Ok(Options {
+            sync: self.sync,
+            segment_bytes: self.segment_bytes,
+            keys: self.keys.load()?,
+            ..Options::default()
+        })
     }
 }
 
@@ -115,12 +146,16 @@ pub fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
 
 pub fn run(command: JournalCommand) -> anyhow::Result<Outcome> {
     match command {
-        JournalCommand::Print { dir, json, salvage } => print::run(&existing(&dir)?, json, salvage),
+        JournalCommand::Print { dir, json, salvage } => {
+            print::run(&existing(&dir)?, dir.keys.load()?.as_ref(), json, salvage)
+        }
         JournalCommand::Import { dir, write } => import::run(&dir.dir, &write),
-        JournalCommand::Stats { dir, json } => stats::run(&existing(&dir)?, json),
-        JournalCommand::Verify { dir } => verify::run(&existing(&dir)?),
+        JournalCommand::Stats { dir, json } => stats::run(&existing(&dir)?, dir.keys.load()?.as_ref(), json),
+        JournalCommand::Verify { dir } => verify::run(&existing(&dir)?, dir.keys.load()?.as_ref()),
         JournalCommand::Stress(args) => stress::run(&args),
-        JournalCommand::VerifyAcks { dir, ack_log } => verify_acks::run(&existing(&dir)?, &ack_log),
+        JournalCommand::VerifyAcks { dir, ack_log } => {
+            verify_acks::run(&existing(&dir)?, dir.keys.load()?.as_ref(), &ack_log)
+        }
         JournalCommand::Perf(args) => perf::run(&args),
     }
 }

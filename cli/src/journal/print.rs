@@ -4,17 +4,18 @@ use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::inspect::inspect;
 use keel_journal::FrameType;
 
 use super::mode;
 use crate::Outcome;
 
-pub fn run(dir: &Path, json: bool, salvage: bool) -> anyhow::Result<Outcome> {
+pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool, salvage: bool) -> anyhow::Result<Outcome> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_err: Option<std::io::Error> = None;
-    let inspection = inspect(dir, mode(salvage), None, &mut |f| {
+    let inspection = inspect(dir, mode(salvage), keys, &mut |f| {
         if write_err.is_some() {
             return;
         }

@@ -3,13 +3,14 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::inspect::inspect;
 use keel_journal::{RecoveryMode, SegmentEnd};
 
 use crate::Outcome;
 
-pub fn run(dir: &Path, json: bool) -> anyhow::Result<Outcome> {
-    let first = inspect(dir, RecoveryMode::Strict, None, &mut |_| {})?;
+pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Outcome> {
+    let first = inspect(dir, RecoveryMode::Strict, keys, &mut |_| {})?;
     let rec = &first.recovered;
     let mut live: HashSet<u64> = rec.records.values().map(|r| r.lsn.0).collect();
     for p in &rec.prepared {
@@ -17,7 +18,7 @@ pub fn run(dir: &Path, json: bool) -> anyhow::Result<Outcome> {
         live.extend(p.records.iter().map(|r| r.lsn.0));
     }
     let mut per_seg: HashMap<u64, (u64, u64)> = HashMap::new();
-    inspect(dir, RecoveryMode::Strict, None, &mut |f| {
+    inspect(dir, RecoveryMode::Strict, keys, &mut |f| {
         if live.contains(&f.header.lsn.0) {
             let e = per_seg.entry(f.segment_seq).or_default();
             e.0 += 1;

@@ -127,7 +127,7 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("--ack-log {}", args.ack_log))?;
         AckLog::File(f)
     };
-    let (journal, recovered) = Journal::open(&args.dir, args.write.options())?;
+    let (journal, recovered) = Journal::open(&args.dir, args.write.options()?)?;
     // Prepared transactions left by a killed run were never acknowledged: roll them back, and start ids
     // past every id they staged, so that ids and transaction ids are never reused.
     let mut first_id = recovered.records.keys().next_back().map_or(0, |max| max + 1);

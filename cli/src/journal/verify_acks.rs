@@ -5,6 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use anyhow::{bail, Context};
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::inspect::inspect;
 use keel_journal::RecoveryMode;
 
@@ -13,9 +14,9 @@ use crate::Outcome;
 
 const PROBLEMS_SHOWN_MAX: usize = 20;
 
-pub fn run(dir: &Path, ack_log: &Path) -> anyhow::Result<Outcome> {
+pub fn run(dir: &Path, keys: Option<&KeyRing>, ack_log: &Path) -> anyhow::Result<Outcome> {
     let ids = read_ack_log(ack_log)?;
-    let inspection = inspect(dir, RecoveryMode::Strict, None, &mut |_| {})?;
+    let inspection = inspect(dir, RecoveryMode::Strict, keys, &mut |_| {})?;
     let records = &inspection.recovered.records;
     let mut problems = Vec::new();
     for id in &ids {
