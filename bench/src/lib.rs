@@ -212,12 +212,15 @@ pub fn open_bench_journal(
     max_batch_wait: Duration,
     spares: u32,
     segment_bytes: u64,
+    encrypt: bool,
 ) -> io::Result<Journal> {
+    let keys = encrypt.then(bench_keys);
     let opts = Options {
         sync: SyncPolicy::Always,
         max_batch_wait,
         spare_segments: spares,
         segment_bytes,
+        keys,
         ..Options::default()
     };
     let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
@@ -236,13 +239,15 @@ pub fn journal_on(journal: Arc<Journal>, writers: u32, size: usize, duration: Du
     })
 }
 
-/// Opens a journal in `dir`, runs one scenario, closes it. `encrypt` is reserved for the encryption issue
-/// and must be false.
+/// A fixed master key for benchmarks (never for data anyone keeps).
+fn bench_keys() -> keel_journal::crypto::keys::KeyRing {
+    keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "be".repeat(32)), "benchmark key").expect("valid")
+}
+
+/// Opens a journal in `dir`, runs one scenario, closes it.
 pub fn journal_run(dir: &Path, scenario: &Scenario, encrypt: bool) -> io::Result<Measurement> {
-    if encrypt {
-        return Err(io::Error::other("encryption is not implemented yet"));
-    }
-    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4, keel_journal::limits::SEGMENT_BYTES_DEFAULT)?);
+    let segment_bytes = keel_journal::limits::SEGMENT_BYTES_DEFAULT;
+    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4, segment_bytes, encrypt)?);
     let m = journal_on(j.clone(), scenario.writers, scenario.size, scenario.duration)?;
     if let Ok(j) = Arc::try_unwrap(j) {
         j.close().map_err(io::Error::other)?;
@@ -283,6 +288,8 @@ pub struct MatrixConfig {
     pub with_okaywal: bool,
     /// Keel's segment size.
     pub segment_bytes: u64,
+    /// Also measure an encrypted journal (XChaCha20-Poly1305) beside the plaintext one.
+    pub with_encrypted: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -297,6 +304,9 @@ pub struct Row {
     pub keel_vs_raw_loop: Option<f64>,
     pub keel_vs_raw_group_commit: f64,
     pub okaywal_vs_raw_group_commit: Option<f64>,
+    pub keel_encrypted: Option<Measurement>,
+    /// keel_encrypted / keel, both measured in this run.
+    pub encrypted_vs_plaintext: Option<f64>,
 }
 
 /// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
@@ -305,7 +315,17 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
     // 2.5 GiB of spares: a row never drains the pool below half, so no refill competes with a
     // measurement (the baselines' file is pre-allocated too); the pool is topped up between rows.
     let spares = (40 * keel_journal::limits::SEGMENT_BYTES_DEFAULT / cfg.segment_bytes).clamp(2, 64) as u32;
-    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, spares, cfg.segment_bytes)?);
+    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, spares, cfg.segment_bytes, false)?);
+    let encrypted = if cfg.with_encrypted {
+        let e_dir = dir.join("keel-encrypted");
+        let j = Arc::new(open_bench_journal(&e_dir, Duration::ZERO, spares, cfg.segment_bytes, true)?);
+        if !j.wait_for_spares(Duration::from_secs(600)) {
+            return Err(io::Error::other("spare segments were not ready in 600 s"));
+        }
+        Some(j)
+    } else {
+        None
+    };
     if !journal.wait_for_spares(Duration::from_secs(600)) {
         return Err(io::Error::other("spare segments were not ready in 600 s"));
     }
@@ -316,12 +336,16 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
     for &size in &cfg.sizes {
         for &writers in &cfg.writers {
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut enc = Vec::new();
             for round in 0..rounds {
                 if writers == 1 {
                     raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?);
                 }
                 group.push(raw_group_commit(&raw, writers, size, slice)?);
                 keel.push(journal_on(journal.clone(), writers, size, slice)?);
+                if let Some(e) = &encrypted {
+                    enc.push(journal_on(e.clone(), writers, size, slice)?);
+                }
                 if cfg.with_okaywal {
                     let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
                     okay.push(okaywal_run(&d, writers, size, slice)?);
@@ -332,6 +356,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
             let raw_group_commit = Measurement::merge(&group, size);
             let keel = Measurement::merge(&keel, size);
             let okaywal = (!okay.is_empty()).then(|| Measurement::merge(&okay, size));
+            let keel_encrypted = (!enc.is_empty()).then(|| Measurement::merge(&enc, size));
             let row = Row {
                 writers,
                 size,
@@ -340,6 +365,8 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 okaywal_vs_raw_group_commit: okaywal
                     .as_ref()
                     .map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),
+                encrypted_vs_plaintext: keel_encrypted.as_ref().map(|e| e.appends_per_sec / keel.appends_per_sec),
+                keel_encrypted,
                 raw_loop,
                 raw_group_commit,
                 keel,

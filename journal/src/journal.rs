@@ -113,7 +113,36 @@ pub struct Journal {
     threads: Vec<JoinHandle<()>>,
     dir: PathBuf,
     payload_bytes_max: u64,
+    vfs: Arc<dyn Vfs>,
+    journal_id: [u8; 16],
+    keys: Option<KeyRing>,
+    /// One rekey at a time.
+    rekeying: std::sync::Mutex<()>,
     _lock: File,
+}
+
+/// What [`Journal::rekey`] did.
+#[derive(Debug, Default)]
+pub struct RekeyReport {
+    /// Segments whose data key was re-wrapped: (file, old key id, new key id).
+    pub rewrapped: Vec<(PathBuf, u32, u32)>,
+    /// Sealed segments already under the current key.
+    pub already_current: u32,
+    /// Plaintext segments (rekey does not encrypt them; they hold no key to retire).
+    pub plaintext: u32,
+}
+
+/// Why [`Journal::rekey`] failed. Segments rewrapped before the failure stay rewrapped; none is left
+/// half-written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RekeyError {
+    #[error("rekey needs master keys: the journal was opened without any")]
+    NoKeys,
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
 }
 
 impl Journal {
@@ -248,6 +277,10 @@ impl Journal {
             threads,
             dir,
             payload_bytes_max: payload_bytes_max_for(options.segment_bytes),
+            vfs,
+            journal_id,
+            keys: options.keys.clone(),
+            rekeying: std::sync::Mutex::new(()),
             _lock: lock_file,
         };
         for tx in &dr.recovered.report.incomplete_txs {
@@ -355,6 +388,84 @@ impl Journal {
     }
     pub fn sync_async(&self) -> Pending {
         self.shared.submit(RequestOp::Sync, Vec::new(), false)
+    }
+
+    /// Re-wraps the data key of every segment encrypted under an older master key under the current
+    /// (highest-id) key, so that the old key can be retired. The active segment is sealed first, so that
+    /// afterwards no segment needs an old key. Data is not re-encrypted: only each segment's header
+    /// changes.
+    ///
+    /// # Crash safety
+    /// Each segment is rewritten as a copy (`.tmp`), fsynced, renamed over the original, and the directory
+    /// fsynced: a crash leaves either the old or the new file, and recovery deletes a leftover `.tmp`.
+    /// Appends continue meanwhile: only sealed segments, which never change, are rewritten.
+    pub fn rekey(&self) -> Result<RekeyReport, RekeyError> {
+        use crate::format::segment_header::{self, SegmentHeader};
+        use crate::segment::{file_name, parse_name, tmp_name, EntryName};
+        let keys = self.keys.as_ref().ok_or(RekeyError::NoKeys)?;
+        let _one_at_a_time = lock(&self.rekeying);
+        self.shared.submit(RequestOp::Roll, Vec::new(), true).wait()?;
+        let sealed_below = {
+            let w = lock(self.shared.writer_mutex());
+            if w.active.is_some() {
+                w.last_seq
+            } else {
+                w.last_seq + 1
+            }
+        };
+        let (current_id, current) = keys.current();
+        let names = self.vfs.list(&self.dir).map_err(OpenError::io(&self.dir, "list directory"))?;
+        let mut report = RekeyReport::default();
+        for seq in names.iter().filter_map(|n| match parse_name(n) {
+            EntryName::Segment(s) if s < sealed_below => Some(s),
+            _ => None,
+        }) {
+            let path = self.dir.join(file_name(seq));
+            let file = self.vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
+            let mut data = vec![0u8; file.size().map_err(OpenError::io(&path, "stat"))? as usize];
+            file.read_exact_at(&mut data, 0).map_err(OpenError::io(&path, "read"))?;
+            let mut header = match SegmentHeader::decode(&data) {
+                Ok(h) => h,
+                Err(segment_header::HeaderError::Zero) => continue,
+                Err(e) => {
+                    let what = crate::error::CorruptionKind::Header(e);
+                    return Err(OpenError::Corrupt(crate::error::Corruption { path, offset: 0, what }).into());
+                }
+            };
+            if header.key_id == 0 {
+                report.plaintext += 1;
+                continue;
+            }
+            if header.key_id == current_id {
+                report.already_current += 1;
+                continue;
+            }
+            let unavailable = |why| OpenError::KeyUnavailable { path: path.clone(), key_id: header.key_id, why };
+            let old = keys.get(header.key_id).ok_or_else(|| unavailable("which is not in the key ring"))?;
+            let binding = Binding { journal_id: self.journal_id, segment_seq: seq };
+            let wrapped = crate::crypto::SegmentCipher::rewrap(
+                old,
+                header.key_id,
+                current,
+                current_id,
+                &binding,
+                &header.wrapped_key,
+            )
+            .ok_or_else(|| unavailable("and the key listed under that id does not unwrap its data key (wrong key)"))?;
+            let old_id = header.key_id;
+            header.key_id = current_id;
+            header.wrapped_key = wrapped;
+            data[..segment_header::BYTES].copy_from_slice(&header.encode());
+            let tmp = self.dir.join(tmp_name(seq));
+            let _ = self.vfs.remove_file(&tmp);
+            let out = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(OpenError::io(&tmp, "create"))?;
+            out.write_all_at(&[IoSlice::new(&data)], 0).map_err(OpenError::io(&tmp, "write"))?;
+            out.sync_all().map_err(OpenError::io(&tmp, "fsync"))?;
+            self.vfs.rename(&tmp, &path).map_err(OpenError::io(&tmp, "rename"))?;
+            self.vfs.sync_dir(&self.dir).map_err(OpenError::io(&self.dir, "fsync directory"))?;
+            report.rewrapped.push((path, old_id, current_id));
+        }
+        Ok(report)
     }
 
     /// The error that stopped the journal, if an fdatasync failed.

@@ -48,7 +48,7 @@ pub mod vfs;
 pub use commit::completion::Pending;
 pub use error::{AppendError, Corruption, CorruptionKind, OpenError};
 pub use format::frame::{FrameHeader, FrameType};
-pub use journal::{Journal, Options};
+pub use journal::{Journal, Options, RekeyError, RekeyReport};
 pub use recovery::replay::{PreparedTx, Record, TxOp, TxRecord};
 pub use recovery::scan::{SegmentEnd, SkippedRange};
 pub use recovery::{Recovered, RecoveryReport, SegmentSummary, TornTail};

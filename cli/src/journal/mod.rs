@@ -74,6 +74,14 @@ pub enum JournalCommand {
     },
     /// Measure this disk's durable-write latency and recommend the group-commit wait.
     Perf(perf::PerfArgs),
+    /// Re-wrap every segment's data key under the current (highest-id) master key, so older keys can be
+    /// retired. Seals the active segment first. Crash-safe; the library does the same while in use.
+    Rekey {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -157,7 +165,26 @@ pub fn run(command: JournalCommand) -> anyhow::Result<Outcome> {
             verify_acks::run(&existing(&dir)?, dir.keys.load()?.as_ref(), &ack_log)
         }
         JournalCommand::Perf(args) => perf::run(&args),
+        JournalCommand::Rekey { dir, write } => rekey(&dir, &write),
     }
+}
+
+fn rekey(dir: &std::path::Path, write: &WriteArgs) -> anyhow::Result<Outcome> {
+    let options = write.options()?;
+    anyhow::ensure!(options.keys.is_some(), "rekey needs the master keys: pass --key-file (old and new keys)");
+    let (journal, _) = keel_journal::Journal::open(dir, options)?;
+    let report = journal.rekey()?;
+    for (path, from, to) in &report.rewrapped {
+        println!("rekey: {}: key id {from} -> {to}", path.display());
+    }
+    println!(
+        "rekey: {} segments re-wrapped, {} already under the current key, {} plaintext",
+        report.rewrapped.len(),
+        report.already_current,
+        report.plaintext
+    );
+    journal.close()?;
+    Ok(Outcome::Ok)
 }
 
 /// The directory of an existing journal (offline tools never create one).

@@ -41,6 +41,8 @@ pub(crate) enum RequestOp {
     },
     /// Make everything written so far durable.
     Sync,
+    /// Seal the active segment now (the next write starts a new one).
+    Roll,
 }
 
 #[derive(Debug)]
@@ -70,7 +72,7 @@ impl Request {
     fn bytes(&self) -> u64 {
         match self.op {
             RequestOp::Frame { .. } => crate::limits::FRAME_HEADER_BYTES + self.payload.len() as u64,
-            RequestOp::Sync => 0,
+            RequestOp::Sync | RequestOp::Roll => 0,
         }
     }
 }

@@ -153,11 +153,20 @@ impl Writer {
                 i += 1;
                 continue;
             };
-            let RequestOp::Frame { frame_type, id, tx, kind } = req.op else {
-                want_sync = true;
-                planned.push((i, None));
-                i += 1;
-                continue;
+            let (frame_type, id, tx, kind) = match req.op {
+                RequestOp::Frame { frame_type, id, tx, kind } => (frame_type, id, tx, kind),
+                RequestOp::Sync => {
+                    want_sync = true;
+                    planned.push((i, None));
+                    i += 1;
+                    continue;
+                }
+                RequestOp::Roll => {
+                    planned.push((i, None));
+                    i += 1;
+                    segment_full = true;
+                    break;
+                }
             };
             let bytes = FRAME_HEADER_BYTES + req.payload.len() as u64;
             if end + bytes + active.seal_reserve() > active.capacity {
