@@ -378,3 +378,47 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
     }
     Ok(rows)
 }
+
+/// Recovery throughput of one journal: how fast a read-only recovery reads it from the page cache.
+#[derive(Debug, Serialize)]
+pub struct RecoveryRate {
+    pub encrypted: bool,
+    pub bytes: u64,
+    pub records: usize,
+    /// Best of the timed runs (the page cache is warm after the first).
+    pub secs: f64,
+    pub mb_per_sec: f64,
+}
+
+/// Builds a journal of about `mb` MiB of 1 KiB records in `dir` (written with `sync = never`, then
+/// closed), and times a full read-only recovery of it `runs` times.
+pub fn recovery_rate(dir: &Path, mb: u64, encrypt: bool, runs: u32) -> io::Result<RecoveryRate> {
+    let keys = encrypt.then(bench_keys);
+    {
+        let opts = Options { sync: SyncPolicy::Never, keys: keys.clone(), spare_segments: 2, ..Options::default() };
+        let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
+        let record = vec![0x6Bu8; 1024];
+        for id in 0..(mb * 1024) {
+            j.add(id, 0, &record).map_err(io::Error::other)?;
+        }
+        j.close().map_err(io::Error::other)?;
+    }
+    let mut best = f64::MAX;
+    let mut last = None;
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let i = keel_journal::inspect::inspect(dir, keel_journal::RecoveryMode::Strict, keys.as_ref(), &mut |_| {})
+            .map_err(io::Error::other)?;
+        best = best.min(t.elapsed().as_secs_f64());
+        last = Some(i);
+    }
+    let i = last.expect("at least one run");
+    let bytes = i.recovered.report.bytes_read;
+    Ok(RecoveryRate {
+        encrypted: encrypt,
+        bytes,
+        records: i.recovered.records.len(),
+        secs: best,
+        mb_per_sec: bytes as f64 / best / 1e6,
+    })
+}

@@ -11,6 +11,19 @@ use crate::Outcome;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Read-only recovery throughput (page cache warm) of a plaintext and an encrypted journal of the same
+    /// records, built in the same run.
+    Recovery {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Size of each journal, in MiB of 1 KiB records.
+        #[arg(long, default_value_t = 256)]
+        mb: u64,
+        /// Timed recoveries of each; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
     /// Durable appends/s, MB/s and p50/p99 latency of the journal for W writers × record sizes, beside a raw
     /// write+fdatasync loop, a raw leader/follower group commit and okaywal, all in one run.
     Journal {
@@ -43,6 +56,27 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
+        BenchCommand::Recovery { dir, mb, runs } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
+            let plain = keel_bench::recovery_rate(&scratch.path().join("plain"), mb, false, runs)?;
+            let enc = keel_bench::recovery_rate(&scratch.path().join("encrypted"), mb, true, runs)?;
+            eprintln!(
+                "recovery: plaintext {:.0} MB/s, encrypted {:.0} MB/s: encrypted ÷ plaintext {:.2}",
+                plain.mb_per_sec,
+                enc.mb_per_sec,
+                enc.mb_per_sec / plain.mb_per_sec
+            );
+            let out = serde_json::json!({
+                "benchmark": "recovery",
+                "machine": machine(),
+                "plaintext": plain,
+                "encrypted": enc,
+                "encrypted_vs_plaintext": enc.mb_per_sec / plain.mb_per_sec,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(Outcome::Ok)
+        }
         BenchCommand::Journal { dir, secs, rounds, writers, sizes, segment_bytes, no_peer, encrypt } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;

@@ -86,6 +86,34 @@ pub fn peek(binding: &Binding, data: &[u8], offset: u64) -> Result<u64, UnitErro
     Ok(total)
 }
 
+/// Authenticates and decrypts the unit at `offset`, appending its plaintext frames to `out` (which is left
+/// as it was on failure); returns the unit's total length.
+pub fn open_into(
+    cipher: &SegmentCipher,
+    binding: &Binding,
+    data: &[u8],
+    offset: u64,
+    out: &mut Vec<u8>,
+) -> Result<u64, UnitError> {
+    let total = peek(binding, data, offset)?;
+    let at = offset as usize;
+    let ct_len = u32_at(data, at) as usize;
+    let body = at + UNIT_HEADER_BYTES;
+    let start = out.len();
+    out.extend_from_slice(&data[body..body + ct_len]);
+    let nonce = XNonce::from_slice(&data[at + 8..at + UNIT_HEADER_BYTES]);
+    let tag = chacha20poly1305::Tag::from_slice(&data[body + ct_len..at + total as usize]);
+    if cipher
+        .aead
+        .decrypt_in_place_detached(nonce, &ad(binding, offset, ct_len as u32), &mut out[start..], tag)
+        .is_err()
+    {
+        out.truncate(start);
+        return Err(UnitError::Authentication);
+    }
+    Ok(total)
+}
+
 /// Authenticates and decrypts the unit at `offset`; returns its plaintext frames and total length.
 pub fn open(cipher: &SegmentCipher, binding: &Binding, data: &[u8], offset: u64) -> Result<(Vec<u8>, u64), UnitError> {
     let total = peek(binding, data, offset)?;

@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::crypto::unit::{self, UnitError};
 use crate::crypto::SegmentCipher;
 use crate::error::{Corruption, CorruptionKind};
-use crate::format::frame::{decode_frame, FrameType};
+use crate::format::frame::{decode_frame, FrameType, HEADER_BYTES};
 use crate::format::Binding;
 use crate::limits::SEGMENT_HEADER_BYTES;
 use crate::types::{Lsn, RecoveryMode};
@@ -76,12 +76,12 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
             out.end = UnitEnd::Clean { offset };
             return Ok(out);
         }
-        let fault = match unit::open(input.cipher, &input.binding, data, offset) {
-            Ok((plain, total)) => {
-                let last = last_frame(&input.binding, &plain);
+        let start = out.stream.len();
+        let fault = match unit::open_into(input.cipher, &input.binding, data, offset, &mut out.stream) {
+            Ok(total) => {
+                let last = last_frame(&out.stream[start..]);
                 expected = last.map_or(expected, |(l, _)| Lsn(l.0 + 1));
-                out.units.push((out.stream.len() as u64, offset));
-                out.stream.extend_from_slice(&plain);
+                out.units.push((start as u64, offset));
                 offset += total;
                 if last.is_some_and(|(_, t)| t == FrameType::Seal) {
                     // Nothing after a seal is ever read (a sealed-over torn tail may follow it).
@@ -140,13 +140,15 @@ pub fn later_unit_exists(binding: &Binding, data: &[u8]) -> bool {
     (first_end..=end).any(|at| unit::peek(binding, data, at).is_ok())
 }
 
-/// The LSN and type of the last frame in a unit's plaintext (every frame in it is authentic).
-fn last_frame(binding: &Binding, plain: &[u8]) -> Option<(Lsn, FrameType)> {
+/// The LSN and type of the last frame in a unit's plaintext. The plaintext is authenticated, so frames are
+/// walked by their length fields alone; the frame scan that follows checks every frame in full.
+fn last_frame(plain: &[u8]) -> Option<(Lsn, FrameType)> {
     let mut at = 0usize;
     let mut last = None;
-    while let Ok((h, _)) = decode_frame(binding, &plain[at..]) {
-        last = Some((h.lsn, h.frame_type));
-        at += h.frame_bytes() as usize;
+    while let Some(h) = plain.get(at..at + HEADER_BYTES) {
+        let ty = FrameType::from_u8(h[36])?;
+        last = Some((Lsn(crate::format::u64_at(h, 8)), ty));
+        at += HEADER_BYTES + crate::format::u32_at(h, 4) as usize;
     }
     last
 }
@@ -162,7 +164,7 @@ fn find_next_unit(input: &UnitInput<'_>, from: u64, min_lsn: Lsn) -> Option<(u64
         }
         let Ok((plain, _)) = unit::open(input.cipher, &input.binding, input.data, at) else { continue };
         let Ok((h, _)) = decode_frame(&input.binding, &plain) else { continue };
-        if last_frame(&input.binding, &plain).is_some_and(|(l, _)| l >= min_lsn) {
+        if last_frame(&plain).is_some_and(|(l, _)| l >= min_lsn) {
             return Some((at, (h.lsn.0, u64::from(h.since_sync))));
         }
     }
