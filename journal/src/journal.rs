@@ -196,6 +196,20 @@ impl Journal {
         }
 
         let journal_id = dr.identity.journal_id;
+        // With keys, nothing new may go into a plaintext segment: seal it where it ends and start an
+        // encrypted one.
+        if let (Some(_), Resume::InPlace { seq, path, offset, frames, next_lsn, cipher: None }) =
+            (&options.keys, &dr.resume)
+        {
+            dr.resume = Resume::SealThenNew {
+                path: path.clone(),
+                segment_seq: *seq,
+                offset: *offset,
+                frames: *frames,
+                seal_lsn: *next_lsn,
+                cipher: None,
+            };
+        }
         let (active, next_lsn, last_seq) = match &dr.resume {
             Resume::InPlace { seq, path, offset, frames, next_lsn, cipher } => {
                 let file = vfs.open(path, OpenMode::ReadWrite).map_err(OpenError::io(path, "open"))?;

@@ -57,6 +57,7 @@ pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
 /// Frame codec, exposed for the fuzz target and tools; not a stable API.
 #[doc(hidden)]
 pub mod __format {
+    pub use crate::crypto::unit::{open as unit_open, peek as unit_peek};
     pub use crate::format::frame::{decode_frame, encode_frame, FrameError};
     pub use crate::format::Binding;
     pub use crate::recovery::scan::{scan_segment, ScanInput};

@@ -59,3 +59,35 @@ proptest! {
         scan_all_modes(&seg);
     }
 }
+
+mod crypto_decoders {
+    use keel_journal::__format::{unit_open, unit_peek, Binding};
+    use keel_journal::crypto::keys::KeyRing;
+    use keel_journal::crypto::SegmentCipher;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn units_from_arbitrary_bytes_never_authenticate(data in proptest::collection::vec(any::<u8>(), 0..700), offset in 0u64..300) {
+            let ring = KeyRing::parse(&format!("1:{}", "42".repeat(32)), "t").unwrap();
+            let binding = Binding { journal_id: [1; 16], segment_seq: 1 };
+            let (cipher, _) = SegmentCipher::create(ring.current().1, 1, &binding);
+            let _ = unit_peek(&binding, &data, offset);
+            prop_assert!(unit_open(&cipher, &binding, &data, offset).is_err());
+        }
+
+        #[test]
+        fn key_files_from_arbitrary_text_never_panic(text in "\\PC{0,200}") {
+            let _ = KeyRing::parse(&text, "t");
+        }
+
+        #[test]
+        fn key_file_lines_parse_or_name_their_line(id in 0u32..5, hex in "[0-9a-fA-Fg]{60,68}") {
+            let r = KeyRing::parse(&format!("# c\n{id}:{hex}\n"), "t");
+            match r {
+                Ok(ring) => prop_assert_eq!(ring.ids(), vec![id]),
+                Err(e) => prop_assert!(e.to_string().contains("line 2"), "{}", e),
+            }
+        }
+    }
+}

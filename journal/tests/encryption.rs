@@ -235,12 +235,20 @@ fn torn_encrypted_tail_is_discarded_sealed_and_writing_continues() {
 }
 
 #[test]
-fn a_plaintext_journal_can_turn_encryption_on() {
+fn a_plaintext_journal_can_turn_encryption_on_and_nothing_after_is_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), None, 0..100);
     write(dir.path(), Some(ring(&[(1, 0xA1)])), 100..200);
     let (_j, rec) = Journal::open(dir.path(), options(Some(ring(&[(1, 0xA1)])))).unwrap();
     assert_eq!(rec.records.len(), 200);
+    // Records written once the keys were given never reach the disk in plaintext, even though the
+    // plaintext segment that was active at that moment had room left.
+    for f in files(dir.path()) {
+        let bytes = std::fs::read(&f).unwrap();
+        for id in 100..200u64 {
+            assert!(!contains(&bytes, &payload(id)[..25]), "record {id} in plaintext in {}", f.display());
+        }
+    }
 }
 
 #[test]
