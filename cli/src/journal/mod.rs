@@ -45,8 +45,9 @@ pub enum JournalCommand {
     },
     /// Append records read as JSON lines (the output of `print --json`) from standard input.
     Import {
-        #[command(flatten)]
-        dir: DirArg,
+        /// The journal directory (created if absent).
+        #[arg(long)]
+        dir: PathBuf,
         #[command(flatten)]
         write: WriteArgs,
     },
@@ -157,7 +158,7 @@ pub fn run(command: JournalCommand) -> anyhow::Result<Outcome> {
         JournalCommand::Print { dir, json, salvage } => {
             print::run(&existing(&dir)?, dir.keys.load()?.as_ref(), json, salvage)
         }
-        JournalCommand::Import { dir, write } => import::run(&dir.dir, &write),
+        JournalCommand::Import { dir, write } => import::run(&dir, &write),
         JournalCommand::Stats { dir, json } => stats::run(&existing(&dir)?, dir.keys.load()?.as_ref(), json),
         JournalCommand::Verify { dir } => verify::run(&existing(&dir)?, dir.keys.load()?.as_ref()),
         JournalCommand::Stress(args) => stress::run(&args),
