@@ -172,3 +172,50 @@ fn stress_on_a_full_disk_stops_cleanly_and_keeps_its_acks() {
     let o = keel(&["journal", "verify-acks", "--dir", dir.to_str().unwrap(), "--ack-log", acks.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stdout(&o));
 }
+
+#[test]
+fn encryption_tools_verify_rekey_and_key_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (dir, acks) = (t.path().join("j"), t.path().join("acks"));
+    let (d, a) = (dir.to_str().unwrap(), acks.to_str().unwrap());
+    let old = t.path().join("old.keys");
+    let both = t.path().join("both.keys");
+    let new = t.path().join("new.keys");
+    std::fs::write(&old, format!("1:{}\n", "aa".repeat(32))).unwrap();
+    std::fs::write(&both, format!("1:{}\n2:{}\n", "aa".repeat(32), "bb".repeat(32))).unwrap();
+    std::fs::write(&new, format!("2:{}\n", "bb".repeat(32))).unwrap();
+    let (old, both, new) = (old.to_str().unwrap(), both.to_str().unwrap(), new.to_str().unwrap());
+    let o = keel(&[
+        "journal",
+        "stress",
+        "--dir",
+        d,
+        "--ack-log",
+        a,
+        "--count",
+        "3000",
+        "--size",
+        "300",
+        "--segment-bytes",
+        "65536",
+        "--key-file",
+        old,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = keel(&["journal", "verify", "--dir", d, "--key-file", old]);
+    assert!(o.status.success() && stdout(&o).contains("authenticated"), "{}", stdout(&o));
+    let o = keel(&["journal", "verify", "--dir", d]);
+    assert!(o.status.success() && stdout(&o).contains("NOT AUTHENTICATED"), "{}", stdout(&o));
+    let o = keel(&["journal", "verify-acks", "--dir", d, "--ack-log", a]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("key id 1"), "{}", stderr(&o));
+    let o = keel(&["journal", "rekey", "--dir", d, "--key-file", both]);
+    assert!(o.status.success() && stdout(&o).contains("key id 1 -> 2"), "{}{}", stdout(&o), stderr(&o));
+    let o = keel(&["journal", "verify-acks", "--dir", d, "--ack-log", a, "--key-file", new]);
+    assert!(o.status.success(), "after rekey the old key is not needed: {}{}", stdout(&o), stderr(&o));
+    let bad = t.path().join("bad.keys");
+    std::fs::write(&bad, "# keys\n1:nothex\n").unwrap();
+    let o = keel(&["journal", "verify", "--dir", d, "--key-file", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+}
