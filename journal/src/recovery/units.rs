@@ -61,14 +61,32 @@ pub struct UnitInput<'a> {
 pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
     let data = input.data;
     let len = data.len() as u64;
+    // Sized once: the plaintext is never longer than the segment, and growing a buffer of tens of MiB
+    // step by step costs more in page faults and copies than the decryption saves.
+    let mut stream = Vec::with_capacity(data.len());
+    stream.resize(SEGMENT_HEADER_BYTES as usize, 0);
     let mut out = Decrypted {
-        stream: vec![0u8; SEGMENT_HEADER_BYTES as usize],
+        stream,
         units: Vec::new(),
         end: UnitEnd::Clean { offset: SEGMENT_HEADER_BYTES },
         skipped: Vec::new(),
     };
     let mut offset = SEGMENT_HEADER_BYTES;
     let mut expected = input.first_lsn;
+    // Fast path: decrypt the chain of units whose headers validate on every core, in order; the loop below
+    // takes over at the first unit that does not authenticate (or at the end).
+    for (unit_offset, plain) in decrypt_chain_parallel(input) {
+        let start = out.stream.len();
+        out.stream.extend_from_slice(&plain);
+        let last = last_frame(&out.stream[start..]);
+        expected = last.map_or(expected, |(l, _)| Lsn(l.0 + 1));
+        out.units.push((start as u64, unit_offset));
+        offset = unit_offset + unit::UNIT_OVERHEAD_BYTES + plain.len() as u64;
+        if last.is_some_and(|(_, t)| t == FrameType::Seal) {
+            out.end = UnitEnd::Clean { offset };
+            return Ok(out);
+        }
+    }
     // Every iteration advances `offset` by a whole unit, jumps to a later unit, or ends.
     loop {
         let rest = data.get(offset as usize..).unwrap_or(&[]);
@@ -129,6 +147,33 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
             }
         }
     }
+}
+
+/// The longest prefix of the segment's unit chain that authenticates, decrypted on all available cores:
+/// (unit offset, plaintext) in order. Stops before the first unit whose header or tag fails.
+fn decrypt_chain_parallel(input: &UnitInput<'_>) -> Vec<(u64, Vec<u8>)> {
+    let mut offsets = Vec::new();
+    let mut at = SEGMENT_HEADER_BYTES;
+    while let Ok(total) = unit::peek(&input.binding, input.data, at) {
+        offsets.push(at);
+        at += total;
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let chunk = offsets.len().div_ceil(threads).max(1);
+    let results: Vec<Vec<Option<Vec<u8>>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = offsets
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|&o| unit::open(input.cipher, &input.binding, input.data, o).ok().map(|(p, _)| p))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+    });
+    offsets.into_iter().zip(results.into_iter().flatten()).map_while(|(o, p)| p.map(|p| (o, p))).collect()
 }
 
 /// Whether a sealed unit's header validates anywhere after the unit at the start of the frames — proof,
