@@ -11,7 +11,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::limits::IOV_MAX;
 
@@ -137,9 +137,4 @@ impl Vfs for StdVfs {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
-}
-
-/// Joins a directory and a file name (kept here so paths are formed one way).
-pub fn child(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
