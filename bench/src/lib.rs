@@ -290,6 +290,10 @@ pub struct MatrixConfig {
     pub segment_bytes: u64,
     /// Also measure an encrypted journal (XChaCha20-Poly1305) beside the plaintext one.
     pub with_encrypted: bool,
+    /// Idle time before each round, after the spare pool is topped up: the zero-fill of new spares is
+    /// still being written back by the device when its fsync returns, and would otherwise slow whichever
+    /// system is measured next.
+    pub settle: Duration,
 }
 
 #[derive(Debug, Serialize)]
@@ -338,6 +342,14 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut enc = Vec::new();
             for round in 0..rounds {
+                // Every system starts a round from the same device state: the pool is full and the zero-fill
+                // it took has drained.
+                for j in std::iter::once(&journal).chain(encrypted.as_ref()) {
+                    if !j.wait_for_spares(Duration::from_secs(600)) {
+                        return Err(io::Error::other("spare segments were not ready in 600 s"));
+                    }
+                }
+                std::thread::sleep(cfg.settle);
                 if writers == 1 {
                     raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?);
                 }

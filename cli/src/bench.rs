@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// Record sizes in bytes (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "256,1024,16384")]
         sizes: Vec<usize>,
+        /// Milliseconds of idle time before each round, once the spare pool is topped up (see
+        /// docs/BENCHMARKS.md: the device is still writing back the zero-fill when fsync returns).
+        #[arg(long, default_value_t = 3000)]
+        settle_ms: u64,
         /// Keel's segment size in bytes.
         #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
         segment_bytes: u64,
@@ -77,7 +81,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }
-        BenchCommand::Journal { dir, secs, rounds, writers, sizes, segment_bytes, no_peer, encrypt } => {
+        BenchCommand::Journal { dir, secs, rounds, writers, sizes, settle_ms, segment_bytes, no_peer, encrypt } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
             let cfg = MatrixConfig {
@@ -88,6 +92,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 with_okaywal: !no_peer,
                 segment_bytes,
                 with_encrypted: encrypt,
+                settle: Duration::from_millis(settle_ms),
             };
             let rows = run_matrix(scratch.path(), &cfg, &mut |row| {
                 eprintln!(
@@ -109,6 +114,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 "machine": machine(),
                 "secs_per_measurement": secs,
                 "rounds": rounds,
+                "settle_ms": settle_ms,
                 "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
