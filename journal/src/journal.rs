@@ -271,6 +271,7 @@ impl Journal {
             spares: spare_pool.clone(),
             policy: options.sync,
             unsynced: false,
+            sync_failed: None,
             keys: options.keys.clone(),
         };
         let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
@@ -503,7 +504,6 @@ impl Journal {
             return Ok(());
         }
         let synced = self.sync().map(|_| ());
-        self.shared.close();
         self.shared.shutdown_writer_thread();
         self.spares.shutdown();
         for t in self.threads.drain(..) {

@@ -44,6 +44,7 @@ fn failed_fdatasync_poisons_the_journal_and_is_never_retried() {
     assert!(j.poisoned().is_some());
     assert_eq!(faults.syncs(), syncs_after, "no fsync is attempted after the failure");
     drop(j);
+    assert_eq!(faults.syncs(), syncs_after, "not even by close");
     let rec = reopen_plain(dir.path());
     for id in 0..10 {
         assert!(rec.records.contains_key(&id), "acknowledged record {id} survived");

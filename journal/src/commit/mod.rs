@@ -178,11 +178,7 @@ impl Shared {
         self.poison.get().cloned()
     }
 
-    /// Refuses new requests; queued ones are still written.
-    pub fn close(&self) {
-        lock(&self.queue).closed = true;
-    }
-
+    /// Refuses new requests and stops the writer thread once the queue is drained.
     pub fn shutdown_writer_thread(&self) {
         let mut q = lock(&self.queue);
         q.closed = true;

@@ -79,6 +79,9 @@ pub(crate) struct Writer {
     pub policy: SyncPolicy,
     /// Bytes were written since the last fdatasync.
     pub unsynced: bool,
+    /// The fdatasync that failed, if one did. From then on this writer performs no I/O that could make
+    /// unknown bytes look durable: every later sync returns this error without touching the file.
+    pub sync_failed: Option<AppendError>,
     /// Master keys; new segments are encrypted under the current one. `None`: plaintext.
     pub keys: Option<KeyRing>,
 }
@@ -293,10 +296,25 @@ impl Writer {
     }
 
     fn sync_active(&mut self) -> Result<(), Stop> {
+        self.fdatasync_active()?;
         let active = self.active.as_mut().expect("sync needs an active segment");
-        active.file.sync_data().map_err(|e| poisoned(&active.path, "fdatasync", e))?;
         active.since_sync = 0;
         self.unsynced = false;
+        Ok(())
+    }
+
+    /// The one place this writer fdatasyncs. After a failure it never tries again (the kernel may have
+    /// dropped the dirty pages, so a later success would prove nothing).
+    fn fdatasync_active(&mut self) -> Result<(), Stop> {
+        if let Some(e) = &self.sync_failed {
+            return Err(Stop::Poisoned(e.clone()));
+        }
+        let active = self.active.as_ref().expect("sync needs an active segment");
+        if let Err(e) = active.file.sync_data() {
+            let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
+            self.sync_failed = Some(err.clone());
+            return Err(Stop::Poisoned(err));
+        }
         Ok(())
     }
 
@@ -350,14 +368,15 @@ impl Writer {
             .file
             .write_all_at(&[IoSlice::new(&bytes)], active.offset)
             .map_err(|e| poisoned(&active.path, "write seal", e))?;
-        active.file.sync_data().map_err(|e| poisoned(&active.path, "fdatasync", e))?;
+        self.fdatasync_active()?;
         self.next_lsn = Lsn(lsn.0 + 1);
         self.unsynced = false;
         self.active = None;
         Ok(())
     }
 
-    /// fdatasync if anything is unsynced (used by close).
+    /// fdatasync if anything is unsynced: close runs this after the writer thread has drained requests that
+    /// were queued before close (under `never` or `interval` they may be unsynced). Never after a failed sync.
     pub fn flush(&mut self) -> Result<(), AppendError> {
         if self.unsynced && self.active.is_some() {
             return self.sync_active().map_err(|s| match s {
