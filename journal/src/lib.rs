@@ -58,6 +58,16 @@ pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
 #[doc(hidden)]
 pub mod __format {
     pub use crate::crypto::unit::{open as unit_open, peek as unit_peek};
+    pub use crate::format::identity::Identity;
+    pub use crate::format::segment_header::SegmentHeader;
+
+    pub fn decode_identity(b: &[u8]) -> Result<Identity, crate::format::identity::IdentityError> {
+        Identity::decode(b)
+    }
+
+    pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, crate::format::segment_header::HeaderError> {
+        SegmentHeader::decode(b)
+    }
     pub use crate::format::frame::{decode_frame, encode_frame, FrameError};
     pub use crate::format::Binding;
     pub use crate::recovery::scan::{scan_segment, ScanInput};

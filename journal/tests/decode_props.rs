@@ -91,3 +91,20 @@ mod crypto_decoders {
         }
     }
 }
+
+mod header_decoders {
+    use keel_journal::__format::{decode_identity, decode_segment_header};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn headers_from_arbitrary_bytes_never_panic_and_round_trip(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(h) = decode_segment_header(&data) {
+                prop_assert_eq!(&h.encode()[..], &data[..256]);
+            }
+            if let Ok(i) = decode_identity(&data) {
+                prop_assert_eq!(&i.encode()[..], &data[..]);
+            }
+        }
+    }
+}
