@@ -79,24 +79,15 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
     use crate::error::{Corruption, CorruptionKind};
     use crate::format::segment_header::{HeaderError, SegmentHeader};
     use crate::format::Binding;
+    use crate::recovery::check_segment_identity;
     use crate::recovery::scan::{scan_segment, ScanInput};
-    use crate::segment::{parse_name, EntryName};
     use crate::vfs::{OpenMode, Vfs};
 
     let _lock = shared_lock(dir)?;
     let vfs = StdVfs;
     let identity =
         crate::recovery::read_identity(&vfs, dir)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
-    let mut seqs: Vec<u64> = vfs
-        .list(dir)
-        .map_err(OpenError::io(dir, "list directory"))?
-        .iter()
-        .filter_map(|n| match parse_name(n) {
-            EntryName::Segment(s) => Some(s),
-            _ => None,
-        })
-        .collect();
-    seqs.sort_unstable();
+    let seqs = crate::segment::list(&vfs, dir).map_err(OpenError::io(dir, "list directory"))?.segments;
     let mut report = StructureReport::default();
     let mut images = Vec::new();
     for seq in seqs {
@@ -112,16 +103,8 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
     }
     let count = images.len();
     for (index, (seq, path, data, h)) in images.into_iter().enumerate() {
-        let corrupt = |offset, what| OpenError::Corrupt(Corruption { path: path.clone(), offset, what });
-        if h.journal_id != identity.journal_id {
-            let what = CorruptionKind::ForeignSegment {
-                expected: identity::id_hex(&identity.journal_id),
-                found: identity::id_hex(&h.journal_id),
-            };
-            return Err(corrupt(16, what));
-        }
-        if h.segment_seq != seq {
-            return Err(corrupt(32, CorruptionKind::SequenceMismatch { in_name: seq, in_header: h.segment_seq }));
+        if let Err((offset, what)) = check_segment_identity(&h, seq, data.len() as u64, &identity) {
+            return Err(Corruption { path, offset, what }.into());
         }
         let binding = Binding { journal_id: identity.journal_id, segment_seq: seq };
         report.segments += 1;

@@ -416,7 +416,7 @@ impl Journal {
     /// Appends continue meanwhile: only sealed segments, which never change, are rewritten.
     pub fn rekey(&self) -> Result<RekeyReport, RekeyError> {
         use crate::format::segment_header::{self, SegmentHeader};
-        use crate::segment::{file_name, parse_name, tmp_name, EntryName};
+        use crate::segment::{file_name, tmp_name};
         let keys = self.keys.as_ref().ok_or(RekeyError::NoKeys)?;
         let _one_at_a_time = lock(&self.rekeying);
         self.shared.submit(RequestOp::Roll, Vec::new(), true).wait()?;
@@ -429,12 +429,10 @@ impl Journal {
             }
         };
         let (current_id, current) = keys.current();
-        let names = self.vfs.list(&self.dir).map_err(OpenError::io(&self.dir, "list directory"))?;
+        let listing =
+            crate::segment::list(self.vfs.as_ref(), &self.dir).map_err(OpenError::io(&self.dir, "list directory"))?;
         let mut report = RekeyReport::default();
-        for seq in names.iter().filter_map(|n| match parse_name(n) {
-            EntryName::Segment(s) if s < sealed_below => Some(s),
-            _ => None,
-        }) {
+        for seq in listing.segments.into_iter().filter(|s| *s < sealed_below) {
             let path = self.dir.join(file_name(seq));
             let file = self.vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
             let mut data = vec![0u8; file.size().map_err(OpenError::io(&path, "stat"))? as usize];
@@ -562,8 +560,7 @@ fn create_identity_if_new(vfs: &dyn Vfs, dir: &Path) -> Result<(), OpenError> {
     if crate::recovery::read_identity(vfs, dir)?.is_some() {
         return Ok(());
     }
-    let names = vfs.list(dir).map_err(OpenError::io(dir, "list directory"))?;
-    if names.iter().any(|n| matches!(crate::segment::parse_name(n), crate::segment::EntryName::Segment(_))) {
+    if !crate::segment::list(vfs, dir).map_err(OpenError::io(dir, "list directory"))?.segments.is_empty() {
         return Err(OpenError::MissingIdentity { dir: dir.to_path_buf() });
     }
     let mut journal_id = [0u8; 16];

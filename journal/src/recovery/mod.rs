@@ -17,7 +17,7 @@ use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
 use crate::format::Binding;
 use crate::limits::SEGMENT_HEADER_BYTES;
-use crate::segment::{self, EntryName};
+use crate::segment;
 use crate::types::{Lsn, RecordId, RecoveryMode, TxId};
 use crate::vfs::{OpenMode, Vfs};
 use replay::{PreparedTx, Record, Replay};
@@ -137,17 +137,8 @@ pub(crate) fn recover_dir(
     keys: Option<&KeyRing>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
-    let names = vfs.list(dir).map_err(OpenError::io(dir, "list directory"))?;
-    let mut seqs = Vec::new();
-    let mut delete = Vec::new();
-    for name in &names {
-        match segment::parse_name(name) {
-            EntryName::Segment(seq) => seqs.push(seq),
-            EntryName::Tmp(_) => delete.push(dir.join(name)),
-            EntryName::Other => {}
-        }
-    }
-    seqs.sort_unstable();
+    let segment::Listing { segments: seqs, tmps: mut delete } =
+        segment::list(vfs, dir).map_err(OpenError::io(dir, "list directory"))?;
     let identity = match read_identity(vfs, dir)? {
         Some(id) => id,
         None if seqs.is_empty() => return Err(OpenError::NotAJournal { dir: dir.to_path_buf() }),
@@ -227,23 +218,9 @@ pub(crate) fn recover_dir(
                 continue;
             }
         };
-        if header.journal_id != identity.journal_id {
-            let what = CorruptionKind::ForeignSegment {
-                expected: identity::id_hex(&identity.journal_id),
-                found: identity::id_hex(&header.journal_id),
-            };
-            salvage_or_fail(mode, &mut report, corrupt(path, 16, what))?;
+        if let Err((offset, what)) = check_segment_identity(&header, *seq, *file_bytes, &identity) {
+            salvage_or_fail(mode, &mut report, corrupt(path, offset, what))?;
             expected = None;
-            continue;
-        }
-        if header.segment_seq != *seq {
-            let what = CorruptionKind::SequenceMismatch { in_name: *seq, in_header: header.segment_seq };
-            salvage_or_fail(mode, &mut report, corrupt(path, 32, what))?;
-            continue;
-        }
-        if header.segment_bytes != *file_bytes {
-            let what = CorruptionKind::SizeMismatch { declared: header.segment_bytes, actual: *file_bytes };
-            salvage_or_fail(mode, &mut report, corrupt(path, 56, what))?;
             continue;
         }
         if let Some(e) = expected {
@@ -390,6 +367,30 @@ fn segment_cipher(
     SegmentCipher::open(master, header.key_id, binding, &header.wrapped_key)
         .map(Some)
         .ok_or_else(|| unavailable("and the key listed under that id does not unwrap its data key (wrong key)"))
+}
+
+/// Whether a decoded segment header belongs where it is: to this journal, under this file name, at this
+/// size. On a mismatch, the offset of the offending header field and what is wrong.
+pub(crate) fn check_segment_identity(
+    header: &SegmentHeader,
+    seq: u64,
+    file_bytes: u64,
+    identity: &Identity,
+) -> Result<(), (u64, CorruptionKind)> {
+    if header.journal_id != identity.journal_id {
+        let what = CorruptionKind::ForeignSegment {
+            expected: identity::id_hex(&identity.journal_id),
+            found: identity::id_hex(&header.journal_id),
+        };
+        return Err((16, what));
+    }
+    if header.segment_seq != seq {
+        return Err((32, CorruptionKind::SequenceMismatch { in_name: seq, in_header: header.segment_seq }));
+    }
+    if header.segment_bytes != file_bytes {
+        return Err((56, CorruptionKind::SizeMismatch { declared: header.segment_bytes, actual: file_bytes }));
+    }
+    Ok(())
 }
 
 fn salvage_or_fail(mode: RecoveryMode, report: &mut RecoveryReport, c: Corruption) -> Result<(), OpenError> {

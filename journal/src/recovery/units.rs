@@ -36,13 +36,12 @@ pub struct Decrypted {
 impl Decrypted {
     /// The file offset of the unit holding stream offset `at` (for errors and tools).
     pub fn file_offset(&self, at: u64) -> u64 {
+        let end = match self.end {
+            UnitEnd::Clean { offset } | UnitEnd::Torn { offset, .. } => offset,
+        };
         match self.units.partition_point(|(start, _)| *start <= at) {
-            0 => match self.end {
-                UnitEnd::Clean { offset } | UnitEnd::Torn { offset, .. } => offset,
-            },
-            i if i == self.units.len() && at >= self.stream.len() as u64 => match self.end {
-                UnitEnd::Clean { offset } | UnitEnd::Torn { offset, .. } => offset,
-            },
+            0 => end,
+            _ if at >= self.stream.len() as u64 => end,
             i => self.units[i - 1].1,
         }
     }

@@ -15,6 +15,29 @@ pub fn tmp_name(seq: u64) -> String {
     format!("{seq:020}{TMP_SUFFIX}")
 }
 
+/// The segment files of a journal directory.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Sequence numbers of the segment files, ascending.
+    pub segments: Vec<u64>,
+    /// Leftover temporary files (spares being zero-filled, rekey copies), to be deleted by recovery.
+    pub tmps: Vec<std::path::PathBuf>,
+}
+
+/// Lists `dir`'s segment and temporary files.
+pub fn list(vfs: &dyn crate::vfs::Vfs, dir: &std::path::Path) -> std::io::Result<Listing> {
+    let mut listing = Listing::default();
+    for name in vfs.list(dir)? {
+        match parse_name(&name) {
+            EntryName::Segment(seq) => listing.segments.push(seq),
+            EntryName::Tmp(_) => listing.tmps.push(dir.join(&name)),
+            EntryName::Other => {}
+        }
+    }
+    listing.segments.sort_unstable();
+    Ok(listing)
+}
+
 /// What a directory entry is, by name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum EntryName {
