@@ -299,3 +299,21 @@ fn rekey_without_keys_is_refused() {
     let (j, _) = Journal::open(dir.path(), options(None)).unwrap();
     assert!(matches!(j.rekey(), Err(keel_journal::RekeyError::NoKeys)));
 }
+
+#[test]
+fn structure_check_without_keys_reports_what_it_can_and_finds_header_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), Some(ring(&[(7, 0x77)])), 0..300);
+    let s = keel_journal::inspect::check_structure(dir.path()).unwrap();
+    assert!(s.encrypted_segments >= 2 && s.units >= 300, "{s:?}");
+    assert_eq!(s.key_ids.iter().copied().collect::<Vec<_>>(), vec![7]);
+    assert!(s.unit_chain_stops.is_empty(), "{s:?}");
+    let first = segments(dir.path())[0].clone();
+    let mut b = std::fs::read(&first).unwrap();
+    b[20] ^= 0x01; // inside the journal id
+    std::fs::write(&first, b).unwrap();
+    match keel_journal::inspect::check_structure(dir.path()) {
+        Err(OpenError::Corrupt(c)) => assert_eq!((c.path, c.offset), (first, 0)),
+        other => panic!("expected corruption, got {other:?}"),
+    }
+}

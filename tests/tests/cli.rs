@@ -213,6 +213,9 @@ fn encryption_tools_verify_rekey_and_key_errors() {
     assert!(o.status.success() && stdout(&o).contains("key id 1 -> 2"), "{}{}", stdout(&o), stderr(&o));
     let o = keel(&["journal", "verify-acks", "--dir", d, "--ack-log", a, "--key-file", new]);
     assert!(o.status.success(), "after rekey the old key is not needed: {}{}", stdout(&o), stderr(&o));
+    let o = keel(&["journal", "verify", "--dir", d, "--key-file", "/nonexistent/keel.keys"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nonexistent/keel.keys"), "names the missing key file: {}", stderr(&o));
     let bad = t.path().join("bad.keys");
     std::fs::write(&bad, "# keys\n1:nothex\n").unwrap();
     let o = keel(&["journal", "verify", "--dir", d, "--key-file", bad.to_str().unwrap()]);
