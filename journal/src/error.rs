@@ -94,6 +94,8 @@ pub enum AppendError {
     IdInUse(RecordId),
     #[error("record {0} does not exist")]
     NoSuchRecord(RecordId),
+    #[error("record {0} changed or was deleted since compaction read it; not relocated")]
+    Superseded(RecordId),
     #[error("transaction {0} is not open")]
     NoSuchTx(TxId),
     #[error("transaction {0} is prepared; it accepts only commit or rollback")]

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::crypto::keys::KeyRing;
 use crate::error::OpenError;
 use crate::format::identity;
+use crate::reader::Reader;
 use crate::recovery::{recover_dir, FrameEvent, Recovered, SegmentSummary};
 use crate::types::RecoveryMode;
 use crate::vfs::StdVfs;
@@ -22,6 +23,8 @@ pub struct Inspection {
     pub segments: Vec<SegmentSummary>,
     /// Spare segments found.
     pub spares: u32,
+    /// Reads the payloads of `recovered`'s records.
+    pub reader: Reader,
 }
 
 /// Reads the journal in `dir` without modifying it, calling `visit` for each valid frame in LSN order.
@@ -33,7 +36,9 @@ pub fn inspect(
 ) -> Result<Inspection, OpenError> {
     let _lock = shared_lock(dir)?;
     let dr = recover_dir(&StdVfs, dir, mode, keys, visit)?;
+    let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
     Ok(Inspection {
+        reader,
         journal_id: identity::id_hex(&dr.identity.journal_id),
         created_unix_ms: dr.identity.created_unix_ms,
         spares: dr.spares.len() as u32,

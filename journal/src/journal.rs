@@ -16,8 +16,9 @@ use crate::error::{AppendError, OpenError};
 use crate::format::frame::FrameType;
 use crate::format::identity::{self, Identity};
 use crate::format::{unix_ms_now, Binding};
+use crate::index::RecordRef;
 use crate::limits::{self, payload_bytes_max_for};
-use crate::recovery::replay::TxOp;
+use crate::reader::{ReadError, Reader};
 use crate::recovery::{recover_dir, Recovered, Resume};
 use crate::segment::spares::{Spare, SparePool};
 use crate::sync_util::lock;
@@ -116,6 +117,7 @@ pub struct Journal {
     vfs: Arc<dyn Vfs>,
     journal_id: [u8; 16],
     keys: Option<KeyRing>,
+    reader: Reader,
     /// One rekey at a time.
     rekeying: std::sync::Mutex<()>,
     _lock: File,
@@ -245,14 +247,7 @@ impl Journal {
             assert_eq!(first.seq, last_seq + 1, "spares continue the active segments");
         }
 
-        let mut model = Model::seed(dr.recovered.records.keys().copied());
-        for p in &dr.recovered.prepared {
-            let ops = p.records.iter().map(|r| (tx_frame(r.op), r.id)).collect();
-            model.seed_tx(p.tx, ops, true);
-        }
-        for tx in &dr.recovered.report.incomplete_txs {
-            model.seed_tx(*tx, Vec::new(), false);
-        }
+        let model = Model::new(std::mem::take(&mut dr.index), std::mem::take(&mut dr.open_txs));
 
         let spare_pool = Arc::new(SparePool::new(
             vfs.clone(),
@@ -286,7 +281,9 @@ impl Journal {
             spawn("keel-journal-spares", move || pool.run(&|e| s.poison(e)))
                 .map_err(OpenError::io(&dir, "spawn spare thread"))?,
         );
+        let reader = Reader::new(vfs.clone(), &dir, journal_id, options.keys.clone());
         let journal = Journal {
+            reader,
             shared,
             spares: spare_pool,
             threads,
@@ -481,6 +478,32 @@ impl Journal {
         Ok(report)
     }
 
+    /// Where the live version of record `id` lies, if it is live.
+    pub fn get(&self, id: RecordId) -> Option<RecordRef> {
+        lock(self.shared_writer()).model.index.records.get(&id).copied()
+    }
+
+    /// The payload of live record `id`, read from its segment (checked by CRC or authentication tag).
+    pub fn read(&self, id: RecordId) -> Result<Vec<u8>, ReadError> {
+        // Compaction may move the record and reclaim its old segment between the lookup and the read; the
+        // second lookup then finds the new place.
+        let mut last = None;
+        for _ in 0..3 {
+            let r = self.get(id).ok_or(ReadError::NoSuchRecord(id))?;
+            match self.reader.read(&r) {
+                Ok(p) => return Ok(p),
+                Err(e) if self.get(id).is_some_and(|now| now != r) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("the loop ran"))
+    }
+
+    /// The payload of a record version (a recovered record or a prepared transaction's staged record).
+    pub fn read_version(&self, r: &RecordRef) -> Result<Vec<u8>, ReadError> {
+        self.reader.read(r)
+    }
+
     /// The error that stopped the journal, if an fdatasync failed.
     pub fn poisoned(&self) -> Option<AppendError> {
         self.shared.poisoned()
@@ -524,14 +547,6 @@ impl Drop for Journal {
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name.to_owned()).spawn(f)
-}
-
-fn tx_frame(op: TxOp) -> FrameType {
-    match op {
-        TxOp::Add => FrameType::AddTx,
-        TxOp::Update => FrameType::UpdateTx,
-        TxOp::Delete => FrameType::DeleteTx,
-    }
 }
 
 /// Creates `dir` and any missing ancestors, fsyncing each new directory's parent so that the new entries

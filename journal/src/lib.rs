@@ -27,8 +27,9 @@
 //! journal.add_tx(tx, 2, 0, b"in a tx").unwrap();
 //! journal.prepare(tx, b"xid").unwrap();
 //! drop(journal);
-//! let (_journal, recovered) = Journal::open(dir.path(), opts).unwrap();
-//! assert_eq!(recovered.records[&1].payload, b"hello");
+//! let (journal, recovered) = Journal::open(dir.path(), opts).unwrap();
+//! assert_eq!(journal.read_version(&recovered.records[&1]).unwrap(), b"hello");
+//! assert_eq!(journal.read(1).unwrap(), b"hello");
 //! assert_eq!(recovered.prepared[0].tx, tx);
 //! ```
 
@@ -36,9 +37,11 @@ mod commit;
 pub mod crypto;
 mod error;
 mod format;
+mod index;
 pub mod inspect;
 mod journal;
 pub mod limits;
+mod reader;
 mod recovery;
 mod segment;
 mod sync_util;
@@ -48,8 +51,10 @@ pub mod vfs;
 pub use commit::completion::Pending;
 pub use error::{AppendError, Corruption, CorruptionKind, OpenError};
 pub use format::frame::{FrameHeader, FrameType};
+pub use index::{Location, RecordRef, SegmentLive};
 pub use journal::{Journal, Options, RekeyError, RekeyReport};
-pub use recovery::replay::{PreparedTx, Record, TxOp, TxRecord};
+pub use reader::{ReadError, Reader};
+pub use recovery::replay::{PreparedTx, TxOp, TxRecord};
 pub use recovery::scan::{SegmentEnd, SkippedRange};
 pub use recovery::{Recovered, RecoveryReport, SegmentSummary, TornTail};
 pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};

@@ -40,11 +40,12 @@ fn threads_then_reopen(sync: SyncPolicy) {
         t.join().unwrap();
     }
     drop(j);
-    let (_j, rec) = Journal::open(dir.path(), options(sync)).unwrap();
+    let (j, rec) = Journal::open(dir.path(), options(sync)).unwrap();
     assert_eq!(rec.records.len() as u64, 8 * per_thread);
     for (id, r) in &rec.records {
         let want = if (id % per_thread).is_multiple_of(3) { payload(id + 1) } else { payload(*id) };
-        assert_eq!(r.payload, want, "record {id}");
+        assert_eq!(j.read_version(r).unwrap(), want, "record {id}");
+        assert_eq!(j.read(*id).unwrap(), want, "record {id} by id");
     }
     assert!(rec.report.segments_read > 3, "roll-overs happened");
 }

@@ -16,9 +16,9 @@ fn payload(id: u64) -> Vec<u8> {
 
 fn reopen_plain(dir: &std::path::Path) -> keel_journal::Recovered {
     let opts = Options { segment_bytes: 64 * 1024, ..Options::default() };
-    let (_j, rec) = Journal::open(dir, opts).unwrap();
+    let (j, rec) = Journal::open(dir, opts).unwrap();
     for (id, r) in &rec.records {
-        assert_eq!(r.payload, payload(*id));
+        assert_eq!(j.read_version(r).unwrap(), payload(*id));
     }
     rec
 }

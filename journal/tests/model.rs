@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use keel_journal::{AppendError, Journal, Options, SyncPolicy, TxId, TxOp};
+use keel_journal::{AppendError, Journal, Options, RecordRef, SyncPolicy, TxId, TxOp};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -155,17 +155,20 @@ fn options(sync: SyncPolicy, encrypted: bool) -> Options {
     Options { segment_bytes: 64 * 1024, sync, keys, ..Options::default() }
 }
 
-fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered) {
+fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered, read: &dyn Fn(&RecordRef) -> Vec<u8>) {
     // Transactions neither committed nor prepared were rolled back by recovery.
     model.txs.retain(|_, t| t.prepared.is_some());
-    let got: BTreeMap<u64, (u8, Vec<u8>)> =
-        recovered.records.iter().map(|(id, r)| (*id, (r.kind, r.payload.clone()))).collect();
+    let got: BTreeMap<u64, (u8, Vec<u8>)> = recovered.records.iter().map(|(id, r)| (*id, (r.kind, read(r)))).collect();
     assert_eq!(got, model.live, "live records after reopen");
     let got_prepared: PreparedView = recovered
         .prepared
         .iter()
         .map(|p| {
-            let ops = p.records.iter().map(|r| (r.op, r.id, r.kind, r.payload.clone())).collect();
+            let ops = p
+                .records
+                .iter()
+                .map(|r| (r.op, r.id, r.record.kind, if r.op == TxOp::Delete { Vec::new() } else { read(&r.record) }))
+                .collect();
             (p.tx.get(), (p.data.clone(), ops))
         })
         .collect();
@@ -199,7 +202,7 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
                 let (j, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
                 journal = j;
                 assert!(recovered.report.torn_tail.is_none(), "a clean close leaves no torn tail");
-                check_recovered(&mut model, &recovered);
+                check_recovered(&mut model, &recovered, &|r| journal.read_version(r).unwrap());
                 continue;
             }
         };
@@ -213,10 +216,10 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
         }
     }
     drop(journal);
-    let (_j, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
-    check_recovered(&mut model, &recovered);
+    let (j, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
+    check_recovered(&mut model, &recovered, &|r| j.read_version(r).unwrap());
     // And the read-only inspection of the tools sees the same.
-    drop(_j);
+    drop(j);
     let inspection = keel_journal::inspect::inspect(
         dir.path(),
         keel_journal::RecoveryMode::Strict,
@@ -224,7 +227,7 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
         &mut |_| {},
     )
     .unwrap();
-    check_recovered(&mut model, &inspection.recovered);
+    check_recovered(&mut model, &inspection.recovered, &|r| inspection.reader.read(r).unwrap());
 }
 
 proptest! {

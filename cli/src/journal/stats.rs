@@ -15,7 +15,7 @@ pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Out
     let mut live: HashSet<u64> = rec.records.values().map(|r| r.lsn.0).collect();
     for p in &rec.prepared {
         live.insert(p.prepare_lsn.0);
-        live.extend(p.records.iter().map(|r| r.lsn.0));
+        live.extend(p.records.iter().map(|r| r.record.lsn.0));
     }
     let mut per_seg: HashMap<u64, (u64, u64)> = HashMap::new();
     inspect(dir, RecoveryMode::Strict, keys, &mut |f| {

@@ -22,11 +22,14 @@ pub fn run(dir: &Path, keys: Option<&KeyRing>, ack_log: &Path) -> anyhow::Result
     for id in &ids {
         match records.get(id) {
             None => problems.push(format!("record {id} was acknowledged but is missing")),
-            Some(r) => {
-                if let Err(why) = check_payload(*id, &r.payload) {
-                    problems.push(format!("record {id}: {why}"));
+            Some(r) => match inspection.reader.read(r) {
+                Ok(payload) => {
+                    if let Err(why) = check_payload(*id, &payload) {
+                        problems.push(format!("record {id}: {why}"));
+                    }
                 }
-            }
+                Err(e) => problems.push(format!("record {id}: unreadable: {e}")),
+            },
         }
     }
     if problems.is_empty() {

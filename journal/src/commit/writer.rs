@@ -20,7 +20,7 @@ use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::model::{Model, Undo};
+use super::model::{Model, Planned, Undo};
 use super::{Request, RequestOp, Shared};
 use crate::crypto::keys::KeyRing;
 use crate::crypto::{unit, SegmentCipher};
@@ -28,6 +28,7 @@ use crate::error::AppendError;
 use crate::format::frame::{FrameHeader, FrameType, HEADER_BYTES};
 use crate::format::segment_header::{self, SegmentHeader};
 use crate::format::{unix_ms_now, Binding};
+use crate::index::Location;
 use crate::limits::{FRAME_HEADER_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES};
 use crate::segment::spares::{Spare, SparePool};
 use crate::types::{Lsn, SyncPolicy};
@@ -177,9 +178,19 @@ impl Writer {
                 segment_full = true;
                 break;
             }
-            match self.model.apply(frame_type, id, tx, &mut undo) {
+            let lsn = self.next_lsn;
+            let at = match active.cipher {
+                None => Location { seq: active.binding.segment_seq, offset: end, inner: 0, frame_bytes: bytes as u32 },
+                Some(_) => Location {
+                    seq: active.binding.segment_seq,
+                    offset: start_offset,
+                    inner: (end - start_offset - active.unit_overhead()) as u32,
+                    frame_bytes: bytes as u32,
+                },
+            };
+            let planned_frame = Planned { frame_type, id, tx, kind, lsn, at, payload: &req.payload };
+            match self.model.apply(&planned_frame, &mut undo) {
                 Ok(id_field) => {
-                    let lsn = self.next_lsn;
                     let header = FrameHeader {
                         payload_len: req.payload.len() as u32,
                         lsn,

@@ -130,6 +130,28 @@ pub fn open(cipher: &SegmentCipher, binding: &Binding, data: &[u8], offset: u64)
     Ok((plain, total))
 }
 
+/// Authenticates and decrypts one unit read on its own: `unit` holds exactly the unit that lies at file
+/// offset `offset` (header, ciphertext, tag). For reads of single records.
+pub fn open_one(cipher: &SegmentCipher, binding: &Binding, unit: &[u8], offset: u64) -> Result<Vec<u8>, UnitError> {
+    let header = unit.get(..UNIT_HEADER_BYTES).ok_or(UnitError::Truncated)?;
+    if u32_at(header, 4) != header_crc(binding, offset, header) {
+        return Err(UnitError::HeaderChecksum);
+    }
+    let ct_len = u32_at(header, 0);
+    if unit.len() as u64 != UNIT_OVERHEAD_BYTES + u64::from(ct_len) {
+        return Err(UnitError::TooLong(ct_len));
+    }
+    let nonce = XNonce::from_slice(&header[8..UNIT_HEADER_BYTES]);
+    let body = UNIT_HEADER_BYTES + ct_len as usize;
+    let mut plain = unit[UNIT_HEADER_BYTES..body].to_vec();
+    let tag = chacha20poly1305::Tag::from_slice(&unit[body..]);
+    cipher
+        .aead
+        .decrypt_in_place_detached(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
+        .map_err(|_| UnitError::Authentication)?;
+    Ok(plain)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::keys::KeyRing;
@@ -157,6 +179,8 @@ mod tests {
         let mut data = Vec::new();
         unit_at(&c, &b, &mut data, 256, b"frames go here");
         assert_eq!(open(&c, &b, &data, 256).unwrap().0, b"frames go here");
+        assert_eq!(open_one(&c, &b, &data[256..], 256).unwrap(), b"frames go here");
+        assert!(open_one(&c, &b, &data[256..], 257).is_err(), "bound to its offset");
         for i in 256..data.len() {
             let mut d = data.clone();
             d[i] ^= 0x01;

@@ -19,9 +19,18 @@ pub enum FrameType {
     Commit = 8,
     Rollback = 9,
     Seal = 10,
+    /// Compaction's copy of a live record's latest version; the payload is the version's LSN (u64 LE)
+    /// followed by its payload.
+    Relocate = 11,
 }
 
+/// Bytes a relocate frame's payload carries before the record's payload: the LSN of the version it copies.
+pub const RELOCATE_PREFIX_BYTES: usize = 8;
+
 impl FrameType {
+    /// The highest frame type tag.
+    pub const MAX_TAG: u8 = 11;
+
     pub fn from_u8(b: u8) -> Option<FrameType> {
         use FrameType::*;
         Some(match b {
@@ -35,6 +44,7 @@ impl FrameType {
             8 => Commit,
             9 => Rollback,
             10 => Seal,
+            11 => Relocate,
             _ => return None,
         })
     }
@@ -55,6 +65,7 @@ impl FrameType {
             Commit => "commit",
             Rollback => "rollback",
             Seal => "seal",
+            Relocate => "relocate",
         }
     }
 }
@@ -86,6 +97,8 @@ pub enum FrameError {
     TruncatedPayload { declared: u32, available: usize },
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
+    #[error("relocate frame payload of {0} bytes is shorter than its 8-byte LSN prefix")]
+    RelocateTooShort(u32),
     #[error("tx field {tx} does not fit frame type {frame_type:?}")]
     TxMismatch { frame_type: FrameType, tx: u64 },
 }
@@ -173,6 +186,9 @@ pub fn decode_frame<'a>(binding: &Binding, buf: &'a [u8]) -> Result<(FrameHeader
     // A valid CRC proves the writer wrote these bytes; these checks catch a writer bug, still as an error.
     if frame_type.is_transactional() != (header.tx != 0) {
         return Err(FrameError::TxMismatch { frame_type, tx: header.tx });
+    }
+    if frame_type == FrameType::Relocate && payload.len() < RELOCATE_PREFIX_BYTES {
+        return Err(FrameError::RelocateTooShort(payload_len));
     }
     Ok((header, payload))
 }

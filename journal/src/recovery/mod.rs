@@ -16,18 +16,19 @@ use crate::format::frame::FrameHeader;
 use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
 use crate::format::Binding;
+use crate::index::{LiveIndex, Location, RecordRef};
 use crate::limits::SEGMENT_HEADER_BYTES;
 use crate::segment;
 use crate::types::{Lsn, RecordId, RecoveryMode, TxId};
 use crate::vfs::{OpenMode, Vfs};
-use replay::{PreparedTx, Record, Replay};
+use replay::{PreparedTx, Replay, Staged};
 use scan::{ScanInput, SegmentEnd, SkippedRange};
 
 /// What `open` recovered.
 #[derive(Debug)]
 pub struct Recovered {
-    /// The latest version of every live record.
-    pub records: BTreeMap<RecordId, Record>,
+    /// Where the latest version of every live record lies; read payloads with `Journal::read`.
+    pub records: BTreeMap<RecordId, RecordRef>,
     /// Transactions prepared and not yet resolved, in prepare order. The caller commits or rolls them back.
     pub prepared: Vec<PreparedTx>,
     pub report: RecoveryReport,
@@ -105,6 +106,10 @@ pub(crate) enum Resume {
 /// The full result of reading a directory.
 pub(crate) struct DirRecovery {
     pub identity: Identity,
+    /// The live-record index (the writer's copy; `recovered.records` is the caller's).
+    pub index: LiveIndex,
+    /// Transactions still open, prepared or not.
+    pub open_txs: Vec<(TxId, Staged)>,
     pub recovered: Recovered,
     pub segments: Vec<SegmentSummary>,
     pub resume: Resume,
@@ -254,8 +259,16 @@ pub(crate) fn recover_dir(
         let frames_data = decrypted.as_ref().map_or(&data[..], |d| &d.stream[..]);
         let input = ScanInput { path, data: frames_data, binding, first_lsn: header.first_lsn, newest, mode };
         let mut on_frame = |offset: u64, h: &FrameHeader, payload: &[u8]| {
+            let frame_bytes = h.frame_bytes() as u32;
+            let at = match &decrypted {
+                None => Location { seq: *seq, offset, inner: 0, frame_bytes },
+                Some(d) => {
+                    let (unit, inner) = d.locate(offset);
+                    Location { seq: *seq, offset: unit, inner, frame_bytes }
+                }
+            };
             let offset = to_file(offset);
-            replay.apply(h, payload, lenient).map_err(|what| corrupt(path, offset, what))?;
+            replay.apply(h, payload, at, lenient).map_err(|what| corrupt(path, offset, what))?;
             visit(&FrameEvent { path, segment_seq: *seq, offset, header: h, payload });
             Ok(())
         };
@@ -322,7 +335,9 @@ pub(crate) fn recover_dir(
     let end = replay.finish();
     report.committed_txs = end.committed;
     report.rolled_back_txs = end.rolled_back;
-    report.incomplete_txs = end.incomplete;
+    report.incomplete_txs = end.incomplete();
+    let prepared = end.prepared();
+    let records = end.index.records.iter().map(|(id, r)| (*id, *r)).collect();
     let next_seq = match (spares.last(), segments.last(), report.torn_activation.is_some()) {
         (_, _, true) => seqs[active_count - 1],
         (Some((s, _)), _, _) => s + 1,
@@ -331,7 +346,9 @@ pub(crate) fn recover_dir(
     };
     Ok(DirRecovery {
         identity,
-        recovered: Recovered { records: end.records, prepared: end.prepared, report },
+        recovered: Recovered { records, prepared, report },
+        index: end.index,
+        open_txs: end.open,
         segments,
         resume,
         spares,
@@ -352,7 +369,7 @@ fn seal_then_new(path: &Path, seq: u64, offset: u64, scanned: &scan::Scanned, ci
 }
 
 /// The data key of an encrypted segment (`None` for plaintext), or why it cannot be had.
-fn segment_cipher(
+pub(crate) fn segment_cipher(
     keys: Option<&KeyRing>,
     path: &Path,
     header: &SegmentHeader,

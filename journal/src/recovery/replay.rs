@@ -1,20 +1,14 @@
-//! Applies frames in LSN order to rebuild the live records and the open transactions (docs/FORMAT.md,
+//! Applies frames in LSN order to rebuild the live-record index and the open transactions (docs/FORMAT.md,
 //! "Record semantics"). Total: any sequence the writer can produce replays without error; only a record count
-//! that disagrees with the frames logged is an error, and that is corruption.
+//! that disagrees with the frames logged is an error, and that is corruption. Payloads are never kept: the
+//! index holds where each live version lies.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::error::CorruptionKind;
-use crate::format::frame::{FrameHeader, FrameType};
+use crate::format::frame::{FrameHeader, FrameType, RELOCATE_PREFIX_BYTES};
+use crate::index::{LiveIndex, Location, RecordRef};
 use crate::types::{Lsn, RecordId, TxId};
-
-/// A live record: the latest version of its id.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub kind: u8,
-    pub payload: Vec<u8>,
-    pub lsn: Lsn,
-}
 
 /// The operation of a record inside a transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,14 +18,13 @@ pub enum TxOp {
     Delete,
 }
 
-/// A record staged in a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A record staged in a transaction. Its payload is read on demand from `record.location` (a delete has
+/// an empty payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TxRecord {
     pub op: TxOp,
     pub id: RecordId,
-    pub kind: u8,
-    pub payload: Vec<u8>,
-    pub lsn: Lsn,
+    pub record: RecordRef,
 }
 
 /// A transaction that was prepared and neither committed nor rolled back.
@@ -43,70 +36,96 @@ pub struct PreparedTx {
     pub records: Vec<TxRecord>,
 }
 
-#[derive(Debug, Default)]
-struct Staged {
-    records: Vec<TxRecord>,
-    prepared: Option<(Vec<u8>, Lsn)>,
+/// A transaction's state during replay (and in a checkpoint).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Staged {
+    pub records: Vec<TxRecord>,
+    pub prepared: Option<(Vec<u8>, Lsn)>,
+    /// The oldest segment holding one of its frames.
+    pub first_seq: u64,
 }
 
 /// Replay state.
 #[derive(Debug, Default)]
 pub(crate) struct Replay {
-    pub records: BTreeMap<RecordId, Record>,
-    txs: HashMap<u64, Staged>,
+    pub index: LiveIndex,
+    pub txs: HashMap<u64, Staged>,
     pub rolled_back: u64,
     pub committed: u64,
 }
 
-/// What replay left: live records, prepared transactions, and transactions to roll back.
+/// What replay left: the index and the transactions still open (prepared or not), in tx order.
 pub(crate) struct ReplayEnd {
-    pub records: BTreeMap<RecordId, Record>,
-    pub prepared: Vec<PreparedTx>,
-    pub incomplete: Vec<TxId>,
+    pub index: LiveIndex,
+    pub open: Vec<(TxId, Staged)>,
     pub rolled_back: u64,
     pub committed: u64,
+}
+
+/// The relocated version's LSN, from a relocate frame's payload (length checked by the frame decoder).
+pub(crate) fn relocated_lsn(payload: &[u8]) -> Lsn {
+    Lsn(crate::format::u64_at(payload, 0))
 }
 
 impl Replay {
-    /// Applies one frame. `lenient` (salvage) applies a transaction whose count disagrees instead of failing.
-    pub fn apply(&mut self, h: &FrameHeader, payload: &[u8], lenient: bool) -> Result<(), CorruptionKind> {
-        let staged_op = |op| TxRecord { op, id: h.id, kind: h.kind, payload: payload.to_vec(), lsn: h.lsn };
+    /// Applies one frame found at `at`. `lenient` (salvage) applies a transaction whose count disagrees
+    /// instead of failing.
+    pub fn apply(
+        &mut self,
+        h: &FrameHeader,
+        payload: &[u8],
+        at: Location,
+        lenient: bool,
+    ) -> Result<(), CorruptionKind> {
+        let version = RecordRef { kind: h.kind, lsn: h.lsn, location: at };
+        let seq = at.seq;
+        let stage = |txs: &mut HashMap<u64, Staged>, op| {
+            let s = txs.entry(h.tx).or_insert_with(|| Staged { first_seq: seq, ..Staged::default() });
+            s.records.push(TxRecord { op, id: h.id, record: version });
+        };
         match h.frame_type {
             FrameType::Add | FrameType::Update => {
-                self.records.insert(h.id, Record { kind: h.kind, payload: payload.to_vec(), lsn: h.lsn });
+                self.index.insert(h.id, version);
             }
             FrameType::Delete => {
-                self.records.remove(&h.id);
+                self.index.remove(h.id);
             }
-            FrameType::AddTx => self.txs.entry(h.tx).or_default().records.push(staged_op(TxOp::Add)),
-            FrameType::UpdateTx => self.txs.entry(h.tx).or_default().records.push(staged_op(TxOp::Update)),
-            FrameType::DeleteTx => {
-                let mut r = staged_op(TxOp::Delete);
-                r.payload.clear();
-                self.txs.entry(h.tx).or_default().records.push(r)
+            FrameType::Relocate => {
+                debug_assert!(payload.len() >= RELOCATE_PREFIX_BYTES);
+                let lsn = relocated_lsn(payload);
+                // The writer relocates only the live version; a newer one here means salvage skipped frames.
+                if self.index.records.get(&h.id).is_none_or(|cur| cur.lsn <= lsn) {
+                    self.index.insert(h.id, RecordRef { lsn, ..version });
+                }
             }
+            FrameType::AddTx => stage(&mut self.txs, TxOp::Add),
+            FrameType::UpdateTx => stage(&mut self.txs, TxOp::Update),
+            FrameType::DeleteTx => stage(&mut self.txs, TxOp::Delete),
             FrameType::Prepare => {
-                let staged = self.txs.entry(h.tx).or_default();
+                let staged = self.txs.entry(h.tx).or_insert_with(|| Staged { first_seq: seq, ..Staged::default() });
                 check_count(h, "prepare", staged.records.len() as u64, lenient)?;
                 staged.prepared = Some((payload.to_vec(), h.lsn));
             }
             FrameType::Commit => {
-                let staged = self.txs.remove(&h.tx).unwrap_or_default();
+                let staged = self.txs.remove(&h.tx).unwrap_or(Staged { first_seq: seq, ..Staged::default() });
                 check_count(h, "commit", staged.records.len() as u64, lenient)?;
                 for r in staged.records {
                     match r.op {
                         TxOp::Add | TxOp::Update => {
-                            self.records.insert(r.id, Record { kind: r.kind, payload: r.payload, lsn: r.lsn });
+                            self.index.insert(r.id, r.record);
                         }
                         TxOp::Delete => {
-                            self.records.remove(&r.id);
+                            self.index.remove(r.id);
                         }
                     }
                 }
+                self.index.note_span(staged.first_seq, seq);
                 self.committed += 1;
             }
             FrameType::Rollback => {
-                self.txs.remove(&h.tx);
+                if let Some(staged) = self.txs.remove(&h.tx) {
+                    self.index.note_span(staged.first_seq, seq);
+                }
                 self.rolled_back += 1;
             }
             FrameType::Seal => {}
@@ -115,26 +134,35 @@ impl Replay {
     }
 
     pub fn finish(self) -> ReplayEnd {
-        let mut prepared = Vec::new();
-        let mut incomplete = Vec::new();
-        for (tx, staged) in self.txs {
-            let Some(tx) = TxId::new(tx) else { continue };
-            match staged.prepared {
-                Some((data, prepare_lsn)) => {
-                    prepared.push(PreparedTx { tx, data, prepare_lsn, records: staged.records })
-                }
-                None => incomplete.push(tx),
-            }
-        }
+        let mut open: Vec<(TxId, Staged)> =
+            self.txs.into_iter().filter_map(|(tx, s)| TxId::new(tx).map(|tx| (tx, s))).collect();
+        open.sort_by_key(|(tx, _)| *tx);
+        ReplayEnd { index: self.index, open, rolled_back: self.rolled_back, committed: self.committed }
+    }
+}
+
+impl ReplayEnd {
+    /// The prepared transactions, in prepare order.
+    pub fn prepared(&self) -> Vec<PreparedTx> {
+        let mut prepared: Vec<PreparedTx> = self
+            .open
+            .iter()
+            .filter_map(|(tx, s)| {
+                s.prepared.as_ref().map(|(data, lsn)| PreparedTx {
+                    tx: *tx,
+                    data: data.clone(),
+                    prepare_lsn: *lsn,
+                    records: s.records.clone(),
+                })
+            })
+            .collect();
         prepared.sort_by_key(|p| p.prepare_lsn);
-        incomplete.sort();
-        ReplayEnd {
-            records: self.records,
-            prepared,
-            incomplete,
-            rolled_back: self.rolled_back,
-            committed: self.committed,
-        }
+        prepared
+    }
+
+    /// Transactions neither prepared nor resolved: rolled back at open.
+    pub fn incomplete(&self) -> Vec<TxId> {
+        self.open.iter().filter(|(_, s)| s.prepared.is_none()).map(|(tx, _)| *tx).collect()
     }
 }
 

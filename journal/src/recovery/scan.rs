@@ -158,7 +158,7 @@ pub fn find_next_valid(binding: &Binding, data: &[u8], from: u64, min_lsn: Lsn) 
     let lsn_max = min_lsn.0 + data.len() as u64 / FRAME_HEADER_BYTES;
     for at in start..=last {
         let b = &data[at..];
-        if !(1..=10).contains(&b[36]) || b[38] != 0 || b[39] != 0 {
+        if !(1..=FrameType::MAX_TAG).contains(&b[36]) || b[38] != 0 || b[39] != 0 {
             continue;
         }
         let lsn = crate::format::u64_at(b, 8);

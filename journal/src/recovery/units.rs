@@ -34,6 +34,15 @@ pub struct Decrypted {
 }
 
 impl Decrypted {
+    /// The file offset of the unit holding the frame at stream offset `at`, and the frame's offset inside
+    /// that unit's plaintext.
+    pub fn locate(&self, at: u64) -> (u64, u32) {
+        let i = self.units.partition_point(|(start, _)| *start <= at);
+        assert!(i > 0, "a frame lies inside a unit");
+        let (start, file) = self.units[i - 1];
+        (file, (at - start) as u32)
+    }
+
     /// The file offset of the unit holding stream offset `at` (for errors and tools).
     pub fn file_offset(&self, at: u64) -> u64 {
         let end = match self.end {

@@ -1,0 +1,184 @@
+//! The live-record index: for every live record, where its latest version lies on disk — never its payload,
+//! so memory is proportional to the number of live records, not to their bytes. Recovery rebuilds it, the
+//! writer keeps it current, checkpoints persist it, and reclaim and compaction decide from its per-segment
+//! accounting which segments still matter.
+//!
+//! # Reclaim rule
+//! Only a *prefix* of the sealed segments (the oldest ones) is ever deleted, and only when
+//! 1. no live record's latest version lies in it, and
+//! 2. no transaction has frames both inside it and after it (open and prepared transactions extend to
+//!    infinity).
+//!
+//! Why this is safe: recovery replays the remaining segments from the new oldest one. (1) means no live
+//! version is lost. A delete frame in a removed segment only removed versions that lie in even older,
+//! already-removed segments, so nothing deleted returns. (2) means every transaction recovery sees is seen
+//! whole, so a commit never applies half a transaction and the record-count check stays exact.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::types::{Lsn, RecordId};
+
+/// Where a frame lies on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Location {
+    /// Segment sequence number.
+    pub seq: u64,
+    /// File offset of the frame (plaintext segment) or of the sealed unit holding it (encrypted segment).
+    pub offset: u64,
+    /// Offset of the frame inside the unit's plaintext; 0 in a plaintext segment.
+    pub inner: u32,
+    /// Bytes of the frame: header and payload.
+    pub frame_bytes: u32,
+}
+
+/// A live record as the index holds it: the latest version's place, not its bytes. Read the payload with
+/// `Journal::read` (or `inspect::Reader::read`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef {
+    pub kind: u8,
+    /// LSN of the add or update that wrote this version. Compaction moves a version without changing it.
+    pub lsn: Lsn,
+    pub location: Location,
+}
+
+/// Live-record accounting of one segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentLive {
+    pub records: u64,
+    /// Frame bytes of those records.
+    pub bytes: u64,
+}
+
+/// The live records and what pins each segment.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LiveIndex {
+    pub records: HashMap<RecordId, RecordRef>,
+    /// Per segment with at least one live record.
+    pub segments: BTreeMap<u64, SegmentLive>,
+    /// Resolved transactions whose frames span segments: first segment → the last segment any transaction
+    /// starting there was resolved in. Pruned as segments are reclaimed.
+    pub spans: BTreeMap<u64, u64>,
+}
+
+impl LiveIndex {
+    /// Makes `r` the live version of `id`; returns the version it replaced.
+    pub fn insert(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
+        let old = self.records.insert(id, r);
+        if let Some(o) = &old {
+            self.unaccount(o);
+        }
+        let s = self.segments.entry(r.location.seq).or_default();
+        s.records += 1;
+        s.bytes += u64::from(r.location.frame_bytes);
+        old
+    }
+
+    pub fn remove(&mut self, id: RecordId) -> Option<RecordRef> {
+        let old = self.records.remove(&id);
+        if let Some(o) = &old {
+            self.unaccount(o);
+        }
+        old
+    }
+
+    fn unaccount(&mut self, r: &RecordRef) {
+        let seq = r.location.seq;
+        let s = self.segments.get_mut(&seq).expect("a live record's segment is accounted");
+        assert!(s.records > 0 && s.bytes >= u64::from(r.location.frame_bytes), "segment {seq} accounting underflow");
+        s.records -= 1;
+        s.bytes -= u64::from(r.location.frame_bytes);
+        if s.records == 0 {
+            debug_assert_eq!(s.bytes, 0);
+            self.segments.remove(&seq);
+        }
+    }
+
+    /// Records that a transaction with frames from segment `first` was resolved in segment `last`.
+    pub fn note_span(&mut self, first: u64, last: u64) {
+        if first < last {
+            let e = self.spans.entry(first).or_insert(last);
+            *e = (*e).max(last);
+        }
+    }
+
+    /// The largest `k` such that every segment in `oldest..=k` may be deleted under the reclaim rule, given
+    /// that segments from `sealed_below` on are not sealed and that open transactions have frames from
+    /// `open_tx_first` (their oldest segment) on.
+    pub fn reclaim_bound(&self, oldest: u64, sealed_below: u64, open_tx_first: Option<u64>) -> Option<u64> {
+        let mut limit = sealed_below;
+        if let Some(s) = self.segments.keys().next() {
+            limit = limit.min(*s);
+        }
+        if let Some(t) = open_tx_first {
+            limit = limit.min(t);
+        }
+        // Candidates are oldest..limit (exclusive); a span starting inside and ending at or after a cut
+        // forbids that cut.
+        let mut best = None;
+        let mut reach = 0u64;
+        for k in oldest..limit {
+            if let Some(last) = self.spans.get(&k) {
+                reach = reach.max(*last);
+            }
+            if reach <= k {
+                best = Some(k);
+            }
+        }
+        // Spans that began before `oldest` were pruned with their segments; none can reach past it.
+        best
+    }
+
+    /// Forgets spans that lie wholly in reclaimed segments (`..=k`).
+    pub fn prune_spans(&mut self, k: u64) {
+        self.spans.retain(|first, last| !(*first <= k && *last <= k));
+    }
+
+    /// Checks the accounting against the records (tests and debug builds).
+    pub fn check(&self) {
+        let mut want: BTreeMap<u64, SegmentLive> = BTreeMap::new();
+        for r in self.records.values() {
+            let s = want.entry(r.location.seq).or_default();
+            s.records += 1;
+            s.bytes += u64::from(r.location.frame_bytes);
+        }
+        assert_eq!(want, self.segments, "per-segment accounting matches the records");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rr(seq: u64, lsn: u64) -> RecordRef {
+        RecordRef { kind: 0, lsn: Lsn(lsn), location: Location { seq, offset: 256, inner: 0, frame_bytes: 50 } }
+    }
+
+    #[test]
+    fn accounting_follows_inserts_and_removes() {
+        let mut ix = LiveIndex::default();
+        ix.insert(1, rr(1, 1));
+        ix.insert(2, rr(1, 2));
+        ix.insert(1, rr(2, 3));
+        assert_eq!(ix.segments[&1], SegmentLive { records: 1, bytes: 50 });
+        ix.remove(2);
+        assert!(!ix.segments.contains_key(&1));
+        ix.check();
+    }
+
+    #[test]
+    fn reclaim_stops_at_live_records_open_txs_and_spans() {
+        let mut ix = LiveIndex::default();
+        ix.insert(1, rr(5, 1));
+        assert_eq!(ix.reclaim_bound(1, 10, None), Some(4));
+        assert_eq!(ix.reclaim_bound(1, 3, None), Some(2));
+        assert_eq!(ix.reclaim_bound(1, 10, Some(2)), Some(1));
+        assert_eq!(ix.reclaim_bound(2, 10, Some(2)), None);
+        // A transaction from 2 resolved in 7: cuts at 2..6 would split it.
+        ix.note_span(2, 7);
+        assert_eq!(ix.reclaim_bound(1, 10, None), Some(1));
+        ix.remove(1);
+        assert_eq!(ix.reclaim_bound(1, 10, None), Some(9));
+        ix.prune_spans(9);
+        assert!(ix.spans.is_empty());
+    }
+}
