@@ -35,7 +35,7 @@ pub fn inspect(
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<Inspection, OpenError> {
     let _lock = shared_lock(dir)?;
-    let dr = recover_dir(&StdVfs, dir, mode, keys, visit)?;
+    let dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
     let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
     Ok(Inspection {
         reader,
@@ -121,6 +121,8 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
                 first_lsn: h.first_lsn,
                 newest: index + 1 == count,
                 mode: RecoveryMode::Strict,
+                start: crate::limits::SEGMENT_HEADER_BYTES,
+                frames_before: 0,
             };
             report.plaintext_frames += scan_segment(&input, &mut |_, _, _| Ok(()))?.frames;
             continue;

@@ -16,8 +16,11 @@ use crate::error::{AppendError, OpenError};
 use crate::format::frame::FrameType;
 use crate::format::identity::{self, Identity};
 use crate::format::{unix_ms_now, Binding};
-use crate::index::RecordRef;
+use crate::index::{RecordRef, SegmentLive};
 use crate::limits::{self, payload_bytes_max_for};
+use crate::maintenance::checkpoint::CheckpointReport;
+use crate::maintenance::reclaim::ReclaimReport;
+use crate::maintenance::Maintenance;
 use crate::reader::{ReadError, Reader};
 use crate::recovery::{recover_dir, Recovered, Resume};
 use crate::segment::spares::{Spare, SparePool};
@@ -40,6 +43,12 @@ pub struct Options {
     pub recovery: RecoveryMode,
     /// Spare segments kept pre-allocated.
     pub spare_segments: u32,
+    /// Run reclaim, checkpoints and compaction on a background thread, and checkpoint at close. Off, they
+    /// run only when called.
+    pub auto_maintenance: bool,
+    /// With `auto_maintenance`, write a checkpoint after this many segments were sealed (0: only at close
+    /// and after a reclaim made the last one unusable).
+    pub checkpoint_every_segments: u32,
     /// The filesystem seam; tests substitute a fault-injecting one.
     pub vfs: Arc<dyn Vfs>,
     /// Master keys. With keys, new segments are encrypted under the current (highest-id) key and encrypted
@@ -56,6 +65,8 @@ impl Default for Options {
             max_batch_wait: Duration::ZERO,
             recovery: RecoveryMode::Strict,
             spare_segments: 1,
+            auto_maintenance: true,
+            checkpoint_every_segments: 4,
             vfs: Arc::new(StdVfs),
             keys: None,
         }
@@ -109,18 +120,29 @@ impl Options {
 /// closes it like [`Journal::close`], ignoring errors.
 #[derive(Debug)]
 pub struct Journal {
-    shared: Arc<Shared>,
-    spares: Arc<SparePool>,
+    core: Arc<Core>,
     threads: Vec<JoinHandle<()>>,
-    dir: PathBuf,
-    payload_bytes_max: u64,
-    vfs: Arc<dyn Vfs>,
-    journal_id: [u8; 16],
-    keys: Option<KeyRing>,
-    reader: Reader,
-    /// One rekey at a time.
-    rekeying: std::sync::Mutex<()>,
+    auto_maintenance: bool,
     _lock: File,
+}
+
+/// What the journal's handle and its maintenance thread share.
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub shared: Arc<Shared>,
+    pub spares: Arc<SparePool>,
+    pub dir: PathBuf,
+    pub payload_bytes_max: u64,
+    pub vfs: Arc<dyn Vfs>,
+    pub journal_id: [u8; 16],
+    pub keys: Option<KeyRing>,
+    pub reader: Reader,
+    /// One rekey at a time.
+    pub rekeying: std::sync::Mutex<()>,
+    /// One checkpoint at a time.
+    pub checkpointing: std::sync::Mutex<()>,
+    pub maintenance: Arc<Maintenance>,
+    pub checkpoint_every_segments: u32,
 }
 
 /// What [`Journal::rekey`] did.
@@ -171,7 +193,7 @@ impl Journal {
             Err(std::fs::TryLockError::Error(e)) => return Err(OpenError::io(&lock_path, "lock")(e)),
         }
         create_identity_if_new(vfs.as_ref(), &dir)?;
-        let mut dr = recover_dir(vfs.as_ref(), &dir, options.recovery, options.keys.as_ref(), &mut |_| {})?;
+        let mut dr = recover_dir(vfs.as_ref(), &dir, options.recovery, options.keys.as_ref(), true, &mut |_| {})?;
 
         // Spares of another size (the option changed) are discarded: a roll-over relies on the size.
         let mut spares = Vec::new();
@@ -257,6 +279,7 @@ impl Journal {
             spares,
             next_seq,
         ));
+        let maintenance = Arc::new(Maintenance::default());
         let writer = Writer {
             journal_id,
             active,
@@ -268,6 +291,8 @@ impl Journal {
             unsynced: false,
             sync_failed: None,
             keys: options.keys.clone(),
+            oldest_seq: dr.oldest_seq.unwrap_or(last_seq + 1),
+            maintenance: Some(maintenance.clone()),
         };
         let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
         let mut threads = Vec::new();
@@ -282,22 +307,31 @@ impl Journal {
                 .map_err(OpenError::io(&dir, "spawn spare thread"))?,
         );
         let reader = Reader::new(vfs.clone(), &dir, journal_id, options.keys.clone());
-        let journal = Journal {
+        let core = Arc::new(Core {
             reader,
             shared,
             spares: spare_pool,
-            threads,
             dir,
             payload_bytes_max: payload_bytes_max_for(options.segment_bytes),
             vfs,
             journal_id,
             keys: options.keys.clone(),
             rekeying: std::sync::Mutex::new(()),
-            _lock: lock_file,
-        };
+            checkpointing: std::sync::Mutex::new(()),
+            maintenance,
+            checkpoint_every_segments: options.checkpoint_every_segments,
+        });
+        if options.auto_maintenance {
+            let c = core.clone();
+            threads.push(
+                spawn("keel-journal-maintenance", move || crate::maintenance::run(c))
+                    .map_err(OpenError::io(&core.dir, "spawn maintenance thread"))?,
+            );
+        }
+        let journal = Journal { core, threads, auto_maintenance: options.auto_maintenance, _lock: lock_file };
         for tx in &dr.recovered.report.incomplete_txs {
             journal.rollback(*tx).map_err(|e| OpenError::Io {
-                path: journal.dir.clone(),
+                path: journal.core.dir.clone(),
                 op: "log rollback of an incomplete transaction",
                 source: std::io::Error::other(e.to_string()),
             })?;
@@ -306,12 +340,12 @@ impl Journal {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.core.dir
     }
 
     /// The largest payload an append accepts.
     pub fn payload_bytes_max(&self) -> u64 {
-        self.payload_bytes_max
+        self.core.payload_bytes_max
     }
 
     fn submit(
@@ -323,13 +357,13 @@ impl Journal {
         payload: &[u8],
         blocking: bool,
     ) -> Pending {
-        if payload.len() as u64 > self.payload_bytes_max {
+        if payload.len() as u64 > self.core.payload_bytes_max {
             return Pending::ready(Err(AppendError::PayloadTooLarge {
                 len: payload.len() as u64,
-                max: self.payload_bytes_max,
+                max: self.core.payload_bytes_max,
             }));
         }
-        self.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), blocking)
+        self.core.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), blocking)
     }
 
     /// Adds record `id`, which must not be live.
@@ -367,7 +401,7 @@ impl Journal {
     }
     /// Makes everything written so far durable, whatever the policy; returns the last LSN written.
     pub fn sync(&self) -> Result<Lsn, AppendError> {
-        self.shared.submit(RequestOp::Sync, Vec::new(), true).wait()
+        self.core.shared.submit(RequestOp::Sync, Vec::new(), true).wait()
     }
 
     /// The async form of [`Journal::add`]. The request is queued before this returns (see [`Pending`]).
@@ -399,7 +433,7 @@ impl Journal {
         self.submit(FrameType::Rollback, 0, tx.get(), 0, &[], false)
     }
     pub fn sync_async(&self) -> Pending {
-        self.shared.submit(RequestOp::Sync, Vec::new(), false)
+        self.core.shared.submit(RequestOp::Sync, Vec::new(), false)
     }
 
     /// Re-wraps the data key of every segment encrypted under an older master key under the current
@@ -414,11 +448,11 @@ impl Journal {
     pub fn rekey(&self) -> Result<RekeyReport, RekeyError> {
         use crate::format::segment_header::{self, SegmentHeader};
         use crate::segment::{file_name, tmp_name};
-        let keys = self.keys.as_ref().ok_or(RekeyError::NoKeys)?;
-        let _one_at_a_time = lock(&self.rekeying);
-        self.shared.submit(RequestOp::Roll, Vec::new(), true).wait()?;
+        let keys = self.core.keys.as_ref().ok_or(RekeyError::NoKeys)?;
+        let _one_at_a_time = lock(&self.core.rekeying);
+        self.core.shared.submit(RequestOp::Roll, Vec::new(), true).wait()?;
         let sealed_below = {
-            let w = lock(self.shared.writer_mutex());
+            let w = lock(self.core.shared.writer_mutex());
             if w.active.is_some() {
                 w.last_seq
             } else {
@@ -426,12 +460,12 @@ impl Journal {
             }
         };
         let (current_id, current) = keys.current();
-        let listing =
-            crate::segment::list(self.vfs.as_ref(), &self.dir).map_err(OpenError::io(&self.dir, "list directory"))?;
+        let listing = crate::segment::list(self.core.vfs.as_ref(), &self.core.dir)
+            .map_err(OpenError::io(&self.core.dir, "list directory"))?;
         let mut report = RekeyReport::default();
         for seq in listing.segments.into_iter().filter(|s| *s < sealed_below) {
-            let path = self.dir.join(file_name(seq));
-            let file = self.vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
+            let path = self.core.dir.join(file_name(seq));
+            let file = self.core.vfs.open(&path, OpenMode::Read).map_err(OpenError::io(&path, "open"))?;
             let mut data = vec![0u8; file.size().map_err(OpenError::io(&path, "stat"))? as usize];
             file.read_exact_at(&mut data, 0).map_err(OpenError::io(&path, "read"))?;
             let mut header = match SegmentHeader::decode(&data) {
@@ -452,7 +486,7 @@ impl Journal {
             }
             let unavailable = |why| OpenError::KeyUnavailable { path: path.clone(), key_id: header.key_id, why };
             let old = keys.get(header.key_id).ok_or_else(|| unavailable("which is not in the key ring"))?;
-            let binding = Binding { journal_id: self.journal_id, segment_seq: seq };
+            let binding = Binding { journal_id: self.core.journal_id, segment_seq: seq };
             let wrapped = crate::crypto::SegmentCipher::rewrap(
                 old,
                 header.key_id,
@@ -466,16 +500,40 @@ impl Journal {
             header.key_id = current_id;
             header.wrapped_key = wrapped;
             data[..segment_header::BYTES].copy_from_slice(&header.encode());
-            let tmp = self.dir.join(tmp_name(seq));
-            let _ = self.vfs.remove_file(&tmp);
-            let out = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(OpenError::io(&tmp, "create"))?;
+            let tmp = self.core.dir.join(tmp_name(seq));
+            let _ = self.core.vfs.remove_file(&tmp);
+            let out = self.core.vfs.open(&tmp, OpenMode::CreateNew).map_err(OpenError::io(&tmp, "create"))?;
             out.write_all_at(&[IoSlice::new(&data)], 0).map_err(OpenError::io(&tmp, "write"))?;
             out.sync_all().map_err(OpenError::io(&tmp, "fsync"))?;
-            self.vfs.rename(&tmp, &path).map_err(OpenError::io(&tmp, "rename"))?;
-            self.vfs.sync_dir(&self.dir).map_err(OpenError::io(&self.dir, "fsync directory"))?;
+            self.core.vfs.rename(&tmp, &path).map_err(OpenError::io(&tmp, "rename"))?;
+            self.core.vfs.sync_dir(&self.core.dir).map_err(OpenError::io(&self.core.dir, "fsync directory"))?;
             report.rewrapped.push((path, old_id, current_id));
         }
         Ok(report)
+    }
+
+    /// Deletes the oldest segments that no longer hold anything live (see docs/FORMAT.md, "Reclaim"). The
+    /// maintenance thread does this after every roll-over; call it to reclaim at a moment of your choice.
+    pub fn reclaim(&self) -> Result<ReclaimReport, AppendError> {
+        crate::maintenance::reclaim::reclaim(&self.core)
+    }
+
+    /// Writes a checkpoint of the live-record index, so that the next `open` reads it plus only what was
+    /// written after it. The maintenance thread does this periodically and at close.
+    pub fn checkpoint(&self) -> Result<Option<CheckpointReport>, AppendError> {
+        crate::maintenance::checkpoint::checkpoint(&self.core)
+    }
+
+    /// Per segment holding live records: their count and frame bytes; and the newest segment a reclaim
+    /// would delete now, if any.
+    pub fn live_by_segment(&self) -> (std::collections::BTreeMap<u64, SegmentLive>, Option<u64>) {
+        let w = lock(self.core.shared.writer_mutex());
+        let newest_written = match &w.active {
+            Some(a) if a.header.is_some() => w.last_seq - 1,
+            _ => w.last_seq,
+        };
+        let bound = w.model.index.reclaim_bound(w.oldest_seq, newest_written, w.model.open_tx_first_seq());
+        (w.model.index.segments.clone(), bound)
     }
 
     /// Where the live version of record `id` lies, if it is live.
@@ -490,7 +548,7 @@ impl Journal {
         let mut last = None;
         for _ in 0..3 {
             let r = self.get(id).ok_or(ReadError::NoSuchRecord(id))?;
-            match self.reader.read(&r) {
+            match self.core.reader.read(&r) {
                 Ok(p) => return Ok(p),
                 Err(e) if self.get(id).is_some_and(|now| now != r) => last = Some(e),
                 Err(e) => return Err(e),
@@ -501,18 +559,18 @@ impl Journal {
 
     /// The payload of a record version (a recovered record or a prepared transaction's staged record).
     pub fn read_version(&self, r: &RecordRef) -> Result<Vec<u8>, ReadError> {
-        self.reader.read(r)
+        self.core.reader.read(r)
     }
 
     /// The error that stopped the journal, if an fdatasync failed.
     pub fn poisoned(&self) -> Option<AppendError> {
-        self.shared.poisoned()
+        self.core.shared.poisoned()
     }
 
     /// Blocks until the spare pool is full or `timeout` passes; true if full. For benchmarks and callers
     /// about to write a burst that should not compete with pre-allocation.
     pub fn wait_for_spares(&self, timeout: Duration) -> bool {
-        self.spares.wait_full(timeout)
+        self.core.spares.wait_full(timeout)
     }
 
     /// Makes everything durable and stops the journal's threads.
@@ -524,9 +582,16 @@ impl Journal {
         if self.threads.is_empty() {
             return Ok(());
         }
+        let maintained = self.auto_maintenance;
+        self.core.maintenance.stop();
         let synced = self.sync().map(|_| ());
-        self.shared.shutdown_writer_thread();
-        self.spares.shutdown();
+        if maintained && synced.is_ok() {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "checkpoint at close failed; the next open scans instead");
+            }
+        }
+        self.core.shared.shutdown_writer_thread();
+        self.core.spares.shutdown();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -535,7 +600,7 @@ impl Journal {
     }
 
     fn shared_writer(&self) -> &std::sync::Mutex<Writer> {
-        self.shared.writer_mutex()
+        self.core.shared.writer_mutex()
     }
 }
 

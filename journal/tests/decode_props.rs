@@ -31,8 +31,16 @@ fn segment(n: u64, len: usize) -> Vec<u8> {
 fn scan_all_modes(data: &[u8]) {
     for newest in [false, true] {
         for mode in [RecoveryMode::Strict, RecoveryMode::Salvage] {
-            let input =
-                ScanInput { path: std::path::Path::new("p"), data, binding: BINDING, first_lsn: Lsn(1), newest, mode };
+            let input = ScanInput {
+                path: std::path::Path::new("p"),
+                data,
+                binding: BINDING,
+                first_lsn: Lsn(1),
+                newest,
+                mode,
+                start: 256,
+                frames_before: 0,
+            };
             let _ = scan_segment(&input, &mut |offset, h, payload| {
                 let (again, p) = decode_frame(&BINDING, &data[offset as usize..]).expect("handed-out frames validate");
                 assert_eq!((&again, p), (h, payload));

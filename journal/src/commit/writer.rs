@@ -85,6 +85,10 @@ pub(crate) struct Writer {
     pub sync_failed: Option<AppendError>,
     /// Master keys; new segments are encrypted under the current one. `None`: plaintext.
     pub keys: Option<KeyRing>,
+    /// The oldest segment not yet reclaimed.
+    pub oldest_seq: u64,
+    /// Told of every sealed segment.
+    pub maintenance: Option<Arc<crate::maintenance::Maintenance>>,
 }
 
 enum Stop {
@@ -383,6 +387,9 @@ impl Writer {
         self.next_lsn = Lsn(lsn.0 + 1);
         self.unsynced = false;
         self.active = None;
+        if let Some(m) = &self.maintenance {
+            m.segment_sealed();
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The on-disk structures, exactly as docs/FORMAT.md draws them. Everything here is pure: bytes in, typed
 //! values or a precise decode error out. Disk bytes are untrusted, so decoding never panics.
 
+pub mod checkpoint;
 pub mod frame;
 pub mod identity;
 pub mod segment_header;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto::keys::KeyRing;
 use crate::crypto::SegmentCipher;
 use crate::error::{Corruption, CorruptionKind, OpenError};
+use crate::format::checkpoint::{self, CheckpointBody, CheckpointError, CheckpointHeader, ResumePoint};
 use crate::format::frame::FrameHeader;
 use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
@@ -54,6 +55,10 @@ pub struct RecoveryReport {
     pub rolled_back_txs: u64,
     /// Transactions neither committed, rolled back nor prepared when the log ended; rolled back now.
     pub incomplete_txs: Vec<TxId>,
+    /// The checkpoint recovery started from, if any: segments before its resume point were not read.
+    pub checkpoint: Option<PathBuf>,
+    /// Checkpoints found but not used, and why (recovery then fell back to an older one or a full scan).
+    pub checkpoints_rejected: Vec<(PathBuf, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +124,10 @@ pub(crate) struct DirRecovery {
     pub delete: Vec<PathBuf>,
     /// The sequence number the next newly created segment gets.
     pub next_seq: u64,
+    /// The oldest segment in use (not a spare), if any.
+    pub oldest_seq: Option<u64>,
+    /// Every segment in use, whether read or covered by a checkpoint.
+    pub present: Vec<u64>,
 }
 
 pub(crate) fn read_identity(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Identity>, OpenError> {
@@ -140,18 +149,16 @@ pub(crate) fn recover_dir(
     dir: &Path,
     mode: RecoveryMode,
     keys: Option<&KeyRing>,
+    use_checkpoints: bool,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
-    let segment::Listing { segments: seqs, tmps: mut delete } =
+    let segment::Listing { segments: seqs, tmps, checkpoints } =
         segment::list(vfs, dir).map_err(OpenError::io(dir, "list directory"))?;
     let identity = match read_identity(vfs, dir)? {
         Some(id) => id,
         None if seqs.is_empty() => return Err(OpenError::NotAJournal { dir: dir.to_path_buf() }),
         None => return Err(OpenError::MissingIdentity { dir: dir.to_path_buf() }),
     };
-    let corrupt = |path: &Path, offset: u64, what| Corruption { path: path.to_path_buf(), offset, what };
-    let mut report = RecoveryReport::default();
-
     // Read every header; spares (all-zero headers) may only trail the active segments.
     let mut headers = Vec::with_capacity(seqs.len());
     for &seq in &seqs {
@@ -163,13 +170,151 @@ pub(crate) fn recover_dir(
         headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
     }
     let active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
+    let ctx = Ctx { vfs, mode, keys, identity: &identity, headers: &headers, active_count, tmps: &tmps };
+
+    let mut rejected = Vec::new();
+    if use_checkpoints {
+        let oldest = headers.first().filter(|_| active_count > 0).map(|h| h.0);
+        for &next_lsn in checkpoints.iter().rev() {
+            let path = dir.join(checkpoint::file_name(Lsn(next_lsn)));
+            let attempt = load_checkpoint(vfs, &path, &identity, keys).and_then(|(resume, body)| {
+                if oldest.is_none_or(|o| resume.seq < o) {
+                    // Reclaim deleted segments after this checkpoint was taken. Everything it covered is
+                    // dead then (reclaim deletes nothing live), so a full scan of what is left is exactly
+                    // as fast and as right: not an error.
+                    return Err(CheckpointError::Superseded);
+                }
+                let start = Start { resume, body };
+                replay_segments(&ctx, Some(start), &mut |_| {})
+                    .map_err(|e| CheckpointError::Inconsistent(e.to_string()))
+                    .and_then(check_locations)
+            });
+            match attempt {
+                Ok(mut dr) => {
+                    dr.recovered.report.checkpoint = Some(path);
+                    dr.recovered.report.checkpoints_rejected = rejected;
+                    return Ok(dr);
+                }
+                Err(CheckpointError::Superseded) => {}
+                Err(e) => {
+                    tracing::warn!(checkpoint = %path.display(), error = %e, "checkpoint not used");
+                    rejected.push((path, e.to_string()));
+                }
+            }
+        }
+    }
+    let mut dr = replay_segments(&ctx, None, visit)?;
+    dr.recovered.report.checkpoints_rejected = rejected;
+    Ok(dr)
+}
+
+/// What every replay of one directory shares.
+struct Ctx<'a> {
+    vfs: &'a dyn Vfs,
+    mode: RecoveryMode,
+    keys: Option<&'a KeyRing>,
+    identity: &'a Identity,
+    /// (seq, path, file bytes, decoded header) of every segment file, in order.
+    headers: &'a [(u64, PathBuf, u64, Result<SegmentHeader, HeaderError>)],
+    /// Segments before this index are in use; the rest are spares.
+    active_count: usize,
+    tmps: &'a [PathBuf],
+}
+
+/// A checkpoint to replay on top of.
+struct Start {
+    resume: ResumePoint,
+    body: CheckpointBody,
+}
+
+/// Reads and authenticates one checkpoint file.
+fn load_checkpoint(
+    vfs: &dyn Vfs,
+    path: &Path,
+    identity: &Identity,
+    keys: Option<&KeyRing>,
+) -> Result<(ResumePoint, CheckpointBody), CheckpointError> {
+    let io = |e: std::io::Error| CheckpointError::Inconsistent(format!("read: {e}"));
+    let file = vfs.open(path, OpenMode::Read).map_err(io)?;
+    let len = file.size().map_err(io)?;
+    if len > 1 << 34 {
+        return Err(CheckpointError::Inconsistent(format!("{len} bytes is implausibly large")));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io)?;
+    let header = CheckpointHeader::decode(&bytes)?;
+    if header.journal_id != identity.journal_id {
+        return Err(CheckpointError::Foreign);
+    }
+    let stored = &bytes[checkpoint::HEADER_BYTES..];
+    if header.body_len != stored.len() as u64 {
+        return Err(CheckpointError::BodyLength { declared: header.body_len, actual: stored.len() as u64 });
+    }
+    if crc32fast::hash(stored) != header.body_crc {
+        return Err(CheckpointError::BodyChecksum);
+    }
+    let body = if header.key_id == 0 {
+        checkpoint::decode_body(stored)?
+    } else {
+        let binding = checkpoint_binding(identity.journal_id, header.resume.next_lsn);
+        let master = keys.and_then(|k| k.get(header.key_id)).ok_or(CheckpointError::KeyUnavailable(header.key_id))?;
+        let cipher = SegmentCipher::open(master, header.key_id, &binding, &header.wrapped_key)
+            .ok_or(CheckpointError::KeyUnavailable(header.key_id))?;
+        let plain = crate::crypto::unit::open_one(&cipher, &binding, stored, checkpoint::HEADER_BYTES as u64)
+            .map_err(|_| CheckpointError::Authentication)?;
+        checkpoint::decode_body(&plain)?
+    };
+    Ok((header.resume, body))
+}
+
+/// The binding of a checkpoint's data key and sealed body: its own domain (the top bit of the sequence
+/// field, which segment numbers never reach), so nothing from a segment authenticates as a checkpoint.
+pub(crate) fn checkpoint_binding(journal_id: [u8; 16], next_lsn: Lsn) -> Binding {
+    Binding { journal_id, segment_seq: next_lsn.0 | 1 << 63 }
+}
+
+/// A replay on top of a checkpoint is only trusted if every live record it ends with lies in a segment
+/// that exists.
+fn check_locations(dr: DirRecovery) -> Result<DirRecovery, CheckpointError> {
+    let present: std::collections::HashSet<u64> = dr.present.iter().copied().collect();
+    if let Some(seq) = dr.index.segments.keys().find(|s| !present.contains(s)) {
+        return Err(CheckpointError::Inconsistent(format!("a live record lies in segment {seq}, which is gone")));
+    }
+    for (_, s) in &dr.open_txs {
+        if let Some(r) = s.records.iter().find(|r| !present.contains(&r.record.location.seq)) {
+            let why = format!("an open transaction's record lies in segment {}, which is gone", r.record.location.seq);
+            return Err(CheckpointError::Inconsistent(why));
+        }
+    }
+    Ok(dr)
+}
+
+/// Replays the directory's segments, from the start or on top of a checkpoint.
+fn replay_segments(
+    ctx: &Ctx<'_>,
+    start: Option<Start>,
+    visit: &mut dyn FnMut(&FrameEvent<'_>),
+) -> Result<DirRecovery, OpenError> {
+    let Ctx { vfs, mode, keys, identity, headers, active_count, .. } = *ctx;
+    let corrupt = |path: &Path, offset: u64, what| Corruption { path: path.to_path_buf(), offset, what };
+    let mut report = RecoveryReport::default();
+    let mut delete: Vec<PathBuf> = ctx.tmps.to_vec();
     let mut spares = Vec::new();
     for (seq, path, _, _) in headers.iter().skip(active_count) {
         spares.push((*seq, path.clone()));
     }
     report.spare_segments = spares.len() as u32;
-
-    let mut replay = Replay::default();
+    let (resume_point, mut replay) = match start {
+        Some(s) => (
+            Some(s.resume),
+            Replay {
+                index: s.body.index,
+                txs: s.body.open_txs.into_iter().map(|(t, s)| (t.get(), s)).collect(),
+                ..Replay::default()
+            },
+        ),
+        None => (None, Replay::default()),
+    };
     let lenient = mode == RecoveryMode::Salvage;
     let mut segments: Vec<SegmentSummary> = Vec::new();
     let mut expected: Option<Lsn> = None;
@@ -223,12 +368,29 @@ pub(crate) fn recover_dir(
                 continue;
             }
         };
-        if let Err((offset, what)) = check_segment_identity(&header, *seq, *file_bytes, &identity) {
+        if let Err((offset, what)) = check_segment_identity(&header, *seq, *file_bytes, identity) {
             salvage_or_fail(mode, &mut report, corrupt(path, offset, what))?;
             expected = None;
             continue;
         }
-        if let Some(e) = expected {
+        // On top of a checkpoint: segments before its resume point are covered by it; the resume segment
+        // is read from the resume offset on.
+        let mut scan_from = (SEGMENT_HEADER_BYTES, header.first_lsn, 0u64);
+        if let Some(r) = &resume_point {
+            if *seq < r.seq {
+                continue;
+            }
+            if *seq == r.seq {
+                if header.first_lsn > r.next_lsn || r.offset < SEGMENT_HEADER_BYTES || r.offset > *file_bytes {
+                    let what = CorruptionKind::LsnGap { expected: r.next_lsn, found: header.first_lsn };
+                    return Err(corrupt(path, 40, what).into());
+                }
+                scan_from = (r.offset, r.next_lsn, r.frames);
+            } else if expected.is_none() {
+                expected = Some(r.next_lsn);
+            }
+        }
+        if let Some(e) = expected.filter(|_| scan_from.0 == SEGMENT_HEADER_BYTES) {
             if header.first_lsn != e {
                 let what = CorruptionKind::LsnGap { expected: e, found: header.first_lsn };
                 salvage_or_fail(mode, &mut report, corrupt(path, 40, what))?;
@@ -250,14 +412,25 @@ pub(crate) fn recover_dir(
                 data: &data,
                 binding,
                 cipher: c,
-                first_lsn: header.first_lsn,
+                first_lsn: scan_from.1,
                 newest,
                 mode,
+                start: scan_from.0,
             })?),
         };
         let to_file = |at: u64| decrypted.as_ref().map_or(at, |d| d.file_offset(at));
         let frames_data = decrypted.as_ref().map_or(&data[..], |d| &d.stream[..]);
-        let input = ScanInput { path, data: frames_data, binding, first_lsn: header.first_lsn, newest, mode };
+        let input = ScanInput {
+            path,
+            data: frames_data,
+            binding,
+            first_lsn: scan_from.1,
+            newest,
+            mode,
+            // The decrypted stream starts its frames right after a zero header, whatever the unit offset.
+            start: if decrypted.is_some() { SEGMENT_HEADER_BYTES } else { scan_from.0 },
+            frames_before: scan_from.2,
+        };
         let mut on_frame = |offset: u64, h: &FrameHeader, payload: &[u8]| {
             let frame_bytes = h.frame_bytes() as u32;
             let at = match &decrypted {
@@ -296,12 +469,12 @@ pub(crate) fn recover_dir(
             | SegmentEnd::Unterminated { offset } => offset,
         };
         assert!(end_offset <= *file_bytes, "a scan never ends past its segment");
-        assert!(scanned.next_lsn.0 >= header.first_lsn.0, "LSNs never go back within a segment");
+        assert!(scanned.next_lsn.0 >= scan_from.1 .0, "LSNs never go back within a segment");
         report.segments_read += 1;
         report.frames += scanned.frames;
         report.bytes_read += end_offset;
         report.skipped.extend(scanned.skipped.iter().cloned());
-        if scanned.next_lsn.0 > header.first_lsn.0 {
+        if scanned.next_lsn.0 > 1 {
             report.last_lsn = Some(Lsn(scanned.next_lsn.0 - 1));
         }
         expected = Some(scanned.next_lsn);
@@ -332,6 +505,7 @@ pub(crate) fn recover_dir(
         });
     }
 
+    let oldest_seq = headers.first().filter(|_| active_count > 0).map(|h| h.0);
     let end = replay.finish();
     report.committed_txs = end.committed;
     report.rolled_back_txs = end.rolled_back;
@@ -339,13 +513,21 @@ pub(crate) fn recover_dir(
     let prepared = end.prepared();
     let records = end.index.records.iter().map(|(id, r)| (*id, *r)).collect();
     let next_seq = match (spares.last(), segments.last(), report.torn_activation.is_some()) {
-        (_, _, true) => seqs[active_count - 1],
+        (_, _, true) => headers[active_count - 1].0,
         (Some((s, _)), _, _) => s + 1,
         (None, Some(last), _) => last.seq + 1,
-        (None, None, _) => seqs.last().map_or(1, |s| s + 1),
+        (None, None, _) => headers.last().map_or(1, |s| s.0 + 1),
     };
+    // On top of a checkpoint whose resume segment was never written, the journal resumes from it.
+    if let (Some(r), Resume::New { next_lsn }) = (&resume_point, &mut resume) {
+        if segments.is_empty() {
+            *next_lsn = r.next_lsn;
+            report.last_lsn = Some(Lsn(r.next_lsn.0 - 1)).filter(|l| l.0 > 0);
+        }
+    }
+    let present = headers.iter().take(active_count).map(|h| h.0).collect();
     Ok(DirRecovery {
-        identity,
+        identity: *identity,
         recovered: Recovered { records, prepared, report },
         index: end.index,
         open_txs: end.open,
@@ -354,6 +536,8 @@ pub(crate) fn recover_dir(
         spares,
         delete,
         next_seq,
+        oldest_seq,
+        present,
     })
 }
 

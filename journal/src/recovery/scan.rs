@@ -50,9 +50,14 @@ pub struct ScanInput<'a> {
     pub path: &'a Path,
     pub data: &'a [u8],
     pub binding: Binding,
+    /// LSN of the first frame at `start`.
     pub first_lsn: Lsn,
     pub newest: bool,
     pub mode: RecoveryMode,
+    /// Where the scan begins: the end of the header, or a checkpoint's resume offset.
+    pub start: u64,
+    /// Frames the segment holds before `start` (for the seal's count).
+    pub frames_before: u64,
 }
 
 /// Called for each valid frame: its offset, header and payload.
@@ -62,9 +67,9 @@ pub type FrameVisitor<'a> = dyn FnMut(u64, &FrameHeader, &[u8]) -> Result<(), Co
 pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Result<Scanned, Corruption> {
     let data = input.data;
     let len = data.len() as u64;
-    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut offset = input.start.max(SEGMENT_HEADER_BYTES);
     let mut expected = input.first_lsn;
-    let mut frames = 0u64;
+    let mut frames = input.frames_before;
     let mut skipped = Vec::new();
     let corrupt = |offset: u64, what: CorruptionKind| Corruption { path: input.path.to_path_buf(), offset, what };
     // Every iteration advances `offset` by at least one frame header or ends the scan.

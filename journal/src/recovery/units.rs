@@ -64,6 +64,8 @@ pub struct UnitInput<'a> {
     pub first_lsn: Lsn,
     pub newest: bool,
     pub mode: RecoveryMode,
+    /// The unit where decryption begins: the end of the header, or a checkpoint's resume offset.
+    pub start: u64,
 }
 
 pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
@@ -73,13 +75,9 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
     // step by step costs more in page faults and copies than the decryption saves.
     let mut stream = Vec::with_capacity(data.len());
     stream.resize(SEGMENT_HEADER_BYTES as usize, 0);
-    let mut out = Decrypted {
-        stream,
-        units: Vec::new(),
-        end: UnitEnd::Clean { offset: SEGMENT_HEADER_BYTES },
-        skipped: Vec::new(),
-    };
-    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut out =
+        Decrypted { stream, units: Vec::new(), end: UnitEnd::Clean { offset: input.start }, skipped: Vec::new() };
+    let mut offset = input.start.max(SEGMENT_HEADER_BYTES);
     let mut expected = input.first_lsn;
     // Fast path: decrypt the chain of units whose headers validate on every core, in order; the loop below
     // takes over at the first unit that does not authenticate (or at the end).
@@ -161,7 +159,7 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
 /// (unit offset, plaintext) in order. Stops before the first unit whose header or tag fails.
 fn decrypt_chain_parallel(input: &UnitInput<'_>) -> Vec<(u64, Vec<u8>)> {
     let mut offsets = Vec::new();
-    let mut at = SEGMENT_HEADER_BYTES;
+    let mut at = input.start.max(SEGMENT_HEADER_BYTES);
     while let Ok(total) = unit::peek(&input.binding, input.data, at) {
         offsets.push(at);
         at += total;

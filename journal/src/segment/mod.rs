@@ -20,14 +20,25 @@ pub fn tmp_name(seq: u64) -> String {
 pub struct Listing {
     /// Sequence numbers of the segment files, ascending.
     pub segments: Vec<u64>,
-    /// Leftover temporary files (spares being zero-filled, rekey copies), to be deleted by recovery.
+    /// Leftover temporary files (spares being zero-filled, rekey copies, checkpoints being written), to be
+    /// deleted by recovery.
     pub tmps: Vec<std::path::PathBuf>,
+    /// Checkpoints, by the `next_lsn` in their names, ascending.
+    pub checkpoints: Vec<u64>,
 }
 
 /// Lists `dir`'s segment and temporary files.
 pub fn list(vfs: &dyn crate::vfs::Vfs, dir: &std::path::Path) -> std::io::Result<Listing> {
     let mut listing = Listing::default();
     for name in vfs.list(dir)? {
+        if let Some(lsn) = crate::format::checkpoint::parse_name(&name) {
+            listing.checkpoints.push(lsn);
+            continue;
+        }
+        if crate::format::checkpoint::is_tmp_name(&name) {
+            listing.tmps.push(dir.join(&name));
+            continue;
+        }
         match parse_name(&name) {
             EntryName::Segment(seq) => listing.segments.push(seq),
             EntryName::Tmp(_) => listing.tmps.push(dir.join(&name)),
@@ -35,6 +46,7 @@ pub fn list(vfs: &dyn crate::vfs::Vfs, dir: &std::path::Path) -> std::io::Result
         }
     }
     listing.segments.sort_unstable();
+    listing.checkpoints.sort_unstable();
     Ok(listing)
 }
 

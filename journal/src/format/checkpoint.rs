@@ -1,0 +1,393 @@
+//! Checkpoint files (docs/FORMAT.md, "Checkpoints"): the live-record index and the open transactions as
+//! of a resume point, so that `open` reads the checkpoint plus only what was written after it.
+//!
+//! ```text
+//! offset 0    magic        8 B   "KEELCKPT"
+//!        8    version      u32   1
+//!       12    key_id       u32   0: body in plaintext; else the master key wrapping the body's data key
+//!       16    journal_id   16 B
+//!       32    resume_seq   u64   segment where replay resumes
+//!       40    resume_off   u64   byte offset in that segment (a frame or unit boundary)
+//!       48    resume_frames u64  frames already in that segment before resume_off
+//!       56    next_lsn     u64   LSN of the first frame not covered
+//!       64    body_len     u64
+//!       72    body_crc     u32   CRC32 of the body bytes as stored
+//!       76    header_crc   u32   CRC32 of bytes 0..76 and 80..152
+//!       80    wrapped_key  72 B  zero if plaintext
+//!      152    body         (a sealed unit at offset 152 if encrypted; see below)
+//! ```
+//! Body (little-endian): record count u64, then per record id u64, kind u8, lsn u64, seq u64, offset u64,
+//! inner u32, frame_bytes u32; span count u64, then (first u64, last u64); open-transaction count u64, then
+//! per transaction: tx u64, first_seq u64, prepared u8, prepare_lsn u64, data_len u32, data, record count
+//! u32, then per record op u8 and the record fields above.
+
+use crate::format::{u32_at, u64_at};
+use crate::index::{LiveIndex, Location, RecordRef};
+use crate::recovery::replay::{Staged, TxOp, TxRecord};
+use crate::types::{Lsn, TxId};
+
+pub const MAGIC: &[u8; 8] = b"KEELCKPT";
+pub const VERSION: u32 = 1;
+pub const HEADER_BYTES: usize = 152;
+pub const WRAPPED_KEY_BYTES: usize = crate::crypto::WRAPPED_KEY_BYTES;
+const _: () = assert!(80 + WRAPPED_KEY_BYTES == HEADER_BYTES);
+const SUFFIX: &str = ".kcp";
+const TMP_SUFFIX: &str = ".kcp.tmp";
+
+/// The checkpoint's file name: named by `next_lsn`, so names sort oldest first.
+pub fn file_name(next_lsn: Lsn) -> String {
+    format!("{:020}{SUFFIX}", next_lsn.0)
+}
+
+pub fn tmp_name(next_lsn: Lsn) -> String {
+    format!("{:020}{TMP_SUFFIX}", next_lsn.0)
+}
+
+/// `Some(next_lsn)` for a checkpoint file name, `Some(Err(..))`-free: temporary names are told apart by
+/// [`is_tmp_name`].
+pub fn parse_name(name: &str) -> Option<u64> {
+    let d = name.strip_suffix(SUFFIX)?;
+    (d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit())).then(|| d.parse().ok()).flatten()
+}
+
+pub fn is_tmp_name(name: &str) -> bool {
+    name.strip_suffix(TMP_SUFFIX).is_some_and(|d| d.len() == 20 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Where replay resumes after a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub seq: u64,
+    pub offset: u64,
+    pub frames: u64,
+    pub next_lsn: Lsn,
+}
+
+/// The header fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    pub key_id: u32,
+    pub journal_id: [u8; 16],
+    pub resume: ResumePoint,
+    pub body_len: u64,
+    pub body_crc: u32,
+    pub wrapped_key: [u8; WRAPPED_KEY_BYTES],
+}
+
+/// Why a checkpoint file was not used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("truncated: {0} bytes")]
+    Truncated(usize),
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported version {0}")]
+    Version(u32),
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    #[error("body checksum mismatch")]
+    BodyChecksum,
+    #[error("body length {declared} disagrees with the file ({actual} bytes after the header)")]
+    BodyLength { declared: u64, actual: u64 },
+    #[error("belongs to another journal")]
+    Foreign,
+    #[error("encrypted under master key id {0}, which is not available")]
+    KeyUnavailable(u32),
+    #[error("body failed authentication")]
+    Authentication,
+    #[error("body is malformed at byte {0}")]
+    Malformed(usize),
+    #[error("does not fit the segments: {0}")]
+    Inconsistent(String),
+    #[error("covers only segments reclaimed since")]
+    Superseded,
+}
+
+impl CheckpointHeader {
+    pub fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut b = [0u8; HEADER_BYTES];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.key_id.to_le_bytes());
+        b[16..32].copy_from_slice(&self.journal_id);
+        b[32..40].copy_from_slice(&self.resume.seq.to_le_bytes());
+        b[40..48].copy_from_slice(&self.resume.offset.to_le_bytes());
+        b[48..56].copy_from_slice(&self.resume.frames.to_le_bytes());
+        b[56..64].copy_from_slice(&self.resume.next_lsn.0.to_le_bytes());
+        b[64..72].copy_from_slice(&self.body_len.to_le_bytes());
+        b[72..76].copy_from_slice(&self.body_crc.to_le_bytes());
+        b[80..].copy_from_slice(&self.wrapped_key);
+        let crc = header_crc(&b);
+        b[76..80].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<CheckpointHeader, CheckpointError> {
+        if b.len() < HEADER_BYTES {
+            return Err(CheckpointError::Truncated(b.len()));
+        }
+        if &b[0..8] != MAGIC {
+            return Err(CheckpointError::Magic);
+        }
+        if u32_at(b, 76) != header_crc(b) {
+            return Err(CheckpointError::HeaderChecksum);
+        }
+        let version = u32_at(b, 8);
+        if version != VERSION {
+            return Err(CheckpointError::Version(version));
+        }
+        let mut journal_id = [0u8; 16];
+        journal_id.copy_from_slice(&b[16..32]);
+        let mut wrapped_key = [0u8; WRAPPED_KEY_BYTES];
+        wrapped_key.copy_from_slice(&b[80..HEADER_BYTES]);
+        Ok(CheckpointHeader {
+            key_id: u32_at(b, 12),
+            journal_id,
+            resume: ResumePoint {
+                seq: u64_at(b, 32),
+                offset: u64_at(b, 40),
+                frames: u64_at(b, 48),
+                next_lsn: Lsn(u64_at(b, 56)),
+            },
+            body_len: u64_at(b, 64),
+            body_crc: u32_at(b, 72),
+            wrapped_key,
+        })
+    }
+}
+
+fn header_crc(b: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&b[0..76]);
+    h.update(&b[80..HEADER_BYTES]);
+    h.finalize()
+}
+
+/// The state a checkpoint holds.
+#[derive(Debug, Default)]
+pub struct CheckpointBody {
+    pub index: LiveIndex,
+    pub open_txs: Vec<(TxId, Staged)>,
+}
+
+const RECORD_BYTES: usize = 8 + 1 + 8 + 8 + 8 + 4 + 4;
+
+fn put_ref(out: &mut Vec<u8>, r: &RecordRef) {
+    out.push(r.kind);
+    out.extend_from_slice(&r.lsn.0.to_le_bytes());
+    out.extend_from_slice(&r.location.seq.to_le_bytes());
+    out.extend_from_slice(&r.location.offset.to_le_bytes());
+    out.extend_from_slice(&r.location.inner.to_le_bytes());
+    out.extend_from_slice(&r.location.frame_bytes.to_le_bytes());
+}
+
+/// Serializes the writer's state (called under the writer's lock: it must be quick and not allocate
+/// more than once for the records).
+pub fn encode_body(index: &LiveIndex, txs: &std::collections::HashMap<u64, Staged>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + index.records.len() * RECORD_BYTES + 64);
+    out.extend_from_slice(&(index.records.len() as u64).to_le_bytes());
+    for (id, r) in &index.records {
+        out.extend_from_slice(&id.to_le_bytes());
+        put_ref(&mut out, r);
+    }
+    out.extend_from_slice(&(index.spans.len() as u64).to_le_bytes());
+    for (first, last) in &index.spans {
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&last.to_le_bytes());
+    }
+    out.extend_from_slice(&(txs.len() as u64).to_le_bytes());
+    let mut ids: Vec<&u64> = txs.keys().collect();
+    ids.sort();
+    for tx in ids {
+        let s = &txs[tx];
+        out.extend_from_slice(&tx.to_le_bytes());
+        out.extend_from_slice(&s.first_seq.to_le_bytes());
+        let (prepared, lsn, data) = match &s.prepared {
+            Some((d, l)) => (1u8, l.0, &d[..]),
+            None => (0u8, 0, &[][..]),
+        };
+        out.push(prepared);
+        out.extend_from_slice(&lsn.to_le_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(&(s.records.len() as u32).to_le_bytes());
+        for r in &s.records {
+            out.push(match r.op {
+                TxOp::Add => 1,
+                TxOp::Update => 2,
+                TxOp::Delete => 3,
+            });
+            out.extend_from_slice(&r.id.to_le_bytes());
+            put_ref(&mut out, &r.record);
+        }
+    }
+    out
+}
+
+/// A bounds-checked cursor: every read of untrusted bytes goes through it.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len()).ok_or(CheckpointError::Malformed(self.at))?;
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, CheckpointError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, CheckpointError> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn u64(&mut self) -> Result<u64, CheckpointError> {
+        Ok(u64_at(self.take(8)?, 0))
+    }
+    /// A count of items of at least `min_bytes` each, refused if the rest of the body cannot hold them
+    /// (so a corrupt count cannot make us allocate without bound).
+    fn count(&mut self, min_bytes: usize) -> Result<usize, CheckpointError> {
+        let at = self.at;
+        let n = self.u64()?;
+        let room = (self.b.len() - self.at) / min_bytes.max(1);
+        usize::try_from(n).ok().filter(|n| *n <= room).ok_or(CheckpointError::Malformed(at))
+    }
+    fn record_ref(&mut self) -> Result<RecordRef, CheckpointError> {
+        Ok(RecordRef {
+            kind: self.u8()?,
+            lsn: Lsn(self.u64()?),
+            location: Location { seq: self.u64()?, offset: self.u64()?, inner: self.u32()?, frame_bytes: self.u32()? },
+        })
+    }
+}
+
+/// Decodes a body. Never panics, whatever the bytes.
+pub fn decode_body(b: &[u8]) -> Result<CheckpointBody, CheckpointError> {
+    let mut c = Cursor { b, at: 0 };
+    let mut body = CheckpointBody::default();
+    let n = c.count(RECORD_BYTES)?;
+    body.index.records.reserve(n);
+    for _ in 0..n {
+        let at = c.at;
+        let id = c.u64()?;
+        let r = c.record_ref()?;
+        if body.index.insert(id, r).is_some() {
+            return Err(CheckpointError::Malformed(at));
+        }
+    }
+    for _ in 0..c.count(16)? {
+        let (first, last) = (c.u64()?, c.u64()?);
+        body.index.note_span(first, last);
+    }
+    for _ in 0..c.count(8 + 8 + 1 + 8 + 4 + 4)? {
+        let at = c.at;
+        let tx = TxId::new(c.u64()?).ok_or(CheckpointError::Malformed(at))?;
+        let first_seq = c.u64()?;
+        let prepared = c.u8()?;
+        let lsn = Lsn(c.u64()?);
+        let len = c.u32()? as usize;
+        let data = c.take(len)?.to_vec();
+        let mut staged = Staged {
+            first_seq,
+            prepared: match prepared {
+                0 => None,
+                1 => Some((data, lsn)),
+                _ => return Err(CheckpointError::Malformed(at)),
+            },
+            records: Vec::new(),
+        };
+        let count = c.u32()? as usize;
+        if count > (b.len() - c.at) / (RECORD_BYTES + 1) {
+            return Err(CheckpointError::Malformed(c.at));
+        }
+        for _ in 0..count {
+            let at = c.at;
+            let op = match c.u8()? {
+                1 => TxOp::Add,
+                2 => TxOp::Update,
+                3 => TxOp::Delete,
+                _ => return Err(CheckpointError::Malformed(at)),
+            };
+            let id = c.u64()?;
+            staged.records.push(TxRecord { op, id, record: c.record_ref()? });
+        }
+        body.open_txs.push((tx, staged));
+    }
+    if c.at != b.len() {
+        return Err(CheckpointError::Malformed(c.at));
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (LiveIndex, std::collections::HashMap<u64, Staged>) {
+        let mut index = LiveIndex::default();
+        for id in 0..50u64 {
+            let location = Location { seq: 1 + id % 3, offset: 256 + id * 100, inner: 0, frame_bytes: 90 };
+            index.insert(id, RecordRef { kind: id as u8, lsn: Lsn(id + 1), location });
+        }
+        index.note_span(1, 3);
+        let mut txs = std::collections::HashMap::new();
+        let record =
+            RecordRef { kind: 1, lsn: Lsn(77), location: Location { seq: 3, offset: 9, inner: 4, frame_bytes: 41 } };
+        txs.insert(
+            9,
+            Staged {
+                records: vec![TxRecord { op: TxOp::Update, id: 3, record }],
+                prepared: Some((b"xid".to_vec(), Lsn(78))),
+                first_seq: 3,
+            },
+        );
+        txs.insert(4, Staged { records: vec![], prepared: None, first_seq: 2 });
+        (index, txs)
+    }
+
+    #[test]
+    fn body_round_trips() {
+        let (index, txs) = sample();
+        let b = decode_body(&encode_body(&index, &txs)).unwrap();
+        assert_eq!(b.index.records, index.records);
+        assert_eq!(b.index.segments, index.segments);
+        assert_eq!(b.index.spans, index.spans);
+        let got: std::collections::HashMap<u64, Staged> = b.open_txs.into_iter().map(|(t, s)| (t.get(), s)).collect();
+        assert_eq!(got, txs);
+    }
+
+    #[test]
+    fn every_truncation_and_many_flips_are_refused_or_harmless() {
+        let (index, txs) = sample();
+        let bytes = encode_body(&index, &txs);
+        for len in 0..bytes.len() {
+            assert!(decode_body(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0xff;
+            let _ = decode_body(&b);
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_flips() {
+        let h = CheckpointHeader {
+            key_id: 0,
+            journal_id: [3; 16],
+            resume: ResumePoint { seq: 4, offset: 1000, frames: 7, next_lsn: Lsn(99) },
+            body_len: 10,
+            body_crc: 5,
+            wrapped_key: [0; WRAPPED_KEY_BYTES],
+        };
+        let b = h.encode();
+        assert_eq!(CheckpointHeader::decode(&b).unwrap(), h);
+        for i in 0..HEADER_BYTES {
+            let mut c = b;
+            c[i] ^= 1;
+            assert!(CheckpointHeader::decode(&c).is_err(), "flip at {i}");
+        }
+    }
+}

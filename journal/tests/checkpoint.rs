@@ -1,0 +1,151 @@
+//! Checkpoints: `open` reads the newest valid one plus what follows it, and any damage to one falls back to
+//! an older one or a full scan — never to wrong data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use keel_journal::crypto::keys::KeyRing;
+use keel_journal::{Journal, Options, RecoveryMode, TxId};
+
+fn options(keys: Option<KeyRing>) -> Options {
+    Options { segment_bytes: 64 * 1024, auto_maintenance: false, keys, ..Options::default() }
+}
+
+fn payload(id: u64) -> Vec<u8> {
+    format!("PAYLOAD-{id:08}-").repeat(60).into_bytes()
+}
+
+fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kcp"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Records and payloads as a full scan (the tools' read-only inspection, which ignores checkpoints) sees them.
+fn full_scan(dir: &Path, keys: Option<&KeyRing>) -> BTreeMap<u64, Vec<u8>> {
+    let i = keel_journal::inspect::inspect(dir, RecoveryMode::Strict, keys, &mut |_| {}).unwrap();
+    i.recovered.records.iter().map(|(id, r)| (*id, i.reader.read(r).unwrap())).collect()
+}
+
+fn write_history(j: &Journal, from: u64, to: u64) {
+    for id in from..to {
+        j.add(id, 1, &payload(id)).unwrap();
+        if id % 3 == 0 {
+            j.delete(id).unwrap();
+        }
+        if id % 5 == 0 {
+            j.update(id - 1, 2, &payload(id + 1000)).ok();
+        }
+    }
+}
+
+fn reopen_and_compare(dir: &Path, keys: Option<KeyRing>) -> keel_journal::RecoveryReport {
+    let want = full_scan(dir, keys.as_ref());
+    let (j, rec) = Journal::open(dir, options(keys)).unwrap();
+    let got: BTreeMap<u64, Vec<u8>> = rec.records.iter().map(|(id, r)| (*id, j.read_version(r).unwrap())).collect();
+    assert_eq!(got, want, "open agrees with a full scan");
+    rec.report
+}
+
+#[test]
+fn open_reads_the_checkpoint_and_only_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(None)).unwrap();
+    write_history(&j, 1, 200);
+    let tx = TxId::new(3).unwrap();
+    j.add_tx(tx, 5000, 4, b"staged").unwrap();
+    j.prepare(tx, b"xid-3").unwrap();
+    let cp = j.checkpoint().unwrap().unwrap();
+    assert!(cp.records > 100);
+    write_history(&j, 200, 230);
+    drop(j);
+    let report = reopen_and_compare(dir.path(), None);
+    assert!(report.checkpoint.is_some());
+    assert!(report.segments_read <= 2, "only the segments after the checkpoint: {}", report.segments_read);
+    let (_j, rec) = Journal::open(dir.path(), options(None)).unwrap();
+    assert_eq!(rec.prepared.len(), 1);
+    assert_eq!(rec.prepared[0].data, b"xid-3");
+}
+
+#[test]
+fn a_damaged_checkpoint_falls_back_to_an_older_one_or_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(None)).unwrap();
+    write_history(&j, 1, 100);
+    j.checkpoint().unwrap().unwrap();
+    write_history(&j, 100, 150);
+    j.checkpoint().unwrap().unwrap();
+    write_history(&j, 150, 160);
+    drop(j);
+    let cps = checkpoints(dir.path());
+    assert_eq!(cps.len(), 2);
+    // Damage the newest in the middle of its body: the older one is used.
+    let mut bytes = std::fs::read(&cps[1]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&cps[1], &bytes).unwrap();
+    let report = reopen_and_compare(dir.path(), None);
+    assert_eq!(report.checkpoint.as_deref(), Some(cps[0].as_path()));
+    assert_eq!(report.checkpoints_rejected.len(), 1);
+    // Truncate the older one too: a full scan.
+    let older = std::fs::read(&cps[0]).unwrap();
+    std::fs::write(&cps[0], &older[..older.len() - 7]).unwrap();
+    let report = reopen_and_compare(dir.path(), None);
+    assert!(report.checkpoint.is_none());
+    assert_eq!(report.checkpoints_rejected.len(), 2);
+}
+
+#[test]
+fn a_checkpoint_that_lies_about_the_segments_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(None)).unwrap();
+    write_history(&j, 1, 100);
+    j.checkpoint().unwrap().unwrap();
+    write_history(&j, 100, 120);
+    drop(j);
+    // A valid checkpoint from another journal is refused.
+    let other = tempfile::tempdir().unwrap();
+    let (j2, _) = Journal::open(other.path(), options(None)).unwrap();
+    write_history(&j2, 1, 120);
+    let foreign = j2.checkpoint().unwrap().unwrap();
+    drop(j2);
+    let cp = checkpoints(dir.path()).pop().unwrap();
+    std::fs::copy(&foreign.path, &cp).unwrap();
+    let report = reopen_and_compare(dir.path(), None);
+    assert!(report.checkpoint.is_none());
+    assert!(report.checkpoints_rejected[0].1.contains("another journal"), "{:?}", report.checkpoints_rejected);
+}
+
+#[test]
+fn encrypted_checkpoints_hold_no_plaintext_and_need_the_key() {
+    let keys = KeyRing::parse(&format!("1:{}", "3c".repeat(32)), "test").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(Some(keys.clone()))).unwrap();
+    write_history(&j, 1, 100);
+    let tx = TxId::new(3).unwrap();
+    j.add_tx(tx, 5000, 4, b"staged").unwrap();
+    j.prepare(tx, b"SECRET-XID-PAYLOAD").unwrap();
+    let cp = j.checkpoint().unwrap().unwrap();
+    drop(j);
+    let bytes = std::fs::read(&cp.path).unwrap();
+    assert!(!bytes.windows(8).any(|w| w == b"PAYLOAD-"), "no record payload in the checkpoint");
+    assert!(!bytes.windows(10).any(|w| w == b"SECRET-XID"), "no prepare data in the checkpoint");
+    let report = reopen_and_compare(dir.path(), Some(keys));
+    assert_eq!(report.checkpoint.as_deref(), Some(cp.path.as_path()));
+}
+
+#[test]
+fn a_leftover_temporary_checkpoint_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(None)).unwrap();
+    write_history(&j, 1, 10);
+    drop(j);
+    let tmp = dir.path().join("00000000000000000099.kcp.tmp");
+    std::fs::write(&tmp, b"half a checkpoint").unwrap();
+    reopen_and_compare(dir.path(), None);
+    assert!(!tmp.exists());
+}
