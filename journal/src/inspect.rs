@@ -25,6 +25,10 @@ pub struct Inspection {
     pub spares: u32,
     /// Reads the payloads of `recovered`'s records.
     pub reader: Reader,
+    /// Per segment holding live records (or open transactions' records): count and frame bytes.
+    pub live: std::collections::BTreeMap<u64, crate::index::SegmentLive>,
+    /// The newest segment a reclaim would delete now (it and every older one), if any.
+    pub reclaimable_through: Option<u64>,
 }
 
 /// Reads the journal in `dir` without modifying it, calling `visit` for each valid frame in LSN order.
@@ -37,8 +41,16 @@ pub fn inspect(
     let _lock = shared_lock(dir)?;
     let dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
     let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
+    let open_tx_first = dr.open_txs.iter().map(|(_, s)| s.first_seq).min();
+    // The newest segment with frames is never reclaimed: it carries the LSN the journal resumes from.
+    let reclaimable_through = match (dr.present.first(), dr.present.last()) {
+        (Some(oldest), Some(newest)) => dr.index.reclaim_bound(*oldest, *newest, open_tx_first),
+        _ => None,
+    };
     Ok(Inspection {
         reader,
+        live: dr.index.segments.clone(),
+        reclaimable_through,
         journal_id: identity::id_hex(&dr.identity.journal_id),
         created_unix_ms: dr.identity.created_unix_ms,
         spares: dr.spares.len() as u32,

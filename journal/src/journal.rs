@@ -19,6 +19,7 @@ use crate::format::{unix_ms_now, Binding};
 use crate::index::{RecordRef, SegmentLive};
 use crate::limits::{self, payload_bytes_max_for};
 use crate::maintenance::checkpoint::CheckpointReport;
+use crate::maintenance::compact::{CompactReport, CompactionPolicy};
 use crate::maintenance::reclaim::ReclaimReport;
 use crate::maintenance::Maintenance;
 use crate::reader::{ReadError, Reader};
@@ -49,6 +50,8 @@ pub struct Options {
     /// With `auto_maintenance`, write a checkpoint after this many segments were sealed (0: only at close
     /// and after a reclaim made the last one unusable).
     pub checkpoint_every_segments: u32,
+    /// With `auto_maintenance`, when and how fast to compact; `None`: never in the background.
+    pub compaction: Option<CompactionPolicy>,
     /// The filesystem seam; tests substitute a fault-injecting one.
     pub vfs: Arc<dyn Vfs>,
     /// Master keys. With keys, new segments are encrypted under the current (highest-id) key and encrypted
@@ -67,6 +70,7 @@ impl Default for Options {
             spare_segments: 1,
             auto_maintenance: true,
             checkpoint_every_segments: 4,
+            compaction: Some(CompactionPolicy::default()),
             vfs: Arc::new(StdVfs),
             keys: None,
         }
@@ -107,6 +111,17 @@ impl Options {
                 return bad("sync", "interval must be positive".into());
             }
         }
+        if let Some(c) = &self.compaction {
+            if !(c.live_ratio_below > 0.0 && c.live_ratio_below <= 1.0) {
+                return bad("compaction.live_ratio_below", format!("{} is outside (0, 1]", c.live_ratio_below));
+            }
+            if c.min_segments == 0 || c.max_segments_per_run == 0 || c.bytes_per_sec == 0 {
+                return bad(
+                    "compaction",
+                    "min_segments, max_segments_per_run and bytes_per_sec must be positive".into(),
+                );
+            }
+        }
         if self.spare_segments == 0 || self.spare_segments > 64 {
             return bad("spare_segments", format!("{} is outside 1..=64", self.spare_segments));
         }
@@ -141,6 +156,10 @@ pub(crate) struct Core {
     pub rekeying: std::sync::Mutex<()>,
     /// One checkpoint at a time.
     pub checkpointing: std::sync::Mutex<()>,
+    /// One compaction at a time.
+    pub compacting: std::sync::Mutex<()>,
+    pub compaction: Option<CompactionPolicy>,
+    pub segment_bytes: u64,
     pub maintenance: Arc<Maintenance>,
     pub checkpoint_every_segments: u32,
 }
@@ -318,6 +337,9 @@ impl Journal {
             keys: options.keys.clone(),
             rekeying: std::sync::Mutex::new(()),
             checkpointing: std::sync::Mutex::new(()),
+            compacting: std::sync::Mutex::new(()),
+            compaction: options.compaction.clone(),
+            segment_bytes: options.segment_bytes,
             maintenance,
             checkpoint_every_segments: options.checkpoint_every_segments,
         });
@@ -522,6 +544,13 @@ impl Journal {
     /// written after it. The maintenance thread does this periodically and at close.
     pub fn checkpoint(&self) -> Result<Option<CheckpointReport>, AppendError> {
         crate::maintenance::checkpoint::checkpoint(&self.core)
+    }
+
+    /// Copies the live records of the oldest segments forward and reclaims those segments, if `policy`
+    /// says they are sparse enough. Appends continue meanwhile. The maintenance thread runs this with
+    /// `Options::compaction`; `keel journal compact` with [`CompactionPolicy::offline`].
+    pub fn compact(&self, policy: &CompactionPolicy) -> Result<CompactReport, AppendError> {
+        crate::maintenance::compact::compact(&self.core, policy)
     }
 
     /// Per segment holding live records: their count and frame bytes; and the newest segment a reclaim

@@ -56,6 +56,7 @@ pub use format::frame::{FrameHeader, FrameType};
 pub use index::{Location, RecordRef, SegmentLive};
 pub use journal::{Journal, Options, RekeyError, RekeyReport};
 pub use maintenance::checkpoint::CheckpointReport;
+pub use maintenance::compact::{CompactReport, CompactionPolicy};
 pub use maintenance::reclaim::ReclaimReport;
 pub use reader::{ReadError, Reader};
 pub use recovery::replay::{PreparedTx, TxOp, TxRecord};

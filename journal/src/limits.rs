@@ -10,6 +10,8 @@ pub const PAYLOAD_BYTES_MAX: u64 = 16 * 1024 * 1024;
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 /// Largest segment a journal may be configured with (recovery reads a whole segment at a time).
 pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Bytes a relocate frame's payload carries before the copied record's payload.
+pub const RELOCATE_PREFIX_BYTES: u64 = 8;
 /// Default segment size.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Bytes a sealed unit (encryption) adds around the frames of one write: its header and tag.
@@ -41,9 +43,7 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(ZERO_FILL_CHUNK_BYTES
 pub const fn payload_bytes_max_for(segment_bytes: u64) -> u64 {
     // Room for the frame and the seal, each possibly in a sealed unit of its own.
     let room = segment_bytes - SEGMENT_HEADER_BYTES - FRAME_HEADER_BYTES - SEAL_FRAME_BYTES - 2 * UNIT_OVERHEAD_BYTES;
-    if room < PAYLOAD_BYTES_MAX {
-        room
-    } else {
-        PAYLOAD_BYTES_MAX
-    }
+    // Compaction copies a record into a relocate frame, whose payload is the record's plus an 8-byte LSN.
+    let max = if room < PAYLOAD_BYTES_MAX { room } else { PAYLOAD_BYTES_MAX };
+    max - RELOCATE_PREFIX_BYTES
 }

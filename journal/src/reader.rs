@@ -48,16 +48,33 @@ pub struct Reader {
     journal_id: [u8; 16],
     keys: Option<KeyRing>,
     open: Mutex<HashMap<u64, Arc<OpenSegment>>>,
+    /// The last unit decrypted (segment, offset, plaintext): records written together are often read
+    /// together, and a unit can hold a whole group-commit batch.
+    last_unit: Mutex<Option<CachedUnit>>,
 }
+
+/// A decrypted unit: segment, unit offset, plaintext.
+type CachedUnit = (u64, u64, Arc<Vec<u8>>);
 
 impl Reader {
     pub(crate) fn new(vfs: Arc<dyn Vfs>, dir: &Path, journal_id: [u8; 16], keys: Option<KeyRing>) -> Reader {
-        Reader { vfs, dir: dir.to_path_buf(), journal_id, keys, open: Mutex::new(HashMap::new()) }
+        Reader {
+            vfs,
+            dir: dir.to_path_buf(),
+            journal_id,
+            keys,
+            open: Mutex::new(HashMap::new()),
+            last_unit: Mutex::new(None),
+        }
     }
 
     /// Forgets a segment's open file (it was reclaimed).
     pub(crate) fn forget(&self, seq: u64) {
         lock(&self.open).remove(&seq);
+        let mut last = lock(&self.last_unit);
+        if last.as_ref().is_some_and(|(s, _, _)| *s == seq) {
+            *last = None;
+        }
     }
 
     /// The payload of the record version `r`.
@@ -92,17 +109,18 @@ impl Reader {
                 buf
             }
             Some(cipher) => {
-                let mut header = [0u8; unit::UNIT_HEADER_BYTES];
-                seg.file.read_exact_at(&mut header, at.offset).map_err(io("read unit header"))?;
-                let ct_len = crate::format::u32_at(&header, 0) as u64;
-                let total = unit::UNIT_OVERHEAD_BYTES + ct_len;
-                if total > crate::limits::SEGMENT_BYTES_MAX {
-                    return Err(corrupt(CorruptionKind::Unit(unit::UnitError::TooLong(ct_len as u32))).into());
-                }
-                let mut buf = vec![0u8; total as usize];
-                seg.file.read_exact_at(&mut buf, at.offset).map_err(io("read unit"))?;
-                let plain = unit::open_one(cipher, &seg.binding, &buf, at.offset)
-                    .map_err(|e| corrupt(CorruptionKind::Unit(e)))?;
+                let cached = lock(&self.last_unit)
+                    .as_ref()
+                    .filter(|(s, o, _)| *s == at.seq && *o == at.offset)
+                    .map(|(_, _, p)| p.clone());
+                let plain = match cached {
+                    Some(p) => p,
+                    None => {
+                        let p = Arc::new(self.read_unit(&seg, cipher, at)?);
+                        *lock(&self.last_unit) = Some((at.seq, at.offset, p.clone()));
+                        p
+                    }
+                };
                 let start = at.inner as usize;
                 match plain.get(start..start + at.frame_bytes as usize) {
                     Some(f) => f.to_vec(),
@@ -115,6 +133,21 @@ impl Reader {
         };
         let (h, payload) = decode_frame(&seg.binding, &frame).map_err(|e| corrupt(CorruptionKind::Frame(e)))?;
         Ok((h, payload.to_vec()))
+    }
+
+    fn read_unit(&self, seg: &OpenSegment, cipher: &SegmentCipher, at: &Location) -> Result<Vec<u8>, ReadError> {
+        let corrupt = |what| Corruption { path: seg.path.clone(), offset: at.offset, what };
+        let io = |op| OpenError::io(&seg.path, op);
+        let mut header = [0u8; unit::UNIT_HEADER_BYTES];
+        seg.file.read_exact_at(&mut header, at.offset).map_err(io("read unit header"))?;
+        let ct_len = crate::format::u32_at(&header, 0) as u64;
+        let total = unit::UNIT_OVERHEAD_BYTES + ct_len;
+        if total > crate::limits::SEGMENT_BYTES_MAX {
+            return Err(corrupt(CorruptionKind::Unit(unit::UnitError::TooLong(ct_len as u32))).into());
+        }
+        let mut buf = vec![0u8; total as usize];
+        seg.file.read_exact_at(&mut buf, at.offset).map_err(io("read unit"))?;
+        unit::open_one(cipher, &seg.binding, &buf, at.offset).map_err(|e| corrupt(CorruptionKind::Unit(e)).into())
     }
 
     fn segment(&self, seq: u64) -> Result<Arc<OpenSegment>, ReadError> {

@@ -149,3 +149,20 @@ fn a_leftover_temporary_checkpoint_is_removed() {
     reopen_and_compare(dir.path(), None);
     assert!(!tmp.exists());
 }
+
+#[test]
+fn with_a_checkpoint_a_missing_old_key_is_still_refused_at_open() {
+    let k1 = format!("1:{}", "11".repeat(32));
+    let k2 = format!("2:{}", "22".repeat(32));
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(dir.path(), options(Some(KeyRing::parse(&k1, "t").unwrap()))).unwrap();
+    write_history(&j, 1, 100);
+    drop(j);
+    let both = KeyRing::parse(&format!("{k1}\n{k2}"), "t").unwrap();
+    let (j, _) = Journal::open(dir.path(), options(Some(both))).unwrap();
+    write_history(&j, 100, 150);
+    j.checkpoint().unwrap().unwrap();
+    drop(j);
+    let e = Journal::open(dir.path(), options(Some(KeyRing::parse(&k2, "t").unwrap()))).unwrap_err();
+    assert!(matches!(e, keel_journal::OpenError::KeyUnavailable { key_id: 1, .. }), "{e}");
+}

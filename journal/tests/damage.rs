@@ -8,8 +8,11 @@ use keel_journal::{CorruptionKind, Journal, OpenError, Options, RecoveryMode, Se
 
 const SEGMENT_BYTES: u64 = 64 * 1024;
 
+/// No checkpoint at close: these tests damage files behind the journal's back and check what a full scan
+/// makes of it (with a checkpoint, `open` does not read what the checkpoint covers; `verify` and every
+/// read of a record still check it — see `damage_under_a_checkpoint_is_found_by_reads_and_verify`).
 fn options() -> Options {
-    Options { segment_bytes: SEGMENT_BYTES, ..Options::default() }
+    Options { segment_bytes: SEGMENT_BYTES, auto_maintenance: false, ..Options::default() }
 }
 
 fn payload(id: u64) -> Vec<u8> {
@@ -275,4 +278,28 @@ fn a_second_writer_is_refused() {
     assert!(matches!(e, OpenError::Locked { .. }), "{e}");
     let e = inspect(dir.path(), RecoveryMode::Strict, None, &mut |_| {}).unwrap_err();
     assert!(matches!(e, OpenError::Locked { .. }), "{e}");
+}
+
+#[test]
+fn damage_under_a_checkpoint_is_found_by_reads_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = build(dir.path(), 400);
+    let (j, _) = Journal::open(dir.path(), options()).unwrap();
+    j.checkpoint().unwrap().unwrap();
+    drop(j);
+    // Flip a payload byte of record 10, in the oldest segment, which the checkpoint covers.
+    let (path, offset, _, id) = frames.iter().find(|f| f.3 == 10).unwrap().clone();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[offset as usize + 45] ^= 0x10;
+    std::fs::write(&path, &bytes).unwrap();
+    let (j, rec) = Journal::open(dir.path(), options()).unwrap();
+    assert!(rec.report.checkpoint.is_some(), "open trusted the checkpoint and did not read the old segment");
+    match j.read(id) {
+        Err(keel_journal::ReadError::Corrupt(c)) => assert_eq!((c.path, c.offset), (path.clone(), offset)),
+        other => panic!("a read of the damaged record must fail naming file and offset, got {other:?}"),
+    }
+    assert_eq!(j.read(11).unwrap(), payload(11), "its neighbours read fine");
+    drop(j);
+    let c = corruption(ids(dir.path(), RecoveryMode::Strict));
+    assert_eq!((c.path, c.offset), (path, offset), "a full scan (verify) names it too");
 }

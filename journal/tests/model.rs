@@ -24,6 +24,8 @@ enum Op {
     Reclaim,
     /// Write a checkpoint; the next reopen starts from it.
     Checkpoint,
+    /// Copy the live records of every sparse old segment forward, reclaim, and read every record back.
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -44,6 +46,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => Just(Op::Reclaim),
         1 => Just(Op::Checkpoint),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -150,7 +153,7 @@ impl Model {
                 None => Expect::NoSuchTx,
                 Some(_) => Expect::Ok,
             },
-            Op::Sync | Op::Reopen | Op::Reclaim | Op::Checkpoint => Expect::Ok,
+            Op::Sync | Op::Reopen | Op::Reclaim | Op::Checkpoint | Op::Compact => Expect::Ok,
         }
     }
 }
@@ -209,8 +212,12 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
                 checkpointed |= journal.checkpoint().unwrap().is_some();
                 continue;
             }
-            Op::Reclaim => {
-                journal.reclaim().unwrap();
+            Op::Reclaim | Op::Compact => {
+                if matches!(op, Op::Compact) {
+                    journal.compact(&keel_journal::CompactionPolicy::offline()).unwrap();
+                } else {
+                    journal.reclaim().unwrap();
+                }
                 for (id, (kind, p)) in &model.live {
                     assert_eq!(journal.get(*id).unwrap().kind, *kind, "step {step}: kind of {id}");
                     assert_eq!(&journal.read(*id).unwrap(), p, "step {step}: payload of {id} after reclaim");

@@ -43,9 +43,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         let writers = rng.range(1, 9).to_string();
         // A third of the runs commit records in transactions (half of them prepared first).
         let tx = if rng.range(0, 3) == 0 { rng.range(2, 6) } else { 0 }.to_string();
+        // Most runs delete most of what they add, so segments die and background reclaim, compaction
+        // (eager here) and checkpoints run — and get killed — under load.
+        let delete_percent = ["0", "50", "90", "90"][rng.range(0, 4) as usize];
         let mut child = Command::new(keel_bin())
             .args(["journal", "stress", "--dir", dir_s, "--ack-log", ack_s, "--secs", "60"])
             .args(["--writers", &writers, "--size", &size, "--sync", &sync, "--segment-bytes", "262144", "--tx", &tx])
+            .args(["--delete-percent", delete_percent, "--compact-below", "0.6", "--checkpoint-every", "1"])
             .args(&key_args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -64,7 +68,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             panic!("cycle {cycle}: stress exited on its own ({status}): {err}");
         }
         let context = format!(
-            "cycle {cycle} (sync {sync}, size {size}, writers {writers}, tx {tx}, keys {}, killed after {delay_ms} ms)",
+            "cycle {cycle} (sync {sync}, size {size}, writers {writers}, tx {tx}, delete {delete_percent} %, keys {}, killed after {delay_ms} ms)",
             !key_args.is_empty()
         );
         let with_keys = |args: &[&str]| {
@@ -84,7 +88,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         if std::fs::metadata(&ack_log).is_ok() {
             let acks = with_keys(&["journal", "verify-acks", "--dir", dir_s, "--ack-log", ack_s]);
             assert!(acks.status.success(), "{context}: verify-acks failed:\n{}{}", stdout(&acks), stderr(&acks));
-            acked_in_journal = std::fs::read_to_string(&ack_log).unwrap().lines().count();
+            acked_in_journal =
+                std::fs::read_to_string(&ack_log).unwrap().lines().filter(|l| !l.starts_with(['~', '-'])).count();
         }
     }
     acked_total += acked_in_journal;
@@ -96,7 +101,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let (j, rec) =
         keel_journal::Journal::open(&dir, keel_journal::Options { segment_bytes: 262_144, keys, ..Default::default() })
             .unwrap();
-    assert!(rec.records.len() >= acked_in_journal);
+    assert!(!rec.records.is_empty());
     j.close().unwrap();
     let with_keys = |args: &[&str]| {
         let mut v: Vec<&str> = args.to_vec();

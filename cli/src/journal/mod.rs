@@ -73,6 +73,14 @@ pub enum JournalCommand {
         #[arg(long)]
         ack_log: PathBuf,
     },
+    /// Copy the live records of every segment with dead bytes forward, delete the emptied segments, and
+    /// write a checkpoint. Run on a stopped journal (an open journal compacts itself in the background).
+    Compact {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(flatten)]
+        write: WriteArgs,
+    },
     /// Measure this disk's durable-write latency and recommend the group-commit wait.
     Perf(perf::PerfArgs),
     /// Re-wrap every segment's data key under the current (highest-id) master key, so older keys can be
@@ -167,7 +175,30 @@ pub fn run(command: JournalCommand) -> anyhow::Result<Outcome> {
         }
         JournalCommand::Perf(args) => perf::run(&args),
         JournalCommand::Rekey { dir, write } => rekey(&dir, &write),
+        JournalCommand::Compact { dir, write } => compact(&dir, &write),
     }
+}
+
+fn compact(dir: &std::path::Path, write: &WriteArgs) -> anyhow::Result<Outcome> {
+    let options = keel_journal::Options { auto_maintenance: false, ..write.options()? };
+    let (journal, recovered) = keel_journal::Journal::open(dir, options)?;
+    let report = journal.compact(&keel_journal::CompactionPolicy::offline())?;
+    let reclaimed = journal.reclaim()?;
+    let checkpoint = journal.checkpoint()?;
+    match report.segments {
+        Some((from, to)) => println!(
+            "compact: segments {from}..={to}: moved {} live records ({} bytes), {} superseded",
+            report.records_moved, report.bytes_moved, report.superseded
+        ),
+        None => println!("compact: no segment with dead bytes before the newest"),
+    }
+    let gone: Vec<u64> = report.reclaimed.segments.iter().chain(&reclaimed.segments).copied().collect();
+    println!("compact: {} segments reclaimed {gone:?}; {} live records", gone.len(), recovered.records.len());
+    if let Some(c) = checkpoint {
+        println!("compact: checkpoint {} ({} records, {} bytes)", c.path.display(), c.records, c.bytes);
+    }
+    journal.close()?;
+    Ok(Outcome::Ok)
 }
 
 fn rekey(dir: &std::path::Path, write: &WriteArgs) -> anyhow::Result<Outcome> {

@@ -1,6 +1,6 @@
 //! `keel journal stats`: per-segment sizes, frames and live bytes, and the journal's live ratio.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use keel_journal::crypto::keys::KeyRing;
@@ -12,19 +12,7 @@ use crate::Outcome;
 pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Outcome> {
     let first = inspect(dir, RecoveryMode::Strict, keys, &mut |_| {})?;
     let rec = &first.recovered;
-    let mut live: HashSet<u64> = rec.records.values().map(|r| r.lsn.0).collect();
-    for p in &rec.prepared {
-        live.insert(p.prepare_lsn.0);
-        live.extend(p.records.iter().map(|r| r.record.lsn.0));
-    }
-    let mut per_seg: HashMap<u64, (u64, u64)> = HashMap::new();
-    inspect(dir, RecoveryMode::Strict, keys, &mut |f| {
-        if live.contains(&f.header.lsn.0) {
-            let e = per_seg.entry(f.segment_seq).or_default();
-            e.0 += 1;
-            e.1 += f.header.frame_bytes();
-        }
-    })?;
+    let per_seg: HashMap<u64, (u64, u64)> = first.live.iter().map(|(seq, l)| (*seq, (l.records, l.bytes))).collect();
     let mut segments = Vec::new();
     let (mut used_total, mut live_total, mut file_total) = (0u64, 0u64, 0u64);
     for s in &first.segments {
@@ -49,7 +37,7 @@ pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Out
             "frames": s.frames,
             "live_frames": live_frames,
             "live_bytes": live_bytes,
-            "reclaimable": live_frames == 0 && state == "sealed",
+            "reclaimable": first.reclaimable_through.is_some_and(|k| s.seq <= k),
         }));
     }
     let ratio = if used_total == 0 { 0.0 } else { live_total as f64 / used_total as f64 };
@@ -64,6 +52,7 @@ pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Out
         "live_records": rec.records.len(),
         "prepared_transactions": rec.prepared.len(),
         "last_lsn": rec.report.last_lsn.map(|l| l.0),
+        "reclaimable_through": first.reclaimable_through,
         "per_segment": segments,
     });
     if json {
@@ -81,16 +70,24 @@ pub fn run(dir: &Path, keys: Option<&KeyRing>, json: bool) -> anyhow::Result<Out
         ratio * 100.0
     );
     println!("{} live records, {} prepared transactions", rec.records.len(), rec.prepared.len());
-    println!("{:>8}  {:<13} {:>12} {:>12} {:>10} {:>10}", "segment", "state", "used", "live", "frames", "live fr.");
+    match first.reclaimable_through {
+        Some(k) => println!("reclaimable now: segments up to {k} (open the journal, or run `keel journal compact`)"),
+        None => println!("reclaimable now: none"),
+    }
+    println!(
+        "{:>8}  {:<13} {:>12} {:>12} {:>10} {:>10}  reclaimable",
+        "segment", "state", "used", "live", "frames", "live rec."
+    );
     for s in &segments {
         println!(
-            "{:>8}  {:<13} {:>12} {:>12} {:>10} {:>10}",
+            "{:>8}  {:<13} {:>12} {:>12} {:>10} {:>10}  {}",
             s["seq"].as_u64().unwrap_or(0),
             s["state"].as_str().unwrap_or(""),
             s["used_bytes"].as_u64().unwrap_or(0),
             s["live_bytes"].as_u64().unwrap_or(0),
             s["frames"].as_u64().unwrap_or(0),
-            s["live_frames"].as_u64().unwrap_or(0)
+            s["live_frames"].as_u64().unwrap_or(0),
+            if s["reclaimable"].as_bool().unwrap_or(false) { "yes" } else { "" }
         );
     }
     Ok(Outcome::Ok)

@@ -43,6 +43,21 @@ pub struct StressArgs {
     /// prepared first, two-phase). Ids are logged once their transaction's commit is durable. 0: no tx.
     #[arg(long, default_value_t = 0)]
     tx: u32,
+    /// Delete this percentage of the records again right after their add is acknowledged (chosen by id),
+    /// so that segments die and reclaim and compaction have work. The ack log then also holds `~ID` before
+    /// a delete is issued and `-ID` once it is acknowledged; `verify-acks` checks that acknowledged deletes
+    /// stay deleted. Ignored with `--tx`.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    delete_percent: u8,
+    /// Compact in the background once the oldest segments' live ratio falls below this (0 < R <= 1).
+    #[arg(long)]
+    compact_below: Option<f64>,
+    /// No background compaction (reclaim and checkpoints still run).
+    #[arg(long, conflicts_with = "compact_below")]
+    no_compaction: bool,
+    /// Write a checkpoint every N sealed segments (0: only at close and after reclaim).
+    #[arg(long)]
+    checkpoint_every: Option<u32>,
     /// Where to log acknowledged ids, one a line; `-` for standard output.
     #[arg(long)]
     ack_log: String,
@@ -88,9 +103,13 @@ enum AckLog {
 
 impl AckLog {
     fn ack(&self, id: u64) -> std::io::Result<()> {
+        self.line(&id.to_string())
+    }
+
+    fn line(&self, text: &str) -> std::io::Result<()> {
         // One write per line: O_APPEND makes it atomic, and it reaches the page cache before we go on, so a
         // killed process never loses a logged ack (a power loss may; run verify on a separate machine then).
-        let line = format!("{id}\n");
+        let line = format!("{text}\n");
         match self {
             AckLog::File(f) => (&*f).write_all(line.as_bytes()),
             AckLog::Stdout => {
@@ -116,6 +135,18 @@ fn in_transaction(journal: &Journal, ids: &[u64], size: usize) -> Result<(), kee
     Ok(())
 }
 
+/// Whether record `id` is one of the `percent` % deleted again (a hash of the id, so reruns agree).
+fn chosen(id: u64, percent: u64) -> bool {
+    id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32 & 0xffff < percent * 0x10000 / 100
+}
+
+/// Deletes `id`, logging the intent before and the acknowledgement after.
+fn delete_logged(journal: &Journal, ack_log: &AckLog, id: u64) -> Result<(), String> {
+    ack_log.line(&format!("~{id}")).map_err(|e| format!("writing the ack log: {e}"))?;
+    journal.delete(id).map_err(|e| format!("delete of record {id} failed: {e}"))?;
+    ack_log.line(&format!("-{id}")).map_err(|e| format!("writing the ack log: {e}"))
+}
+
 pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
     let ack_log = if args.ack_log == "-" {
         AckLog::Stdout
@@ -127,10 +158,32 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
             .with_context(|| format!("--ack-log {}", args.ack_log))?;
         AckLog::File(f)
     };
-    let (journal, recovered) = Journal::open(&args.dir, args.write.options()?)?;
+    let mut options = args.write.options()?;
+    if let Some(r) = args.compact_below {
+        anyhow::ensure!(r > 0.0 && r <= 1.0, "--compact-below {r}: must be in (0, 1]");
+        options.compaction = Some(keel_journal::CompactionPolicy {
+            live_ratio_below: r,
+            min_segments: 2,
+            ..keel_journal::CompactionPolicy::default()
+        });
+    }
+    if args.no_compaction {
+        options.compaction = None;
+    }
+    if let Some(n) = args.checkpoint_every {
+        options.checkpoint_every_segments = n;
+    }
+    let (journal, recovered) = Journal::open(&args.dir, options)?;
     // Prepared transactions left by a killed run were never acknowledged: roll them back, and start ids
     // past every id they staged, so that ids and transaction ids are never reused.
+    // Ids are never reused: not those of live records, nor those an earlier run logged (and perhaps
+    // deleted since: a reused id would make an acknowledged delete look undone).
     let mut first_id = recovered.records.keys().next_back().map_or(0, |max| max + 1);
+    if args.ack_log != "-" {
+        let logged = std::fs::read_to_string(&args.ack_log).unwrap_or_default();
+        let max_logged = logged.lines().filter_map(|l| l.trim_start_matches(['~', '-']).parse::<u64>().ok()).max();
+        first_id = first_id.max(max_logged.map_or(0, |m| m + 1));
+    }
     for p in &recovered.prepared {
         first_id = first_id.max(p.records.iter().map(|r| r.id + 1).max().unwrap_or(0)).max(p.tx.get());
         journal.rollback(p.tx).map_err(|e| anyhow!(e).context(Failed))?;
@@ -147,6 +200,7 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
             let (journal, ack_log, stop, issued, failure) =
                 (journal.clone(), ack_log.clone(), stop.clone(), issued.clone(), failure.clone());
             let (count, size, tx_records) = (args.count, args.size as usize, u64::from(args.tx));
+            let delete_percent = if args.tx == 0 { u64::from(args.delete_percent) } else { 0 };
             std::thread::spawn(move || {
                 let mut latencies_us: Vec<u32> = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -168,6 +222,12 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
                     latencies_us.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     let err = match result {
                         Ok(()) => match ids.iter().try_for_each(|id| ack_log.ack(*id)) {
+                            Ok(()) if delete_percent > 0 && chosen(ids[0], delete_percent) => {
+                                match delete_logged(&journal, &ack_log, ids[0]) {
+                                    Ok(()) => continue,
+                                    Err(e) => e,
+                                }
+                            }
                             Ok(()) => continue,
                             Err(e) => format!("writing the ack log: {e}"),
                         },

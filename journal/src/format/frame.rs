@@ -25,7 +25,7 @@ pub enum FrameType {
 }
 
 /// Bytes a relocate frame's payload carries before the record's payload: the LSN of the version it copies.
-pub const RELOCATE_PREFIX_BYTES: usize = 8;
+pub const RELOCATE_PREFIX_BYTES: usize = crate::limits::RELOCATE_PREFIX_BYTES as usize;
 
 impl FrameType {
     /// The highest frame type tag.

@@ -4,6 +4,7 @@
 //! new work.
 
 pub(crate) mod checkpoint;
+pub(crate) mod compact;
 pub(crate) mod reclaim;
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -64,13 +65,24 @@ pub(crate) fn run(core: Arc<Core>) {
             return;
         }
         sealed_since_checkpoint += n;
-        let reclaimed_through = match reclaim::reclaim(&core) {
+        let mut reclaimed_through = match reclaim::reclaim(&core) {
             Ok(r) => r.segments.last().copied(),
             Err(e) => {
                 tracing::warn!(error = %e, "reclaim failed; retrying later");
                 None
             }
         };
+        if let Some(policy) = &core.compaction {
+            match compact::compact(&core, policy) {
+                Ok(r) => {
+                    if r.records_moved > 0 || !r.reclaimed.segments.is_empty() {
+                        tracing::debug!(?r, "compacted");
+                    }
+                    reclaimed_through = r.reclaimed.segments.last().copied().or(reclaimed_through);
+                }
+                Err(e) => tracing::warn!(error = %e, "compaction failed; retrying later"),
+            }
+        }
         let every = u64::from(core.checkpoint_every_segments);
         let due = (every > 0 && sealed_since_checkpoint >= every)
             || reclaimed_through.is_some_and(|s| s >= checkpoint_resume_seq);

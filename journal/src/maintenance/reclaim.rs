@@ -54,6 +54,7 @@ pub(crate) fn reclaim(core: &Core) -> Result<ReclaimReport, AppendError> {
                 return Err(AppendError::Io { path, op: "delete reclaimed segment", source: std::sync::Arc::new(e) })
             }
         }
+        crate::testing::hook("reclaim-deleted");
         if let Err(e) = core.vfs.sync_dir(&core.dir) {
             // The directory's durable state is unknown: stop, as after any failed fsync.
             let err = AppendError::Poisoned { path: core.dir.clone(), op: "fsync directory", source: e.into() };

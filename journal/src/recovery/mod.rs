@@ -378,6 +378,8 @@ fn replay_segments(
         let mut scan_from = (SEGMENT_HEADER_BYTES, header.first_lsn, 0u64);
         if let Some(r) = &resume_point {
             if *seq < r.seq {
+                // Not read, but a key it needs must still be there: refuse now, not at some later read.
+                segment_cipher(keys, path, &header, &binding)?;
                 continue;
             }
             if *seq == r.seq {
