@@ -11,6 +11,40 @@ use crate::Outcome;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
+    /// Restart: open time and peak RSS of a large journal with few live records, with a fresh checkpoint,
+    /// a stale one and none, and the full-scan rate; each open in a child process.
+    Restart {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Journal size in GiB.
+        #[arg(long, default_value_t = 2.0)]
+        gib: f64,
+        /// Record payload bytes.
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        /// Percentage of records left live.
+        #[arg(long, default_value_t = 5)]
+        live_percent: u64,
+        /// Timed opens per mode (after one untimed, which warms the page cache).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+        #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
+        segment_bytes: u64,
+        /// Keep the journal afterwards (its path is printed) instead of removing it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// (Used by `restart`.) Open a journal once and print what it cost, as JSON.
+    #[command(hide = true)]
+    OpenOnce {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        segment_bytes: u64,
+        #[arg(long)]
+        return_records: bool,
+    },
     /// Read-only recovery throughput (page cache warm) of a plaintext and an encrypted journal of the same
     /// records, built in the same run.
     Recovery {
@@ -60,6 +94,14 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
+        BenchCommand::OpenOnce { dir, segment_bytes, return_records } => {
+            let s = keel_bench::restart::open_once(&dir, segment_bytes, return_records)?;
+            println!("{}", serde_json::to_string(&s)?);
+            Ok(Outcome::Ok)
+        }
+        BenchCommand::Restart { dir, gib, record_bytes, live_percent, runs, segment_bytes, keep } => {
+            restart(&dir, gib, record_bytes, live_percent, runs, segment_bytes, keep)
+        }
         BenchCommand::Recovery { dir, mb, runs } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
@@ -121,6 +163,97 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             Ok(Outcome::Ok)
         }
     }
+}
+
+fn restart(
+    dir: &std::path::Path,
+    gib: f64,
+    record_bytes: usize,
+    live_percent: u64,
+    runs: u32,
+    segment_bytes: u64,
+    keep: bool,
+) -> anyhow::Result<Outcome> {
+    use keel_bench::restart::{build, CheckpointMode, Hidden, OpenSample};
+    std::fs::create_dir_all(dir).with_context(|| format!("--dir {}", dir.display()))?;
+    let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(dir)?;
+    let journal = scratch.path().join("journal");
+    let bytes = (gib * (1u64 << 30) as f64) as u64;
+    eprintln!("restart: building a {gib} GiB journal, {live_percent} % live, {record_bytes} B records ...");
+    let built = build(&journal, bytes, record_bytes, live_percent, segment_bytes)?;
+    eprintln!("restart: built {built:?}");
+    let exe = std::env::current_exe()?;
+    let once = |return_records: bool| -> anyhow::Result<OpenSample> {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "open-once", "--dir"]).arg(&journal).args(["--segment-bytes", &segment_bytes.to_string()]);
+        if return_records {
+            cmd.arg("--return-records");
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(out.status.success(), "open-once failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let mut modes = Vec::new();
+    for mode in [CheckpointMode::Fresh, CheckpointMode::Stale, CheckpointMode::None] {
+        let _hidden = Hidden::new(&journal, mode)?;
+        once(false)?; // warms the page cache
+        let mut samples: Vec<OpenSample> = (0..runs.max(1)).map(|_| once(false)).collect::<anyhow::Result<_>>()?;
+        samples.sort_by(|a, b| a.open_secs.total_cmp(&b.open_secs));
+        let with_copy = once(true)?;
+        let median = samples[samples.len() / 2].clone();
+        eprintln!(
+            "restart: {mode:?}: open {:.3} s (best {:.3}), {} segments read, {:.0} MB read, checkpoint {}, peak RSS {} KiB (before open {} KiB; index table {} KiB, entries {} KiB; with the caller's copy {} KiB)",
+            median.open_secs,
+            samples[0].open_secs,
+            median.segments_read,
+            median.bytes_read as f64 / 1e6,
+            median.from_checkpoint,
+            median.peak_rss_kib,
+            median.rss_before_open_kib,
+            median.index_table_bytes / 1024,
+            median.index_entry_bytes / 1024,
+            with_copy.peak_rss_kib,
+        );
+        modes.push((mode, samples, with_copy));
+    }
+    let median = |i: usize| modes[i].1[modes[i].1.len() / 2].clone();
+    let (fresh, stale, none) = (median(0), median(1), median(2));
+    let full_scan_mb_s = none.bytes_read as f64 / none.open_secs / 1e6;
+    let out = serde_json::json!({
+        "benchmark": "restart",
+        "machine": machine(),
+        "built": built,
+        "record_bytes": record_bytes,
+        "segment_bytes": segment_bytes,
+        "runs": runs,
+        "modes": modes.iter().map(|(m, s, c)| serde_json::json!({"mode": m, "samples": s, "with_callers_copy": c})).collect::<Vec<_>>(),
+        "fresh_open_secs": fresh.open_secs,
+        "stale_open_secs": stale.open_secs,
+        "full_scan_open_secs": none.open_secs,
+        "full_scan_vs_fresh_checkpoint": none.open_secs / fresh.open_secs,
+        "full_scan_mb_per_sec": full_scan_mb_s,
+        "peak_rss_vs_index_table": modes.iter().map(|(m, s, _)| {
+            let s = &s[s.len() / 2];
+            (format!("{m:?}").to_lowercase(), s.peak_rss_kib as f64 * 1024.0 / s.index_table_bytes.max(1) as f64)
+        }).collect::<std::collections::BTreeMap<_, _>>(),
+        "peak_rss_vs_index_entries": modes.iter().map(|(m, s, _)| {
+            let s = &s[s.len() / 2];
+            (format!("{m:?}").to_lowercase(), s.peak_rss_kib as f64 * 1024.0 / s.index_entry_bytes.max(1) as f64)
+        }).collect::<std::collections::BTreeMap<_, _>>(),
+    });
+    eprintln!(
+        "restart: full scan {:.3} s = {:.2}x the fresh-checkpoint open ({:.3} s); stale {:.3} s; full scan {:.0} MB/s",
+        none.open_secs,
+        none.open_secs / fresh.open_secs,
+        fresh.open_secs,
+        stale.open_secs,
+        full_scan_mb_s
+    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    if keep {
+        eprintln!("restart: kept {}", scratch.keep().display());
+    }
+    Ok(Outcome::Ok)
 }
 
 fn machine() -> serde_json::Value {

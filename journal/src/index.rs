@@ -49,10 +49,71 @@ pub struct SegmentLive {
     pub bytes: u64,
 }
 
+/// Shards of the record table. A hash table grows by allocating one twice its size and moving every entry,
+/// so for a moment it holds both: sharding makes that moment cost 1/SHARDS of the table instead of 1.5×,
+/// which is what bounds recovery's peak memory when it cannot know the final count in advance.
+const SHARDS: usize = 16;
+
+/// The live records by id, sharded (see `SHARDS`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RecordTable {
+    shards: Vec<HashMap<RecordId, RecordRef>>,
+}
+
+impl Default for RecordTable {
+    fn default() -> RecordTable {
+        RecordTable { shards: (0..SHARDS).map(|_| HashMap::new()).collect() }
+    }
+}
+
+impl RecordTable {
+    fn shard(id: RecordId) -> usize {
+        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
+    }
+    pub fn get(&self, id: &RecordId) -> Option<&RecordRef> {
+        self.shards[Self::shard(*id)].get(id)
+    }
+    pub fn contains_key(&self, id: &RecordId) -> bool {
+        self.shards[Self::shard(*id)].contains_key(id)
+    }
+    pub fn insert(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
+        self.shards[Self::shard(id)].insert(id, r)
+    }
+    pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
+        self.shards[Self::shard(*id)].remove(id)
+    }
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(HashMap::len).sum()
+    }
+    /// Room for `n` records in all, spread evenly.
+    pub fn reserve(&mut self, n: usize) {
+        for s in &mut self.shards {
+            s.reserve(n / SHARDS + 1);
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&RecordId, &RecordRef)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+    pub fn values(&self) -> impl Iterator<Item = &RecordRef> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+    /// Bytes the table occupies (hashbrown: per shard a power-of-two number of buckets at most 7/8 full,
+    /// each an entry plus one control byte).
+    pub fn table_bytes(&self) -> u64 {
+        let entry = std::mem::size_of::<(RecordId, RecordRef)>() as u64 + 1;
+        self.shards
+            .iter()
+            .map(|s| s.capacity() as u64)
+            .filter(|c| *c > 0)
+            .map(|c| (c * 8 / 7).next_power_of_two() * entry)
+            .sum()
+    }
+}
+
 /// The live records and what pins each segment.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct LiveIndex {
-    pub records: HashMap<RecordId, RecordRef>,
+    pub records: RecordTable,
     /// Per segment with at least one live record.
     pub segments: BTreeMap<u64, SegmentLive>,
     /// Resolved transactions whose frames span segments: first segment → the last segment any transaction
@@ -126,6 +187,11 @@ impl LiveIndex {
         }
         // Spans that began before `oldest` were pruned with their segments; none can reach past it.
         best
+    }
+
+    /// Bytes the record table occupies.
+    pub fn table_bytes(&self) -> u64 {
+        self.records.table_bytes()
     }
 
     /// Forgets spans that lie wholly in reclaimed segments (`..=k`).

@@ -39,7 +39,8 @@ pub fn inspect(
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<Inspection, OpenError> {
     let _lock = shared_lock(dir)?;
-    let dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
+    let mut dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
+    dr.recovered.records = dr.index.records.iter().map(|(id, r)| (*id, *r)).collect();
     let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
     let open_tx_first = dr.open_txs.iter().map(|(_, s)| s.first_seq).min();
     // The newest segment with frames is never reclaimed: it carries the LSN the journal resumes from.
@@ -135,6 +136,8 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
                 mode: RecoveryMode::Strict,
                 start: crate::limits::SEGMENT_HEADER_BYTES,
                 frames_before: 0,
+                base: 0,
+                partial: false,
             };
             report.plaintext_frames += scan_segment(&input, &mut |_, _, _| Ok(()))?.frames;
             continue;
@@ -143,7 +146,7 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
         report.key_ids.insert(h.key_id);
         let mut at = crate::limits::SEGMENT_HEADER_BYTES;
         loop {
-            if data.get(at as usize..).is_none_or(|r| r.iter().all(|b| *b == 0)) {
+            if data.get(at as usize..).is_none_or(|r| crate::format::all_zero(r)) {
                 break;
             }
             match crate::crypto::unit::peek(&binding, &data, at) {

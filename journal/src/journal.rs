@@ -52,6 +52,9 @@ pub struct Options {
     pub checkpoint_every_segments: u32,
     /// With `auto_maintenance`, when and how fast to compact; `None`: never in the background.
     pub compaction: Option<CompactionPolicy>,
+    /// Return a copy of the live-record index in `Recovered::records`. Off, the journal holds its one copy
+    /// and a broker walks it with [`Journal::for_each_record`] — half the memory after open.
+    pub return_records: bool,
     /// The filesystem seam; tests substitute a fault-injecting one.
     pub vfs: Arc<dyn Vfs>,
     /// Master keys. With keys, new segments are encrypted under the current (highest-id) key and encrypted
@@ -69,6 +72,7 @@ impl Default for Options {
             recovery: RecoveryMode::Strict,
             spare_segments: 1,
             auto_maintenance: true,
+            return_records: true,
             checkpoint_every_segments: 4,
             compaction: Some(CompactionPolicy::default()),
             vfs: Arc::new(StdVfs),
@@ -288,6 +292,9 @@ impl Journal {
             assert_eq!(first.seq, last_seq + 1, "spares continue the active segments");
         }
 
+        if options.return_records {
+            dr.recovered.records = dr.index.records.iter().map(|(id, r)| (*id, *r)).collect();
+        }
         let model = Model::new(std::mem::take(&mut dr.index), std::mem::take(&mut dr.open_txs));
 
         let spare_pool = Arc::new(SparePool::new(
@@ -563,6 +570,25 @@ impl Journal {
         };
         let bound = w.model.index.reclaim_bound(w.oldest_seq, newest_written, w.model.open_tx_first_seq());
         (w.model.index.segments.clone(), bound)
+    }
+
+    /// Calls `f` for every live record, in no particular order, with appends held off meanwhile: a broker
+    /// loads its queues with this at start-up without a second copy of the index.
+    pub fn for_each_record(&self, mut f: impl FnMut(RecordId, &RecordRef)) {
+        let w = lock(self.core.shared.writer_mutex());
+        for (id, r) in w.model.index.records.iter() {
+            f(*id, r);
+        }
+    }
+
+    /// Bytes of memory the live-record index occupies.
+    pub fn index_bytes(&self) -> u64 {
+        lock(self.core.shared.writer_mutex()).model.index.table_bytes()
+    }
+
+    /// The number of live records.
+    pub fn live_records(&self) -> u64 {
+        lock(self.core.shared.writer_mutex()).model.index.records.len() as u64
     }
 
     /// Where the live version of record `id` lies, if it is live.

@@ -40,6 +40,8 @@ fn scan_all_modes(data: &[u8]) {
                 mode,
                 start: 256,
                 frames_before: 0,
+                base: 0,
+                partial: false,
             };
             let _ = scan_segment(&input, &mut |offset, h, payload| {
                 let (again, p) = decode_frame(&BINDING, &data[offset as usize..]).expect("handed-out frames validate");

@@ -213,6 +213,8 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
                 continue;
             }
             Op::Reclaim | Op::Compact => {
+                // Reclaiming the checkpoint's resume segment supersedes it (open then scans, rightly).
+                checkpointed = false;
                 if matches!(op, Op::Compact) {
                     journal.compact(&keel_journal::CompactionPolicy::offline()).unwrap();
                 } else {

@@ -186,7 +186,7 @@ fn put_ref(out: &mut Vec<u8>, r: &RecordRef) {
 pub fn encode_body(index: &LiveIndex, txs: &std::collections::HashMap<u64, Staged>) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + index.records.len() * RECORD_BYTES + 64);
     out.extend_from_slice(&(index.records.len() as u64).to_le_bytes());
-    for (id, r) in &index.records {
+    for (id, r) in index.records.iter() {
         out.extend_from_slice(&id.to_le_bytes());
         put_ref(&mut out, r);
     }
@@ -224,71 +224,164 @@ pub fn encode_body(index: &LiveIndex, txs: &std::collections::HashMap<u64, Stage
     out
 }
 
-/// A bounds-checked cursor: every read of untrusted bytes goes through it.
-struct Cursor<'a> {
-    b: &'a [u8],
-    at: usize,
+/// Where a body's bytes come from: a slice, or a file read a block at a time (so that loading a checkpoint
+/// does not hold the whole file beside the index it builds).
+pub trait BodySource {
+    /// The next `n` bytes, or `Malformed` if the body ends first.
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError>;
+    /// Bytes consumed so far.
+    fn position(&self) -> u64;
+    /// Bytes left.
+    fn remaining(&self) -> u64;
 }
 
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CheckpointError> {
-        let end = self.at.checked_add(n).filter(|e| *e <= self.b.len()).ok_or(CheckpointError::Malformed(self.at))?;
-        let s = &self.b[self.at..end];
+/// A body in memory.
+pub struct SliceSource<'a> {
+    pub bytes: &'a [u8],
+    pub at: usize,
+}
+
+impl BodySource for SliceSource<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+        let end =
+            self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or(CheckpointError::Malformed(self.at))?;
+        let s = &self.bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
-    fn u8(&mut self) -> Result<u8, CheckpointError> {
-        Ok(self.take(1)?[0])
+    fn position(&self) -> u64 {
+        self.at as u64
     }
-    fn u32(&mut self) -> Result<u32, CheckpointError> {
-        Ok(u32_at(self.take(4)?, 0))
-    }
-    fn u64(&mut self) -> Result<u64, CheckpointError> {
-        Ok(u64_at(self.take(8)?, 0))
-    }
-    /// A count of items of at least `min_bytes` each, refused if the rest of the body cannot hold them
-    /// (so a corrupt count cannot make us allocate without bound).
-    fn count(&mut self, min_bytes: usize) -> Result<usize, CheckpointError> {
-        let at = self.at;
-        let n = self.u64()?;
-        let room = (self.b.len() - self.at) / min_bytes.max(1);
-        usize::try_from(n).ok().filter(|n| *n <= room).ok_or(CheckpointError::Malformed(at))
-    }
-    fn record_ref(&mut self) -> Result<RecordRef, CheckpointError> {
-        Ok(RecordRef {
-            kind: self.u8()?,
-            lsn: Lsn(self.u64()?),
-            location: Location { seq: self.u64()?, offset: self.u64()?, inner: self.u32()?, frame_bytes: self.u32()? },
-        })
+    fn remaining(&self) -> u64 {
+        (self.bytes.len() - self.at) as u64
     }
 }
 
-/// Decodes a body. Never panics, whatever the bytes.
-pub fn decode_body(b: &[u8]) -> Result<CheckpointBody, CheckpointError> {
-    let mut c = Cursor { b, at: 0 };
+/// A body in a file, from `offset` for `len` bytes, read in blocks; its CRC32 is computed on the way.
+pub struct FileSource<'a> {
+    file: &'a dyn crate::vfs::VfsFile,
+    offset: u64,
+    len: u64,
+    /// Bytes of the body read from the file so far.
+    read: u64,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    pub crc: crc32fast::Hasher,
+}
+
+const BLOCK_BYTES: usize = 256 * 1024;
+
+impl<'a> FileSource<'a> {
+    pub fn new(file: &'a dyn crate::vfs::VfsFile, offset: u64, len: u64) -> FileSource<'a> {
+        FileSource { file, offset, len, read: 0, buf: Vec::new(), start: 0, end: 0, crc: crc32fast::Hasher::new() }
+    }
+
+    /// Reads and checksums whatever of the body has not been consumed (to check the CRC of a body whose
+    /// decoding stopped early).
+    pub fn drain(&mut self) -> Result<(), CheckpointError> {
+        while self.remaining() > 0 {
+            let n = (self.remaining() as usize).min(BLOCK_BYTES);
+            self.take(n)?;
+        }
+        Ok(())
+    }
+}
+
+impl BodySource for FileSource<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], CheckpointError> {
+        let malformed = CheckpointError::Malformed(self.position() as usize);
+        if n as u64 > self.remaining() {
+            return Err(malformed);
+        }
+        if self.end - self.start < n {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let want = n.max(BLOCK_BYTES);
+            if self.buf.len() < want {
+                self.buf.resize(want, 0);
+            }
+            let more = ((self.buf.len() - self.end) as u64).min(self.len - self.read) as usize;
+            let dst = &mut self.buf[self.end..self.end + more];
+            self.file
+                .read_exact_at(dst, self.offset + self.read)
+                .map_err(|e| CheckpointError::Inconsistent(format!("read: {e}")))?;
+            self.crc.update(dst);
+            self.read += more as u64;
+            self.end += more;
+            if self.end - self.start < n {
+                return Err(malformed);
+            }
+        }
+        let s = &self.buf[self.start..self.start + n];
+        self.start += n;
+        Ok(s)
+    }
+    fn position(&self) -> u64 {
+        self.read - (self.end - self.start) as u64
+    }
+    fn remaining(&self) -> u64 {
+        self.len - self.position()
+    }
+}
+
+fn u8_of(s: &mut dyn BodySource) -> Result<u8, CheckpointError> {
+    Ok(s.take(1)?[0])
+}
+fn u32_of(s: &mut dyn BodySource) -> Result<u32, CheckpointError> {
+    Ok(u32_at(s.take(4)?, 0))
+}
+fn u64_of(s: &mut dyn BodySource) -> Result<u64, CheckpointError> {
+    Ok(u64_at(s.take(8)?, 0))
+}
+/// A count of items of at least `min_bytes` each, refused if the rest of the body cannot hold them (so a
+/// corrupt count cannot make us allocate without bound).
+fn count_of(s: &mut dyn BodySource, min_bytes: usize) -> Result<usize, CheckpointError> {
+    let at = s.position() as usize;
+    let n = u64_of(s)?;
+    let room = s.remaining() / min_bytes.max(1) as u64;
+    usize::try_from(n).ok().filter(|n| *n as u64 <= room).ok_or(CheckpointError::Malformed(at))
+}
+fn record_ref_of(s: &mut dyn BodySource) -> Result<RecordRef, CheckpointError> {
+    let b = s.take(RECORD_BYTES - 8)?;
+    Ok(RecordRef {
+        kind: b[0],
+        lsn: Lsn(u64_at(b, 1)),
+        location: Location {
+            seq: u64_at(b, 9),
+            offset: u64_at(b, 17),
+            inner: u32_at(b, 25),
+            frame_bytes: u32_at(b, 29),
+        },
+    })
+}
+
+/// Decodes a body from `s`, to its end. Never panics, whatever the bytes.
+pub fn decode_body(s: &mut dyn BodySource) -> Result<CheckpointBody, CheckpointError> {
     let mut body = CheckpointBody::default();
-    let n = c.count(RECORD_BYTES)?;
+    let n = count_of(s, RECORD_BYTES)?;
     body.index.records.reserve(n);
     for _ in 0..n {
-        let at = c.at;
-        let id = c.u64()?;
-        let r = c.record_ref()?;
+        let at = s.position() as usize;
+        let id = u64_of(s)?;
+        let r = record_ref_of(s)?;
         if body.index.insert(id, r).is_some() {
             return Err(CheckpointError::Malformed(at));
         }
     }
-    for _ in 0..c.count(16)? {
-        let (first, last) = (c.u64()?, c.u64()?);
+    for _ in 0..count_of(s, 16)? {
+        let (first, last) = (u64_of(s)?, u64_of(s)?);
         body.index.note_span(first, last);
     }
-    for _ in 0..c.count(8 + 8 + 1 + 8 + 4 + 4)? {
-        let at = c.at;
-        let tx = TxId::new(c.u64()?).ok_or(CheckpointError::Malformed(at))?;
-        let first_seq = c.u64()?;
-        let prepared = c.u8()?;
-        let lsn = Lsn(c.u64()?);
-        let len = c.u32()? as usize;
-        let data = c.take(len)?.to_vec();
+    for _ in 0..count_of(s, 8 + 8 + 1 + 8 + 4 + 4)? {
+        let at = s.position() as usize;
+        let tx = TxId::new(u64_of(s)?).ok_or(CheckpointError::Malformed(at))?;
+        let first_seq = u64_of(s)?;
+        let prepared = u8_of(s)?;
+        let lsn = Lsn(u64_of(s)?);
+        let len = u32_of(s)? as usize;
+        let data = s.take(len)?.to_vec();
         let mut staged = Staged {
             first_seq,
             prepared: match prepared {
@@ -298,27 +391,32 @@ pub fn decode_body(b: &[u8]) -> Result<CheckpointBody, CheckpointError> {
             },
             records: Vec::new(),
         };
-        let count = c.u32()? as usize;
-        if count > (b.len() - c.at) / (RECORD_BYTES + 1) {
-            return Err(CheckpointError::Malformed(c.at));
+        let count = u32_of(s)? as usize;
+        if count as u64 > s.remaining() / (RECORD_BYTES as u64 + 1) {
+            return Err(CheckpointError::Malformed(s.position() as usize));
         }
         for _ in 0..count {
-            let at = c.at;
-            let op = match c.u8()? {
+            let at = s.position() as usize;
+            let op = match u8_of(s)? {
                 1 => TxOp::Add,
                 2 => TxOp::Update,
                 3 => TxOp::Delete,
                 _ => return Err(CheckpointError::Malformed(at)),
             };
-            let id = c.u64()?;
-            staged.records.push(TxRecord { op, id, record: c.record_ref()? });
+            let id = u64_of(s)?;
+            staged.records.push(TxRecord { op, id, record: record_ref_of(s)? });
         }
         body.open_txs.push((tx, staged));
     }
-    if c.at != b.len() {
-        return Err(CheckpointError::Malformed(c.at));
+    if s.remaining() != 0 {
+        return Err(CheckpointError::Malformed(s.position() as usize));
     }
     Ok(body)
+}
+
+/// Decodes a body held in memory.
+pub fn decode_body_bytes(b: &[u8]) -> Result<CheckpointBody, CheckpointError> {
+    decode_body(&mut SliceSource { bytes: b, at: 0 })
 }
 
 #[cfg(test)]
@@ -350,7 +448,7 @@ mod tests {
     #[test]
     fn body_round_trips() {
         let (index, txs) = sample();
-        let b = decode_body(&encode_body(&index, &txs)).unwrap();
+        let b = decode_body_bytes(&encode_body(&index, &txs)).unwrap();
         assert_eq!(b.index.records, index.records);
         assert_eq!(b.index.segments, index.segments);
         assert_eq!(b.index.spans, index.spans);
@@ -363,12 +461,12 @@ mod tests {
         let (index, txs) = sample();
         let bytes = encode_body(&index, &txs);
         for len in 0..bytes.len() {
-            assert!(decode_body(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(decode_body_bytes(&bytes[..len]).is_err(), "truncated to {len}");
         }
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 0xff;
-            let _ = decode_body(&b);
+            let _ = decode_body_bytes(&b);
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto::keys::KeyRing;
 use crate::crypto::SegmentCipher;
 use crate::error::{Corruption, CorruptionKind, OpenError};
-use crate::format::checkpoint::{self, CheckpointBody, CheckpointError, CheckpointHeader, ResumePoint};
+use crate::format::checkpoint::{self, BodySource, CheckpointBody, CheckpointError, CheckpointHeader, ResumePoint};
 use crate::format::frame::FrameHeader;
 use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
@@ -28,7 +28,8 @@ use scan::{ScanInput, SegmentEnd, SkippedRange};
 /// What `open` recovered.
 #[derive(Debug)]
 pub struct Recovered {
-    /// Where the latest version of every live record lies; read payloads with `Journal::read`.
+    /// Where the latest version of every live record lies; read payloads with `Journal::read`. Empty if
+    /// the journal was opened with `Options::return_records` off (then see `Journal::for_each_record`).
     pub records: BTreeMap<RecordId, RecordRef>,
     /// Transactions prepared and not yet resolved, in prepare order. The caller commits or rolls them back.
     pub prepared: Vec<PreparedTx>,
@@ -237,32 +238,39 @@ fn load_checkpoint(
     let io = |e: std::io::Error| CheckpointError::Inconsistent(format!("read: {e}"));
     let file = vfs.open(path, OpenMode::Read).map_err(io)?;
     let len = file.size().map_err(io)?;
-    if len > 1 << 34 {
-        return Err(CheckpointError::Inconsistent(format!("{len} bytes is implausibly large")));
-    }
-    let mut bytes = vec![0u8; len as usize];
-    file.read_exact_at(&mut bytes, 0).map_err(io)?;
-    let header = CheckpointHeader::decode(&bytes)?;
+    let mut head = vec![0u8; (checkpoint::HEADER_BYTES as u64).min(len) as usize];
+    file.read_exact_at(&mut head, 0).map_err(io)?;
+    let header = CheckpointHeader::decode(&head)?;
     if header.journal_id != identity.journal_id {
         return Err(CheckpointError::Foreign);
     }
-    let stored = &bytes[checkpoint::HEADER_BYTES..];
-    if header.body_len != stored.len() as u64 {
-        return Err(CheckpointError::BodyLength { declared: header.body_len, actual: stored.len() as u64 });
+    let stored = len - checkpoint::HEADER_BYTES as u64;
+    if header.body_len != stored {
+        return Err(CheckpointError::BodyLength { declared: header.body_len, actual: stored });
     }
-    if crc32fast::hash(stored) != header.body_crc {
-        return Err(CheckpointError::BodyChecksum);
-    }
+    let mut source = checkpoint::FileSource::new(file.as_ref(), checkpoint::HEADER_BYTES as u64, stored);
     let body = if header.key_id == 0 {
-        checkpoint::decode_body(stored)?
+        // Streamed: decoded block by block, the CRC checked at the end, before anything is used.
+        let body = checkpoint::decode_body(&mut source);
+        source.drain()?;
+        if source.crc.clone().finalize() != header.body_crc {
+            return Err(CheckpointError::BodyChecksum);
+        }
+        body?
     } else {
+        // An encrypted body is authenticated as a whole before any of it is decoded.
+        let sealed = source.take(stored as usize)?.to_vec();
+        if crc32fast::hash(&sealed) != header.body_crc {
+            return Err(CheckpointError::BodyChecksum);
+        }
         let binding = checkpoint_binding(identity.journal_id, header.resume.next_lsn);
         let master = keys.and_then(|k| k.get(header.key_id)).ok_or(CheckpointError::KeyUnavailable(header.key_id))?;
         let cipher = SegmentCipher::open(master, header.key_id, &binding, &header.wrapped_key)
             .ok_or(CheckpointError::KeyUnavailable(header.key_id))?;
-        let plain = crate::crypto::unit::open_one(&cipher, &binding, stored, checkpoint::HEADER_BYTES as u64)
+        let plain = crate::crypto::unit::open_one(&cipher, &binding, &sealed, checkpoint::HEADER_BYTES as u64)
             .map_err(|_| CheckpointError::Authentication)?;
-        checkpoint::decode_body(&plain)?
+        drop(sealed);
+        checkpoint::decode_body_bytes(&plain)?
     };
     Ok((header.resume, body))
 }
@@ -405,8 +413,10 @@ fn replay_segments(
             }
         }
 
-        let data = read_whole(vfs, path, *file_bytes)?;
         let cipher = segment_cipher(keys, path, &header, &binding)?;
+        // Plaintext segments are read window by window (see `scan_windowed`); an encrypted one whole, since
+        // its units are decrypted in parallel.
+        let data = if cipher.is_some() { read_whole(vfs, path, *file_bytes)? } else { Vec::new() };
         let decrypted = match &cipher {
             None => None,
             Some(c) => Some(units::decrypt(&units::UnitInput {
@@ -432,6 +442,8 @@ fn replay_segments(
             // The decrypted stream starts its frames right after a zero header, whatever the unit offset.
             start: if decrypted.is_some() { SEGMENT_HEADER_BYTES } else { scan_from.0 },
             frames_before: scan_from.2,
+            base: 0,
+            partial: false,
         };
         let mut on_frame = |offset: u64, h: &FrameHeader, payload: &[u8]| {
             let frame_bytes = h.frame_bytes() as u32;
@@ -447,10 +459,13 @@ fn replay_segments(
             visit(&FrameEvent { path, segment_seq: *seq, offset, header: h, payload });
             Ok(())
         };
-        let mut scanned = scan::scan_segment(&input, &mut on_frame).map_err(|mut c| {
-            c.offset = to_file(c.offset);
-            c
-        })?;
+        let mut scanned = match &decrypted {
+            Some(_) => scan::scan_segment(&input, &mut on_frame).map_err(|mut c| {
+                c.offset = to_file(c.offset);
+                c
+            })?,
+            None => scan_windowed(vfs, *file_bytes, &input, &mut on_frame)?,
+        };
         for s in &mut scanned.skipped {
             s.offset = to_file(s.offset);
         }
@@ -513,7 +528,6 @@ fn replay_segments(
     report.rolled_back_txs = end.rolled_back;
     report.incomplete_txs = end.incomplete();
     let prepared = end.prepared();
-    let records = end.index.records.iter().map(|(id, r)| (*id, *r)).collect();
     let next_seq = match (spares.last(), segments.last(), report.torn_activation.is_some()) {
         (_, _, true) => headers[active_count - 1].0,
         (Some((s, _)), _, _) => s + 1,
@@ -530,7 +544,8 @@ fn replay_segments(
     let present = headers.iter().take(active_count).map(|h| h.0).collect();
     Ok(DirRecovery {
         identity: *identity,
-        recovered: Recovered { records, prepared, report },
+        // Filled by the caller if it wants a copy (see `Options::return_records`).
+        recovered: Recovered { records: BTreeMap::new(), prepared, report },
         index: end.index,
         open_txs: end.open,
         segments,
@@ -610,6 +625,99 @@ fn salvage_or_fail(mode: RecoveryMode, report: &mut RecoveryReport, c: Corruptio
             Ok(())
         }
     }
+}
+
+/// Bytes of a plaintext segment held in memory at a time during a scan.
+const SCAN_WINDOW_BYTES: u64 = 1 << 20;
+
+/// Scans a plaintext segment through a window of `SCAN_WINDOW_BYTES`, so that recovery's memory does not
+/// grow with the segment size. The window moves on at each frame boundary; only where frames stop decoding
+/// is more needed: the rest of the segment is checked for zeros (a clean end) window by window, and only
+/// damage — rare — is judged with the whole segment in hand, exactly as `scan_segment` always did.
+fn scan_windowed(
+    vfs: &dyn Vfs,
+    file_bytes: u64,
+    template: &ScanInput<'_>,
+    visit: &mut scan::FrameVisitor<'_>,
+) -> Result<scan::Scanned, OpenError> {
+    let path = template.path;
+    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
+    let mut pos = template.start.max(SEGMENT_HEADER_BYTES);
+    let (mut frames, mut next_lsn) = (template.frames_before, template.first_lsn);
+    let mut window = SCAN_WINDOW_BYTES;
+    let mut buf = Vec::new();
+    loop {
+        let end = pos.saturating_add(window).min(file_bytes);
+        buf.resize(end.saturating_sub(pos) as usize, 0);
+        file.read_exact_at(&mut buf, pos).map_err(OpenError::io(path, "read"))?;
+        let input = ScanInput {
+            data: &buf,
+            base: pos,
+            // Even the last window stops at damage rather than judge it: judging needs the whole segment.
+            partial: true,
+            start: pos,
+            first_lsn: next_lsn,
+            frames_before: frames,
+            ..*template
+        };
+        let s = scan::scan_segment(&input, visit)?;
+        if !s.stopped_early {
+            return Ok(s);
+        }
+        let at = match s.end {
+            SegmentEnd::Open { offset } => offset,
+            _ => unreachable!("a partial scan stops only as Open"),
+        };
+        (frames, next_lsn) = (s.frames, s.next_lsn);
+        if at > pos {
+            pos = at;
+            window = SCAN_WINDOW_BYTES;
+            continue;
+        }
+        // No progress. A frame longer than the window: widen it to that frame.
+        let declared = buf.get(4..8).map_or(0, |b| u64::from(crate::format::u32_at(b, 0)));
+        let frame = crate::limits::FRAME_HEADER_BYTES + declared;
+        if frame > window && declared <= crate::limits::PAYLOAD_BYTES_MAX && pos + frame <= file_bytes {
+            window = frame;
+            continue;
+        }
+        if template.newest && zeros_to_end(file.as_ref(), path, pos, file_bytes, &mut buf)? {
+            let end = SegmentEnd::Open { offset: pos };
+            return Ok(scan::Scanned { end, frames, next_lsn, skipped: Vec::new(), stopped_early: false });
+        }
+        let data = read_whole(vfs, path, file_bytes)?;
+        let input = ScanInput {
+            data: &data,
+            base: 0,
+            partial: false,
+            start: pos,
+            first_lsn: next_lsn,
+            frames_before: frames,
+            ..*template
+        };
+        return Ok(scan::scan_segment(&input, visit)?);
+    }
+}
+
+/// Whether `from..end` of the file holds only zeros, read a window at a time.
+fn zeros_to_end(
+    file: &dyn crate::vfs::VfsFile,
+    path: &Path,
+    from: u64,
+    end: u64,
+    buf: &mut Vec<u8>,
+) -> Result<bool, OpenError> {
+    buf.resize(SCAN_WINDOW_BYTES.min(end.saturating_sub(from)) as usize, 0);
+    let mut at = from;
+    while at < end {
+        let n = (end - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at).map_err(OpenError::io(path, "read"))?;
+        if !crate::format::all_zero(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
 }
 
 fn read_whole(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<Vec<u8>, OpenError> {

@@ -43,9 +43,12 @@ pub struct Scanned {
     /// LSN the next frame after this segment must carry.
     pub next_lsn: Lsn,
     pub skipped: Vec<SkippedRange>,
+    /// A partial scan stopped at `end`'s offset without judging what lies there.
+    pub stopped_early: bool,
 }
 
 /// Where the frames start and what they must look like.
+#[derive(Clone, Copy)]
 pub struct ScanInput<'a> {
     pub path: &'a Path,
     pub data: &'a [u8],
@@ -58,6 +61,11 @@ pub struct ScanInput<'a> {
     pub start: u64,
     /// Frames the segment holds before `start` (for the seal's count).
     pub frames_before: u64,
+    /// The segment offset of `data[0]`: 0 when `data` is the whole segment, else a window's start.
+    pub base: u64,
+    /// `data` is a window that ends before the segment does: at the first frame that does not decode, the
+    /// scan stops (`Scanned::stopped_early`) instead of judging, since the judgement needs the rest.
+    pub partial: bool,
 }
 
 /// Called for each valid frame: its offset, header and payload.
@@ -68,6 +76,8 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
     let data = input.data;
     let len = data.len() as u64;
     let mut offset = input.start.max(SEGMENT_HEADER_BYTES);
+    debug_assert!(offset >= input.base && (input.base == 0 || input.partial || offset - input.base <= len));
+    let rel = |o: u64| o.saturating_sub(input.base) as usize;
     let mut expected = input.first_lsn;
     let mut frames = input.frames_before;
     let mut skipped = Vec::new();
@@ -75,7 +85,7 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
     // Every iteration advances `offset` by at least one frame header or ends the scan.
     loop {
         debug_assert!(offset >= SEGMENT_HEADER_BYTES);
-        let rest = data.get(offset as usize..).unwrap_or(&[]);
+        let rest = data.get(rel(offset)..).unwrap_or(&[]);
         let decoded = decode_frame(&input.binding, rest).map_err(CorruptionKind::Frame).and_then(|(h, p)| {
             if h.lsn == expected {
                 Ok((h, p))
@@ -93,6 +103,7 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
                     frames,
                     next_lsn: Lsn(h.lsn.0 + 1),
                     skipped,
+                    stopped_early: false,
                 })
                 .inspect(|_| debug_assert!(payload.is_empty()));
             }
@@ -105,8 +116,14 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
             }
             Err(fault) => fault,
         };
-        if input.newest && rest.iter().all(|&b| b == 0) {
-            return Ok(Scanned { end: SegmentEnd::Open { offset }, frames, next_lsn: expected, skipped });
+        if input.partial {
+            let end = SegmentEnd::Open { offset };
+            return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: true });
+        }
+        debug_assert_eq!(input.base, 0, "judging damage needs the whole segment");
+        if input.newest && crate::format::all_zero(rest) {
+            let end = SegmentEnd::Open { offset };
+            return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: false });
         }
         let next = find_next_valid(&input.binding, data, offset + 1, expected);
         if input.newest {
@@ -117,7 +134,8 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
             if torn {
                 let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(offset, |p| p as u64 + 1);
                 let bytes = last_nonzero.saturating_sub(offset);
-                return Ok(Scanned { end: SegmentEnd::Torn { offset, bytes }, frames, next_lsn: expected, skipped });
+                let end = SegmentEnd::Torn { offset, bytes };
+                return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: false });
             }
         }
         let what = match (input.newest, next) {
@@ -149,7 +167,8 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
                     reason: what.to_string(),
                     lsns: (expected, expected),
                 });
-                return Ok(Scanned { end: SegmentEnd::Unterminated { offset }, frames, next_lsn: expected, skipped });
+                let end = SegmentEnd::Unterminated { offset };
+                return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: false });
             }
         }
     }

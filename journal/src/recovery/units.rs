@@ -96,7 +96,7 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
     // Every iteration advances `offset` by a whole unit, jumps to a later unit, or ends.
     loop {
         let rest = data.get(offset as usize..).unwrap_or(&[]);
-        if rest.iter().all(|&b| b == 0) {
+        if crate::format::all_zero(rest) {
             out.end = UnitEnd::Clean { offset };
             return Ok(out);
         }
