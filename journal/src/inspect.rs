@@ -146,7 +146,7 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
         report.key_ids.insert(h.key_id);
         let mut at = crate::limits::SEGMENT_HEADER_BYTES;
         loop {
-            if data.get(at as usize..).is_none_or(|r| crate::format::all_zero(r)) {
+            if data.get(at as usize..).is_none_or(crate::format::all_zero) {
                 break;
             }
             match crate::crypto::unit::peek(&binding, &data, at) {
