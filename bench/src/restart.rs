@@ -38,7 +38,7 @@ pub fn build(dir: &Path, bytes: u64, record_bytes: usize, live_percent: u64, seg
     let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
     let record = vec![0x5Au8; record_bytes];
     const LAG: u64 = 1000;
-    let keep = |id: u64| id % (100 / live_percent.clamp(1, 100)) == 0;
+    let keep = |id: u64| id.is_multiple_of(100 / live_percent.clamp(1, 100));
     let (mut appended, mut id, mut halfway_done) = (0u64, 0u64, false);
     let mut window: Vec<Pending> = Vec::with_capacity(8192);
     let settle = |w: &mut Vec<Pending>| -> io::Result<()> {
