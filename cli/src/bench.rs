@@ -35,6 +35,27 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: bool,
     },
+    /// Append latency (p50/p99) of W durable writers without and during a paced background compaction.
+    Compaction {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// MiB of sparse (10 % live) old segments to compact each round.
+        #[arg(long, default_value_t = 256)]
+        sparse_mb: u64,
+        #[arg(long, default_value_t = 4)]
+        writers: u32,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+        /// Seconds of the no-compaction phase.
+        #[arg(long, default_value_t = 3.0)]
+        secs: f64,
+        /// Compaction pace, MiB/s.
+        #[arg(long, default_value_t = 16)]
+        mib_per_sec: u64,
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
+    },
     /// (Used by `restart`.) Open a journal once and print what it cost, as JSON.
     #[command(hide = true)]
     OpenOnce {
@@ -94,6 +115,46 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
+        BenchCommand::Compaction { dir, sparse_mb, writers, size, secs, mib_per_sec, rounds } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            let mut out = Vec::new();
+            for r in 0..rounds.max(1) {
+                let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
+                let round = keel_bench::compaction::round(
+                    scratch.path(),
+                    sparse_mb << 20,
+                    writers,
+                    size,
+                    Duration::from_secs_f64(secs),
+                    mib_per_sec << 20,
+                )?;
+                eprintln!(
+                    "compaction round {r}: p99 {:.0} µs without, {:.0} µs during ({:.2}x; copying {:.0} µs, reclaiming {:.0} µs); p50 {:.0} / {:.0} µs; {:.0} / {:.0} appends/s; moved {} records ({:.1} MB) in {:.1} s, {} segments reclaimed",
+                    round.without.p99_us,
+                    round.during.p99_us,
+                    round.p99_during_vs_without,
+                    round.copying.p99_us,
+                    round.reclaiming.p99_us,
+                    round.without.p50_us,
+                    round.during.p50_us,
+                    round.without.appends_per_sec,
+                    round.during.appends_per_sec,
+                    round.records_moved,
+                    round.bytes_moved as f64 / 1e6,
+                    round.compaction_secs,
+                    round.segments_reclaimed
+                );
+                out.push(round);
+            }
+            let json = serde_json::json!({
+                "benchmark": "compaction",
+                "machine": machine(),
+                "writers": writers, "size": size, "sparse_mb": sparse_mb, "mib_per_sec": mib_per_sec,
+                "rounds": out,
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(Outcome::Ok)
+        }
         BenchCommand::OpenOnce { dir, segment_bytes, return_records } => {
             let s = keel_bench::restart::open_once(&dir, segment_bytes, return_records)?;
             println!("{}", serde_json::to_string(&s)?);

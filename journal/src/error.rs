@@ -59,6 +59,8 @@ pub enum OpenError {
     Locked { path: PathBuf },
     #[error("{}: identity file: {source}", path.display())]
     Identity { path: PathBuf, source: IdentityError },
+    #[error("{}: reclaim horizon file: {source} (it says which old segments are gone; without it, recovery cannot tell a reclaimed segment from a lost one)", path.display())]
+    Horizon { path: PathBuf, source: crate::format::horizon::HorizonError },
     #[error("{}: holds segment files but no KEEL-JOURNAL identity file; refusing to guess which journal they belong to", dir.display())]
     MissingIdentity { dir: PathBuf },
     #[error("{}: no journal here (no KEEL-JOURNAL identity file)", dir.display())]

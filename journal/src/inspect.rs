@@ -105,7 +105,10 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
     let vfs = StdVfs;
     let identity =
         crate::recovery::read_identity(&vfs, dir)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
-    let seqs = crate::segment::list(&vfs, dir).map_err(OpenError::io(dir, "list directory"))?.segments;
+    let mut seqs = crate::segment::list(&vfs, dir).map_err(OpenError::io(dir, "list directory"))?.segments;
+    if let Some(h) = crate::recovery::read_horizon(&vfs, dir, &identity, RecoveryMode::Strict)? {
+        seqs.retain(|s| *s > h.horizon);
+    }
     let mut report = StructureReport::default();
     let mut images = Vec::new();
     for seq in seqs {

@@ -119,11 +119,9 @@ impl Options {
             if !(c.live_ratio_below > 0.0 && c.live_ratio_below <= 1.0) {
                 return bad("compaction.live_ratio_below", format!("{} is outside (0, 1]", c.live_ratio_below));
             }
-            if c.min_segments == 0 || c.max_segments_per_run == 0 || c.bytes_per_sec == 0 {
-                return bad(
-                    "compaction",
-                    "min_segments, max_segments_per_run and bytes_per_sec must be positive".into(),
-                );
+            if c.min_segments == 0 || c.max_segments_per_run == 0 || c.bytes_per_sec == 0 || c.trim_bytes_per_sec == 0 {
+                let why = "min_segments, max_segments_per_run, bytes_per_sec and trim_bytes_per_sec must be positive";
+                return bad("compaction", why.into());
             }
         }
         if self.spare_segments == 0 || self.spare_segments > 64 {
@@ -544,7 +542,7 @@ impl Journal {
     /// Deletes the oldest segments that no longer hold anything live (see docs/FORMAT.md, "Reclaim"). The
     /// maintenance thread does this after every roll-over; call it to reclaim at a moment of your choice.
     pub fn reclaim(&self) -> Result<ReclaimReport, AppendError> {
-        crate::maintenance::reclaim::reclaim(&self.core)
+        crate::maintenance::reclaim::reclaim(&self.core, None)
     }
 
     /// Writes a checkpoint of the live-record index, so that the next `open` reads it plus only what was

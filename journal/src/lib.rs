@@ -78,7 +78,17 @@ pub mod __format {
     pub fn decode_segment_header(b: &[u8]) -> Result<SegmentHeader, crate::format::segment_header::HeaderError> {
         SegmentHeader::decode(b)
     }
+    pub use crate::format::checkpoint::CheckpointHeader;
     pub use crate::format::frame::{decode_frame, encode_frame, FrameError};
+
+    pub fn decode_checkpoint_header(b: &[u8]) -> Result<CheckpointHeader, crate::format::checkpoint::CheckpointError> {
+        CheckpointHeader::decode(b)
+    }
+
+    /// Decodes a checkpoint body; `Ok` carries the number of live records it held.
+    pub fn decode_checkpoint_body(b: &[u8]) -> Result<usize, crate::format::checkpoint::CheckpointError> {
+        crate::format::checkpoint::decode_body_bytes(b).map(|body| body.index.records.len())
+    }
     pub use crate::format::Binding;
     pub use crate::recovery::scan::{scan_segment, ScanInput};
 }

@@ -118,3 +118,25 @@ mod header_decoders {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Checkpoint headers and bodies: arbitrary bytes never panic.
+    #[test]
+    fn checkpoint_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = keel_journal::__format::decode_checkpoint_header(&bytes);
+        let _ = keel_journal::__format::decode_checkpoint_body(&bytes);
+    }
+
+    /// A body with a plausible record count and random contents: refused or decoded, never a panic, and
+    /// never more records than the bytes could hold.
+    #[test]
+    fn checkpoint_body_counts_are_bounded(n in 0u64..50, rest in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let mut b = n.to_le_bytes().to_vec();
+        b.extend_from_slice(&rest);
+        if let Ok(records) = keel_journal::__format::decode_checkpoint_body(&b) {
+            prop_assert!(records as u64 <= n);
+        }
+    }
+}

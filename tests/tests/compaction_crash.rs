@@ -92,3 +92,45 @@ fn sigkill_at_every_phase_of_compaction_keeps_exactly_the_records() {
         assert_eq!(full_scan(&dir), before);
     }
 }
+
+/// Transactions whose records straddle segment boundaries, most records deleted again: a reclaim then
+/// removes a run of segments whose middle cuts through transactions. Killed between its steps, the journal
+/// must still replay every transaction whole.
+#[test]
+fn sigkill_in_the_middle_of_a_reclaim_never_splits_a_transaction() {
+    let work = tempfile::tempdir().unwrap();
+    for point in ["reclaim-horizon", "reclaim-deleted:1", "reclaim-deleted:4"] {
+        let dir = work.path().join(point.replace(':', "-"));
+        {
+            let options = Options { segment_bytes: 65536, auto_maintenance: false, ..Options::default() };
+            let (j, _) = Journal::open(&dir, options).unwrap();
+            let body = vec![0x42u8; 1500];
+            for t in 0..200u64 {
+                let tx = keel_journal::TxId::new(t + 1).unwrap();
+                for k in 0..5 {
+                    j.add_tx(tx, t * 10 + k, 1, &body).unwrap();
+                }
+                if t % 2 == 0 {
+                    j.prepare(tx, b"xid").unwrap();
+                }
+                j.commit(tx).unwrap();
+                for k in 0..5 {
+                    if (t * 10 + k) % 20 != 0 {
+                        j.delete(t * 10 + k).unwrap();
+                    }
+                }
+            }
+        }
+        let before = full_scan(&dir);
+        let out = Command::new(keel_bin())
+            .args(["journal", "compact", "--dir", dir.to_str().unwrap(), "--segment-bytes", SEGMENT_BYTES])
+            .env("KEEL_CRASH_AT", point)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.signal(), Some(9), "{point} reached: {}{}", stdout(&out), stderr(&out));
+        let verify = keel(&["journal", "verify", "--dir", dir.to_str().unwrap()]);
+        assert!(verify.status.success(), "{point}: {}{}", stdout(&verify), stderr(&verify));
+        assert_eq!(full_scan(&dir), before, "{point}");
+        assert_eq!(opened(&dir).0, before, "{point}");
+    }
+}

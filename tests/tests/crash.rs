@@ -16,10 +16,19 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     let cycles: u64 = std::env::var("KEEL_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
     let mut rng = Rng::from_env("crash");
     let work = tempfile::tempdir().unwrap();
+    // KEEL_CRASH_KEEP=1 keeps the journals for a post-mortem (the path is printed).
+    let work_path = work.path().to_path_buf();
+    let _work = if std::env::var_os("KEEL_CRASH_KEEP").is_some() {
+        eprintln!("crash: keeping {}", work_path.display());
+        Err(work.keep())
+    } else {
+        Ok(work)
+    };
+    let work = &work_path;
     let mut acked_total = 0usize;
-    let (mut dir, mut ack_log) = (work.path().to_path_buf(), work.path().to_path_buf());
+    let (mut dir, mut ack_log) = (work.to_path_buf(), work.to_path_buf());
     let mut acked_in_journal = 0usize;
-    let key_file = work.path().join("keys");
+    let key_file = work.join("keys");
     std::fs::write(&key_file, format!("# crash test\n3:{}\n", "c7".repeat(32))).unwrap();
     let key_s = key_file.to_str().unwrap().to_owned();
     let mut key_args: Vec<String> = Vec::new();
@@ -28,8 +37,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         if cycle % 10 == 0 {
             acked_total += acked_in_journal;
             acked_in_journal = 0;
-            dir = work.path().join(format!("journal-{cycle}"));
-            ack_log = work.path().join(format!("acks-{cycle}.log"));
+            dir = work.join(format!("journal-{cycle}"));
+            ack_log = work.join(format!("acks-{cycle}.log"));
             // Every other journal is encrypted.
             key_args = if (cycle / 10) % 2 == 1 { vec!["--key-file".into(), key_s.clone()] } else { Vec::new() };
         }

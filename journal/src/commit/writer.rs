@@ -153,7 +153,13 @@ impl Writer {
         let mut headers: Vec<[u8; HEADER_BYTES]> = Vec::new();
         let mut planned: Vec<(usize, Option<Lsn>)> = Vec::new();
         let mut end = active.offset + active.unit_overhead();
-        let mut want_sync = self.policy == SyncPolicy::Always;
+        // Relocations (compaction's copies) need no fdatasync of their own: until compaction's final sync
+        // the originals stay, so losing a copy loses nothing. A run of only relocations skips it.
+        let mut want_sync = self.policy == SyncPolicy::Always
+            && batch[*next..]
+                .iter()
+                .flatten()
+                .any(|r| !matches!(r.op, RequestOp::Frame { frame_type: FrameType::Relocate, .. }));
         let mut segment_full = false;
         let mut i = *next;
         while i < batch.len() {

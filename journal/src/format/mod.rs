@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod frame;
+pub mod horizon;
 pub mod identity;
 pub mod segment_header;
 

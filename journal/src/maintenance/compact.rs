@@ -26,7 +26,7 @@ use crate::sync_util::lock;
 use crate::types::RecordId;
 
 /// Bytes of relocations submitted before waiting for them.
-const BATCH_BYTES: usize = 256 << 10;
+const BATCH_BYTES: usize = 64 << 10;
 
 /// When and how fast the journal compacts.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +39,9 @@ pub struct CompactionPolicy {
     pub max_segments_per_run: u32,
     /// Upper bound on the bytes per second a compaction reads and rewrites.
     pub bytes_per_sec: u64,
+    /// Upper bound on the bytes per second reclaim gives back to the filesystem (see `reclaim`: a large
+    /// TRIM stalls fdatasync). `u64::MAX`: delete each segment at once.
+    pub trim_bytes_per_sec: u64,
 }
 
 impl Default for CompactionPolicy {
@@ -47,7 +50,8 @@ impl Default for CompactionPolicy {
             live_ratio_below: 0.5,
             min_segments: 4,
             max_segments_per_run: 64,
-            bytes_per_sec: 64 * 1024 * 1024,
+            bytes_per_sec: 16 * 1024 * 1024,
+            trim_bytes_per_sec: 64 * 1024 * 1024,
         }
     }
 }
@@ -60,7 +64,12 @@ impl CompactionPolicy {
             min_segments: 1,
             max_segments_per_run: u32::MAX,
             bytes_per_sec: u64::MAX,
+            trim_bytes_per_sec: u64::MAX,
         }
+    }
+
+    pub(crate) fn trim_pace(&self) -> Option<reclaim::TrimPace> {
+        (self.trim_bytes_per_sec != u64::MAX).then_some(reclaim::TrimPace { bytes_per_sec: self.trim_bytes_per_sec })
     }
 }
 
@@ -74,6 +83,9 @@ pub struct CompactReport {
     /// Records updated or deleted while the pass ran: nothing to move.
     pub superseded: u64,
     pub reclaimed: ReclaimReport,
+    /// Time spent copying (until the copies were durable), and then reclaiming.
+    pub copy_time: Duration,
+    pub reclaim_time: Duration,
 }
 
 struct Plan {
@@ -98,9 +110,13 @@ fn plan(core: &Core, policy: &CompactionPolicy) -> Option<Plan> {
         if n as u64 >= max_run {
             break;
         }
-        live += w.model.index.segments.get(&seq).map_or(0, |s| s.bytes);
+        let own = w.model.index.segments.get(&seq).map_or(0, |s| s.bytes);
+        live += own;
         let size = (n as u64 + 1) * core.segment_bytes;
-        if (n as u64 + 1) >= u64::from(policy.min_segments) && (live as f64) < policy.live_ratio_below * size as f64 {
+        // The run is sparse as a whole, and does not end on a dense segment (moving a dense tail costs as
+        // much as it frees; a dense segment inside a sparse run is worth moving to free the run).
+        let sparse = |live: u64, size: u64| (live as f64) < policy.live_ratio_below * size as f64;
+        if (n as u64 + 1) >= u64::from(policy.min_segments) && sparse(live, size) && sparse(own, core.segment_bytes) {
             best = Some(seq);
         }
     }
@@ -151,7 +167,9 @@ pub(crate) fn compact(core: &Core, policy: &CompactionPolicy) -> Result<CompactR
     crate::testing::hook("compact-relocated");
     core.shared.submit(RequestOp::Sync, Vec::new(), true).wait()?;
     crate::testing::hook("compact-synced");
-    report.reclaimed = reclaim::reclaim(core)?;
+    report.copy_time = started.elapsed();
+    report.reclaimed = reclaim::reclaim(core, policy.trim_pace())?;
+    report.reclaim_time = started.elapsed() - report.copy_time;
     Ok(report)
 }
 

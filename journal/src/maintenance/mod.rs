@@ -65,7 +65,11 @@ pub(crate) fn run(core: Arc<Core>) {
             return;
         }
         sealed_since_checkpoint += n;
-        let mut reclaimed_through = match reclaim::reclaim(&core) {
+        let pace = core.compaction.as_ref().map_or(
+            Some(reclaim::TrimPace { bytes_per_sec: compact::CompactionPolicy::default().trim_bytes_per_sec }),
+            |p| p.trim_pace(),
+        );
+        let mut reclaimed_through = match reclaim::reclaim(&core, pace) {
             Ok(r) => r.segments.last().copied(),
             Err(e) => {
                 tracing::warn!(error = %e, "reclaim failed; retrying later");

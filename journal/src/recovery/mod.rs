@@ -14,6 +14,7 @@ use crate::crypto::SegmentCipher;
 use crate::error::{Corruption, CorruptionKind, OpenError};
 use crate::format::checkpoint::{self, BodySource, CheckpointBody, CheckpointError, CheckpointHeader, ResumePoint};
 use crate::format::frame::FrameHeader;
+use crate::format::horizon::{self, Horizon};
 use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
 use crate::format::Binding;
@@ -153,13 +154,21 @@ pub(crate) fn recover_dir(
     use_checkpoints: bool,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
-    let segment::Listing { segments: seqs, tmps, checkpoints } =
+    let segment::Listing { segments: mut seqs, mut tmps, checkpoints } =
         segment::list(vfs, dir).map_err(OpenError::io(dir, "list directory"))?;
     let identity = match read_identity(vfs, dir)? {
         Some(id) => id,
         None if seqs.is_empty() => return Err(OpenError::NotAJournal { dir: dir.to_path_buf() }),
         None => return Err(OpenError::MissingIdentity { dir: dir.to_path_buf() }),
     };
+    // Segments at or below the reclaim horizon are gone, whatever a crash left of their files.
+    let horizon = read_horizon(vfs, dir, &identity, mode)?;
+    if let Some(h) = &horizon {
+        for seq in seqs.iter().filter(|s| **s <= h.horizon) {
+            tmps.push(dir.join(segment::file_name(*seq)));
+        }
+        seqs.retain(|s| *s > h.horizon);
+    }
     // Read every header; spares (all-zero headers) may only trail the active segments.
     let mut headers = Vec::with_capacity(seqs.len());
     for &seq in &seqs {
@@ -171,7 +180,7 @@ pub(crate) fn recover_dir(
         headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
     }
     let active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
-    let ctx = Ctx { vfs, mode, keys, identity: &identity, headers: &headers, active_count, tmps: &tmps };
+    let ctx = Ctx { vfs, mode, keys, identity: &identity, headers: &headers, active_count, tmps: &tmps, horizon };
 
     let mut rejected = Vec::new();
     if use_checkpoints {
@@ -220,6 +229,41 @@ struct Ctx<'a> {
     /// Segments before this index are in use; the rest are spares.
     active_count: usize,
     tmps: &'a [PathBuf],
+    horizon: Option<Horizon>,
+}
+
+/// The reclaim horizon, if any reclaim ever ran.
+pub(crate) fn read_horizon(
+    vfs: &dyn Vfs,
+    dir: &Path,
+    identity: &Identity,
+    mode: RecoveryMode,
+) -> Result<Option<Horizon>, OpenError> {
+    let path = dir.join(horizon::FILE_NAME);
+    let file = match vfs.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(OpenError::io(&path, "open")(e)),
+    };
+    let len = file.size().map_err(OpenError::io(&path, "stat"))?;
+    let mut buf = vec![0u8; len.min(4096) as usize];
+    file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
+    let decoded = Horizon::decode(&buf).and_then(|h| {
+        if h.journal_id == identity.journal_id {
+            Ok(h)
+        } else {
+            Err(horizon::HorizonError::Magic)
+        }
+    });
+    match (decoded, mode) {
+        (Ok(h), _) => Ok(Some(h)),
+        // Salvage reads whatever segments are there; a half-reclaimed head then shows as skipped damage.
+        (Err(e), RecoveryMode::Salvage) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring a damaged reclaim horizon (salvage)");
+            Ok(None)
+        }
+        (Err(source), RecoveryMode::Strict) => Err(OpenError::Horizon { path, source }),
+    }
 }
 
 /// A checkpoint to replay on top of.
@@ -303,7 +347,7 @@ fn replay_segments(
     start: Option<Start>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
-    let Ctx { vfs, mode, keys, identity, headers, active_count, .. } = *ctx;
+    let Ctx { vfs, mode, keys, identity, headers, active_count, horizon, .. } = *ctx;
     let corrupt = |path: &Path, offset: u64, what| Corruption { path: path.to_path_buf(), offset, what };
     let mut report = RecoveryReport::default();
     let mut delete: Vec<PathBuf> = ctx.tmps.to_vec();
@@ -312,6 +356,14 @@ fn replay_segments(
         spares.push((*seq, path.clone()));
     }
     report.spare_segments = spares.len() as u32;
+    // Reclaim never removes the newest segment that holds frames, so the oldest one left must follow the
+    // horizon directly; anything else means a segment was lost, not reclaimed.
+    if let (Some(h), Some(first)) = (&horizon, headers.first().filter(|_| active_count > 0)) {
+        if first.0 != h.horizon + 1 {
+            let what = CorruptionKind::MissingSegment { expected: h.horizon + 1, found: first.0 };
+            salvage_or_fail(mode, &mut report, corrupt(&first.1, 0, what))?;
+        }
+    }
     let (resume_point, mut replay) = match start {
         Some(s) => (
             Some(s.resume),
@@ -534,6 +586,12 @@ fn replay_segments(
         (None, Some(last), _) => last.seq + 1,
         (None, None, _) => headers.last().map_or(1, |s| s.0 + 1),
     };
+    // LSNs never go back, even if every segment that held frames is gone.
+    if let (Some(h), Resume::New { next_lsn }) = (&horizon, &mut resume) {
+        if *next_lsn < h.next_lsn {
+            *next_lsn = h.next_lsn;
+        }
+    }
     // On top of a checkpoint whose resume segment was never written, the journal resumes from it.
     if let (Some(r), Resume::New { next_lsn }) = (&resume_point, &mut resume) {
         if segments.is_empty() {

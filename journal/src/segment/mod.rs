@@ -35,7 +35,7 @@ pub fn list(vfs: &dyn crate::vfs::Vfs, dir: &std::path::Path) -> std::io::Result
             listing.checkpoints.push(lsn);
             continue;
         }
-        if crate::format::checkpoint::is_tmp_name(&name) {
+        if crate::format::checkpoint::is_tmp_name(&name) || name == crate::format::horizon::TMP_NAME {
             listing.tmps.push(dir.join(&name));
             continue;
         }

@@ -124,6 +124,11 @@ impl VfsFile for FaultyFile {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.check_sync()?;
+        self.inner.set_len(len)
+    }
 }
 
 impl Vfs for FaultyVfs {

@@ -35,6 +35,8 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// fsync.
     fn sync_all(&self) -> io::Result<()>;
     fn size(&self) -> io::Result<u64>;
+    /// ftruncate: used only to shrink a dead segment in steps before it is deleted.
+    fn set_len(&self, len: u64) -> io::Result<()>;
 }
 
 /// The filesystem.
@@ -75,6 +77,10 @@ impl VfsFile for StdFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
     }
 }
 
