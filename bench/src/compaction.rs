@@ -89,6 +89,7 @@ pub fn round(
     size: usize,
     measure: Duration,
     bytes_per_sec: u64,
+    trim_bytes_per_sec: u64,
 ) -> io::Result<CompactionRound> {
     let segment_bytes = 16 << 20;
     let opts = Options {
@@ -141,7 +142,7 @@ pub fn round(
         let (j, stop) = (j.clone(), stop.clone());
         std::thread::spawn(move || load(&j, writers, size, 1 << 41, &stop, started))
     };
-    let policy = CompactionPolicy { bytes_per_sec, min_segments: 1, ..CompactionPolicy::default() };
+    let policy = CompactionPolicy { bytes_per_sec, trim_bytes_per_sec, min_segments: 1, ..CompactionPolicy::default() };
     let report: CompactReport = j.compact(&policy).map_err(io::Error::other)?;
     let compaction_secs = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);

@@ -53,6 +53,9 @@ pub enum BenchCommand {
         /// Compaction pace, MiB/s.
         #[arg(long, default_value_t = 16)]
         mib_per_sec: u64,
+        /// Pace of freeing reclaimed segments, MiB/s.
+        #[arg(long, default_value_t = 64)]
+        trim_mib_per_sec: u64,
         #[arg(long, default_value_t = 2)]
         rounds: u32,
     },
@@ -115,7 +118,7 @@ pub enum BenchCommand {
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
     match command {
-        BenchCommand::Compaction { dir, sparse_mb, writers, size, secs, mib_per_sec, rounds } => {
+        BenchCommand::Compaction { dir, sparse_mb, writers, size, secs, mib_per_sec, trim_mib_per_sec, rounds } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let mut out = Vec::new();
             for r in 0..rounds.max(1) {
@@ -127,6 +130,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                     size,
                     Duration::from_secs_f64(secs),
                     mib_per_sec << 20,
+                    trim_mib_per_sec << 20,
                 )?;
                 eprintln!(
                     "compaction round {r}: p99 {:.0} µs without, {:.0} µs during ({:.2}x; copying {:.0} µs, reclaiming {:.0} µs); p50 {:.0} / {:.0} µs; {:.0} / {:.0} appends/s; moved {} records ({:.1} MB) in {:.1} s, {} segments reclaimed",
@@ -150,6 +154,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 "benchmark": "compaction",
                 "machine": machine(),
                 "writers": writers, "size": size, "sparse_mb": sparse_mb, "mib_per_sec": mib_per_sec,
+                "trim_mib_per_sec": trim_mib_per_sec,
                 "rounds": out,
             });
             println!("{}", serde_json::to_string_pretty(&json)?);

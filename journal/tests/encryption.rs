@@ -96,6 +96,46 @@ fn plaintext_never_reaches_the_disk() {
     }
 }
 
+/// Compaction (relocate frames), reclaim, checkpoints (prepare data and the index) and the background
+/// maintenance of a live journal: none of it puts plaintext on the disk either.
+#[test]
+fn compacted_segments_and_checkpoints_hold_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = ring(&[(1, 0xA1)]);
+    let opts = Options {
+        segment_bytes: 64 * 1024,
+        keys: Some(keys),
+        checkpoint_every_segments: 1,
+        compaction: Some(keel_journal::CompactionPolicy { min_segments: 1, ..Default::default() }),
+        ..Options::default()
+    };
+    let (j, _) = Journal::open(dir.path(), opts.clone()).unwrap();
+    for id in 0..600 {
+        j.add(id, 1, &payload(id)).unwrap();
+        if id % 10 != 0 {
+            j.delete(id).unwrap();
+        }
+    }
+    let tx = keel_journal::TxId::new(77).unwrap();
+    j.add_tx(tx, 9000, 1, &payload(9000)).unwrap();
+    j.prepare(tx, b"PLAINTEXT-MARKER-xid").unwrap();
+    let moved = j.compact(&keel_journal::CompactionPolicy::offline()).unwrap();
+    assert!(moved.records_moved > 0 && !moved.reclaimed.segments.is_empty(), "{moved:?}");
+    j.checkpoint().unwrap().unwrap();
+    drop(j);
+    let (j, rec) = Journal::open(dir.path(), opts).unwrap();
+    assert!(rec.report.checkpoint.is_some());
+    assert_eq!(j.read(590).unwrap(), payload(590));
+    drop(j);
+    let all = files(dir.path());
+    assert!(all.iter().any(|f| f.extension().is_some_and(|e| e == "kcp")), "{all:?}");
+    for f in all {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(!contains(&bytes, MARKER), "{} holds plaintext", f.display());
+        assert!(!contains(&bytes, b"########"), "{} holds payload padding", f.display());
+    }
+}
+
 #[test]
 fn missing_or_wrong_key_is_an_error_naming_the_key_id() {
     let dir = tempfile::tempdir().unwrap();
