@@ -13,14 +13,26 @@ use keel_tests::{keel, keel_bin, stderr, stdout};
 
 const SEGMENT_BYTES: &str = "65536";
 
+/// Retries while the journal's LOCK is held: the other test in this binary spawns processes, and a child
+/// holds a copy of every open descriptor (the lock's included) from fork until exec closes it.
+fn unlocked<T>(mut f: impl FnMut() -> Result<T, keel_journal::OpenError>) -> T {
+    for _ in 0..100 {
+        match f() {
+            Err(keel_journal::OpenError::Locked { .. }) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the journal stayed locked");
+}
+
 fn full_scan(dir: &Path) -> BTreeMap<u64, Vec<u8>> {
-    let i = keel_journal::inspect::inspect(dir, RecoveryMode::Strict, None, &mut |_| {}).unwrap();
+    let i = unlocked(|| keel_journal::inspect::inspect(dir, RecoveryMode::Strict, None, &mut |_| {}));
     i.recovered.records.iter().map(|(id, r)| (*id, i.reader.read(r).unwrap())).collect()
 }
 
 fn opened(dir: &Path) -> (BTreeMap<u64, Vec<u8>>, bool) {
     let options = Options { segment_bytes: 65536, auto_maintenance: false, ..Options::default() };
-    let (j, rec) = Journal::open(dir, options).unwrap();
+    let (j, rec) = unlocked(|| Journal::open(dir, options.clone()));
     let map = rec.records.iter().map(|(id, r)| (*id, j.read_version(r).unwrap())).collect();
     (map, rec.report.checkpoint.is_some())
 }
