@@ -1,0 +1,347 @@
+//! The directory backend: objects as files under a root directory on a mounted volume.
+//!
+//! Each object is one file, `<root>/<key>`: a 32-byte header, then the bytes.
+//! ```text
+//! offset 0   magic      8 B   "KEELOBJ1"
+//!        8   size       u64   bytes after the header
+//!       16   crc32      u32   of those bytes
+//!       20   etag       u64   random, new for every put
+//!       28   hdr_crc    u32   CRC32 of bytes 0..28
+//! ```
+//! A put writes `<dir>/.keel-tmp-<random>`, fsyncs it, and renames it into place, then fsyncs the
+//! directory. Conditions are checked and the rename done under an exclusive `flock` of `<root>/.keel-lock`,
+//! so they hold between processes sharing the volume; `IfAbsent` also renames with `RENAME_NOREPLACE`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::Body;
+use crate::key::{self, RESERVED_PREFIX};
+use crate::{ETag, GetObject, ListPage, ObjectMeta, ObjectStore, PutBody, PutCondition, StoreError};
+
+const MAGIC: &[u8; 8] = b"KEELOBJ1";
+const HEADER: usize = 32;
+const LIST_PAGE: usize = 1000;
+
+#[derive(Clone, Copy)]
+struct Header {
+    size: u64,
+    crc32: u32,
+    etag: u64,
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER] {
+        let mut b = [0u8; HEADER];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..16].copy_from_slice(&self.size.to_le_bytes());
+        b[16..20].copy_from_slice(&self.crc32.to_le_bytes());
+        b[20..28].copy_from_slice(&self.etag.to_le_bytes());
+        let c = crc32fast::hash(&b[0..28]);
+        b[28..32].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; HEADER]) -> Result<Header, String> {
+        if &b[0..8] != MAGIC {
+            return Err("bad magic".into());
+        }
+        let le64 = |r: Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
+        let le32 = |r: Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
+        if le32(28..32) != crc32fast::hash(&b[0..28]) {
+            return Err("header checksum mismatch".into());
+        }
+        Ok(Header { size: le64(8..16), crc32: le32(16..20), etag: le64(20..28) })
+    }
+}
+
+/// Objects in a directory.
+#[derive(Clone, Debug)]
+pub struct DirStore {
+    root: Arc<PathBuf>,
+}
+
+impl DirStore {
+    /// A store rooted at `root`, created (durably) if absent.
+    pub fn open(root: impl AsRef<Path>) -> Result<DirStore, StoreError> {
+        let root = root.as_ref().to_path_buf();
+        create_dirs_durably(&root)?;
+        Ok(DirStore { root: Arc::new(root) })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        key::check(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn meta(key: &str, path: &Path) -> Result<(File, ObjectMeta), StoreError> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { key: key.to_owned() })
+            }
+            Err(e) => return Err(StoreError::io(path, "open object")(e)),
+        };
+        let mut hb = [0u8; HEADER];
+        file.read_exact_at(&mut hb, 0).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                StoreError::Corrupt { path: path.to_path_buf(), why: "shorter than its header".into() }
+            }
+            _ => StoreError::io(path, "read object header")(e),
+        })?;
+        let h = Header::decode(&hb).map_err(|why| StoreError::Corrupt { path: path.to_path_buf(), why })?;
+        let len = file.metadata().map_err(StoreError::io(path, "stat object"))?.len();
+        if len != HEADER as u64 + h.size {
+            let why = format!("header says {} bytes, the file holds {}", h.size, len.saturating_sub(HEADER as u64));
+            return Err(StoreError::Corrupt { path: path.to_path_buf(), why });
+        }
+        let meta = ObjectMeta { key: key.to_owned(), size: h.size, etag: etag_of(h.etag), crc32: Some(h.crc32) };
+        Ok((file, meta))
+    }
+
+    fn put_blocking(&self, key: &str, body: PutBody, cond: PutCondition) -> Result<ObjectMeta, StoreError> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("a key has a parent: the root").to_path_buf();
+        create_dirs_durably(&dir)?;
+        let tmp = dir.join(format!("{RESERVED_PREFIX}tmp-{}", crate::token()));
+        let written = write_tmp(&tmp, &body);
+        let header = match written {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let meta = ObjectMeta {
+            key: key.to_owned(),
+            size: header.size,
+            etag: etag_of(header.etag),
+            crc32: Some(header.crc32),
+        };
+        let _lock = self.lock()?;
+        let outcome = match &cond {
+            PutCondition::None => {
+                std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp, "rename object into place"))
+            }
+            PutCondition::IfAbsent => {
+                match rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    Ok(()) => Ok(()),
+                    Err(rustix::io::Errno::EXIST) => {
+                        Err(StoreError::PreconditionFailed { key: key.to_owned(), condition: "create-if-absent" })
+                    }
+                    Err(e) => Err(StoreError::io(&tmp, "rename object into place")(e.into())),
+                }
+            }
+            PutCondition::IfMatch(want) => match Self::meta(key, &path) {
+                Ok((_, cur)) if &cur.etag == want => {
+                    std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp, "rename object into place"))
+                }
+                Ok(_) | Err(StoreError::NotFound { .. }) => {
+                    Err(StoreError::PreconditionFailed { key: key.to_owned(), condition: "if-match (etag changed)" })
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = outcome {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        sync_dir(&dir)?;
+        Ok(meta)
+    }
+
+    fn lock(&self) -> Result<File, StoreError> {
+        let path = self.root.join(format!("{RESERVED_PREFIX}lock"));
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path, "open store lock"))?;
+        f.lock().map_err(StoreError::io(&path, "lock store"))?;
+        Ok(f)
+    }
+
+    fn list_blocking(&self, prefix: &str, after: Option<String>) -> Result<ListPage, StoreError> {
+        let mut keys = Vec::new();
+        walk(&self.root, "", &mut keys)?;
+        keys.retain(|k| k.starts_with(prefix) && after.as_ref().is_none_or(|a| k.as_str() > a.as_str()));
+        keys.sort();
+        let more = keys.len() > LIST_PAGE;
+        keys.truncate(LIST_PAGE);
+        let mut objects = Vec::with_capacity(keys.len());
+        for k in &keys {
+            match Self::meta(k, &self.root.join(k)) {
+                Ok((_, m)) => objects.push(m),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let next = if more { keys.last().cloned() } else { None };
+        Ok(ListPage { objects, next })
+    }
+
+    fn delete_blocking(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let _lock = self.lock()?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => sync_dir(path.parent().expect("has a parent")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&path, "delete object")(e)),
+        }
+    }
+}
+
+fn etag_of(x: u64) -> ETag {
+    ETag(format!("\"{x:016x}\""))
+}
+
+/// Writes header and body to a new temporary file and fsyncs it.
+fn write_tmp(tmp: &Path, body: &PutBody) -> Result<Header, StoreError> {
+    let mut f = File::options().create_new(true).write(true).open(tmp).map_err(StoreError::io(tmp, "create"))?;
+    let mut etag = [0u8; 8];
+    getrandom::fill(&mut etag).expect("the operating system's random source failed");
+    let mut header = Header { size: 0, crc32: 0, etag: u64::from_le_bytes(etag) };
+    f.write_all(&[0u8; HEADER]).map_err(StoreError::io(tmp, "write"))?;
+    let mut crc = crc32fast::Hasher::new();
+    match body {
+        PutBody::Bytes(b) => {
+            crc.update(b);
+            f.write_all(b).map_err(StoreError::io(tmp, "write"))?;
+            header.size = b.len() as u64;
+        }
+        PutBody::File(src) => {
+            let mut from = File::open(src).map_err(StoreError::io(src, "open source file"))?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = from.read(&mut buf).map_err(StoreError::io(src, "read source file"))?;
+                if n == 0 {
+                    break;
+                }
+                crc.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(StoreError::io(tmp, "write"))?;
+                header.size += n as u64;
+            }
+        }
+    }
+    header.crc32 = crc.finalize();
+    f.write_all_at(&header.encode(), 0).map_err(StoreError::io(tmp, "write header"))?;
+    f.sync_all().map_err(StoreError::io(tmp, "fsync"))?;
+    Ok(header)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(StoreError::io(dir, "fsync directory"))
+}
+
+/// Creates `dir` and missing ancestors, fsyncing each new one's parent.
+fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        at = d.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(StoreError::io(dir, "create directory"))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Collects the keys under `dir` (reserved names skipped).
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir, "list directory")(e)),
+    };
+    for e in entries {
+        let e = e.map_err(StoreError::io(dir, "list directory"))?;
+        let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
+        if name.starts_with(RESERVED_PREFIX) {
+            continue;
+        }
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        let ft = e.file_type().map_err(StoreError::io(e.path(), "stat"))?;
+        if ft.is_dir() {
+            walk(&e.path(), &key, out)?;
+        } else if ft.is_file() {
+            out.push(key);
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StoreError::Io { path: PathBuf::new(), op: "blocking task", source: std::io::Error::other(e.to_string()) })
+    })
+}
+
+impl ObjectStore for DirStore {
+    async fn put(&self, key: &str, body: PutBody, cond: PutCondition) -> Result<ObjectMeta, StoreError> {
+        let (s, key) = (self.clone(), key.to_owned());
+        blocking(move || s.put_blocking(&key, body, cond)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        let (file, meta) = blocking(move || Self::meta(&key, &path)).await?;
+        let path = self.root.join(&meta.key);
+        let remaining = meta.size;
+        Ok(GetObject::new(meta, Body::File { file, path, offset: HEADER as u64, remaining }, true))
+    }
+
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        let (file, meta) = blocking(move || Self::meta(&key, &path)).await?;
+        let start = range.start.min(meta.size);
+        let end = range.end.clamp(start, meta.size);
+        let path = self.root.join(&meta.key);
+        let body = Body::File { file, path, offset: HEADER as u64 + start, remaining: end - start };
+        Ok(GetObject::new(meta, body, false))
+    }
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        blocking(move || Self::meta(&key, &path).map(|(_, m)| m)).await
+    }
+
+    async fn list_page(&self, prefix: &str, after: Option<String>) -> Result<ListPage, StoreError> {
+        let (s, prefix) = (self.clone(), prefix.to_owned());
+        blocking(move || s.list_blocking(&prefix, after)).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let (s, key) = (self.clone(), key.to_owned());
+        blocking(move || s.delete_blocking(&key)).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        for k in keys {
+            self.delete(k).await?;
+        }
+        Ok(())
+    }
+}

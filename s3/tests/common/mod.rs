@@ -1,0 +1,91 @@
+//! Test servers: an S3 server started in this process (`s3s-fs` over TCP, signatures checked), or an
+//! external one named by the environment, and the stores to run the suite against.
+//!
+//! External endpoint: `KEEL_S3_TEST_ENDPOINT` (e.g. `http://127.0.0.1:5000`), with the usual
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` (and `AWS_REGION`); the tests create their own buckets.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use keel_s3::s3::{S3Config, S3Store};
+
+pub const ACCESS_KEY: &str = "keel-test-access";
+pub const SECRET_KEY: &str = "keel-test-secret-key-0123456789";
+
+/// An `s3s-fs` server on a loopback port, running on its own runtime thread until the process exits.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    _root: tempfile::TempDir,
+}
+
+pub fn start_in_process() -> InProcess {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    let root = tempfile::tempdir().unwrap();
+    let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+    let service = {
+        let mut b = s3s::service::S3ServiceBuilder::new(fs);
+        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        b.build()
+    };
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { continue };
+                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+    });
+    InProcess { addr, _root: root }
+}
+
+/// Credentials written to files, as a deployment mounts them.
+pub fn key_files(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let (a, s) = (dir.join("access-key"), dir.join("secret-key"));
+    std::fs::write(&a, format!("{ACCESS_KEY}\n")).unwrap();
+    std::fs::write(&s, format!("{SECRET_KEY}\n")).unwrap();
+    (a, s)
+}
+
+/// A store on a fresh bucket of the server at `endpoint`.
+pub async fn bucket_store(
+    endpoint: &str,
+    keys: Option<(PathBuf, PathBuf)>,
+    tweak: impl FnOnce(&mut S3Config),
+) -> S3Store {
+    let bucket = format!("keel-test-{}", unique());
+    let mut cfg = S3Config::new(&bucket);
+    cfg.endpoint = Some(endpoint.to_owned());
+    cfg.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+    if let Some((a, s)) = keys {
+        cfg.access_key_file = Some(a);
+        cfg.secret_key_file = Some(s);
+    }
+    tweak(&mut cfg);
+    let store = S3Store::connect(cfg).await.unwrap();
+    store.client().create_bucket().bucket(&bucket).send().await.unwrap();
+    store
+}
+
+pub fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}-{}", t & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The external endpoint to run the suite against too, if the environment names one.
+pub fn external_endpoint() -> Option<String> {
+    std::env::var("KEEL_S3_TEST_ENDPOINT").ok().filter(|s| !s.is_empty())
+}
