@@ -68,12 +68,16 @@ impl Body {
             Body::S3(stream) => match stream.next().await {
                 None => Ok(None),
                 Some(Ok(b)) => Ok(Some(b)),
-                Some(Err(e)) => Err(StoreError::Service {
-                    op: "read body of",
-                    key: key.to_owned(),
-                    status: None,
-                    message: e.to_string(),
-                }),
+                Some(Err(e)) => {
+                    let mut message = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(c) = src {
+                        message.push_str(": ");
+                        message.push_str(&c.to_string());
+                        src = c.source();
+                    }
+                    Err(StoreError::Service { op: "read body of", key: key.to_owned(), status: None, message })
+                }
             },
         }
     }

@@ -208,8 +208,20 @@ impl S3Store {
         }
     }
 
-    fn is_precondition<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> bool {
-        matches!(e, SdkError::ServiceError(ctx) if ctx.raw().status().as_u16() == 412)
+    /// Whether a put failed its condition: 412, or — for If-Match, on servers that answer so for an absent
+    /// object (AWS does) — 404 for the key.
+    fn is_precondition<E: ProvideErrorMetadata>(
+        e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+        cond: &PutCondition,
+    ) -> bool {
+        match e {
+            SdkError::ServiceError(ctx) => match ctx.raw().status().as_u16() {
+                412 => true,
+                404 => matches!(cond, PutCondition::IfMatch(_)) && e.code() != Some("NoSuchBucket"),
+                _ => false,
+            },
+            _ => false,
+        }
     }
 
     /// After a failed condition: was it our own earlier attempt that landed?
@@ -252,8 +264,12 @@ impl S3Store {
         };
         match req.send().await {
             Ok(out) => Ok(self.meta_after_put(key, out.e_tag(), crc, body_len(body)?)),
-            Err(e) if Self::is_precondition(&e) => self.precondition(key, cond, token).await,
-            Err(e) => Err(self.err("put", key, e)),
+            Err(e) if Self::is_precondition(&e, cond) => self.precondition(key, cond, token).await,
+            Err(e) => match self.landed(key, token).await {
+                // Stored, and only the answer was lost or unreadable.
+                Some(m) => Ok(m),
+                None => Err(self.err("put", key, e)),
+            },
         }
     }
 
@@ -356,11 +372,16 @@ impl S3Store {
         };
         match req.send().await {
             Ok(out) => Ok(self.meta_after_put(key, out.e_tag(), crc, size)),
-            Err(e) if Self::is_precondition(&e) => {
+            Err(e) if Self::is_precondition(&e, cond) => {
                 abort().await;
                 self.precondition(key, cond, token).await
             }
             Err(e) => {
+                // The server may have completed it and only the answer was lost or unreadable (moto 5.2
+                // answers with a misnamed XML root): our token on the object says so.
+                if let Some(m) = self.landed(key, token).await {
+                    return Ok(m);
+                }
                 abort().await;
                 Err(self.err("complete multipart upload of", key, e))
             }

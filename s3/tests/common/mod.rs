@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -17,7 +19,8 @@ pub const SECRET_KEY: &str = "keel-test-secret-key-0123456789";
 /// An `s3s-fs` server on a loopback port, running on its own runtime thread until the process exits.
 pub struct InProcess {
     pub addr: SocketAddr,
-    _root: tempfile::TempDir,
+    /// Where the server keeps its buckets (`<root>/<bucket>/<key>`).
+    pub root: tempfile::TempDir,
 }
 
 pub fn start_in_process() -> InProcess {
@@ -47,7 +50,7 @@ pub fn start_in_process() -> InProcess {
             }
         });
     });
-    InProcess { addr, _root: root }
+    InProcess { addr, root }
 }
 
 /// Credentials written to files, as a deployment mounts them.
