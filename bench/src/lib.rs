@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub mod compaction;
 pub mod restart;
+pub mod s3;
 
 use keel_journal::{Journal, Options, SyncPolicy};
 use serde::Serialize;

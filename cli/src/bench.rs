@@ -59,6 +59,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         rounds: u32,
     },
+    /// Object put/get throughput of keel-s3 against `aws s3 cp` on the same in-process S3 server, and the
+    /// directory backend.
+    S3 {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Object sizes in MiB (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        sizes: Vec<u64>,
+        #[arg(long, default_value_t = 2)]
+        runs: u32,
+    },
     /// (Used by `restart`.) Open a journal once and print what it cost, as JSON.
     #[command(hide = true)]
     OpenOnce {
@@ -158,6 +170,21 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 "rounds": out,
             });
             println!("{}", serde_json::to_string_pretty(&json)?);
+            Ok(Outcome::Ok)
+        }
+        BenchCommand::S3 { dir, sizes, runs } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
+            let rows = keel_bench::s3::run(scratch.path(), &sizes, runs)?;
+            for r in &rows {
+                eprintln!(
+                    "s3 {:>4} MiB: put keel {:.0} MB/s vs aws cli {:.0} MB/s ({:.2}x); get keel {:.0} vs {:.0} MB/s ({:.2}x); directory put {:.0}, get {:.0} MB/s",
+                    r.size_mib, r.keel_s3_put_mb_s, r.aws_cli_put_mb_s, r.put_vs_aws_cli, r.keel_s3_get_mb_s,
+                    r.aws_cli_get_mb_s, r.get_vs_aws_cli, r.dir_put_mb_s, r.dir_get_mb_s
+                );
+            }
+            let out = serde_json::json!({ "benchmark": "s3", "machine": machine(), "runs": runs, "rows": rows });
+            println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }
         BenchCommand::OpenOnce { dir, segment_bytes, return_records } => {

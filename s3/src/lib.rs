@@ -19,6 +19,8 @@ pub mod dir;
 mod error;
 mod key;
 pub mod s3;
+#[cfg(feature = "test-server")]
+pub mod test_server;
 
 use std::future::Future;
 use std::ops::Range;

@@ -13,10 +13,9 @@ use std::path::PathBuf;
 
 use keel_s3::s3::{S3Config, S3Store};
 
-pub const ACCESS_KEY: &str = "keel-test-access";
-pub const SECRET_KEY: &str = "keel-test-secret-key-0123456789";
+pub use keel_s3::test_server::{ACCESS_KEY, SECRET_KEY};
 
-/// An `s3s-fs` server on a loopback port, running on its own runtime thread until the process exits.
+/// An `s3s-fs` server on a loopback port.
 pub struct InProcess {
     pub addr: SocketAddr,
     /// Where the server keeps its buckets (`<root>/<bucket>/<key>`).
@@ -24,32 +23,8 @@ pub struct InProcess {
 }
 
 pub fn start_in_process() -> InProcess {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto::Builder as ConnBuilder;
     let root = tempfile::tempdir().unwrap();
-    let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-    let service = {
-        let mut b = s3s::service::S3ServiceBuilder::new(fs);
-        b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        b.build()
-    };
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let http = ConnBuilder::new(TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
-    });
+    let addr = keel_s3::test_server::start(root.path()).unwrap();
     InProcess { addr, root }
 }
 
