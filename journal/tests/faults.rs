@@ -6,8 +6,14 @@ use std::time::{Duration, Instant};
 use keel_journal::vfs::fault::{Faults, FaultyVfs};
 use keel_journal::{AppendError, Journal, Options};
 
+/// No background maintenance: the faults are aimed at the write path, and the tests count its syncs.
 fn options(faults: &Arc<Faults>) -> Options {
-    Options { segment_bytes: 64 * 1024, vfs: Arc::new(FaultyVfs::new(faults.clone())), ..Options::default() }
+    Options {
+        segment_bytes: 64 * 1024,
+        vfs: Arc::new(FaultyVfs::new(faults.clone())),
+        auto_maintenance: false,
+        ..Options::default()
+    }
 }
 
 fn payload(id: u64) -> Vec<u8> {
