@@ -562,11 +562,7 @@ impl Journal {
     /// would delete now, if any.
     pub fn live_by_segment(&self) -> (std::collections::BTreeMap<u64, SegmentLive>, Option<u64>) {
         let w = lock(self.core.shared.writer_mutex());
-        let newest_written = match &w.active {
-            Some(a) if a.header.is_some() => w.last_seq - 1,
-            _ => w.last_seq,
-        };
-        let bound = w.model.index.reclaim_bound(w.oldest_seq, newest_written, w.model.open_tx_first_seq());
+        let bound = w.reclaim_bound();
         (w.model.index.segments.clone(), bound)
     }
 

@@ -79,6 +79,11 @@ pub mod __format {
         SegmentHeader::decode(b)
     }
     pub use crate::format::checkpoint::CheckpointHeader;
+    pub use crate::format::horizon::Horizon;
+
+    pub fn decode_horizon(b: &[u8]) -> Result<Horizon, crate::format::horizon::HorizonError> {
+        Horizon::decode(b)
+    }
     pub use crate::format::frame::{decode_frame, encode_frame, FrameError};
 
     pub fn decode_checkpoint_header(b: &[u8]) -> Result<CheckpointHeader, crate::format::checkpoint::CheckpointError> {

@@ -126,6 +126,7 @@ proptest! {
     #[test]
     fn checkpoint_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
         let _ = keel_journal::__format::decode_checkpoint_header(&bytes);
+        let _ = keel_journal::__format::decode_horizon(&bytes);
         let _ = keel_journal::__format::decode_checkpoint_body(&bytes);
     }
 

@@ -120,3 +120,60 @@ fn reclaim_runs_by_itself_in_the_background() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A journal whose head was reclaimed: segments 1.. gone, the horizon file written.
+fn reclaimed_journal(dir: &std::path::Path) -> u64 {
+    let (j, _) = Journal::open(dir, options()).unwrap();
+    let body = vec![5u8; 4000];
+    for id in 0..100 {
+        j.add(id, 1, &body).unwrap();
+    }
+    for id in 0..95 {
+        j.delete(id).unwrap();
+    }
+    let r = j.reclaim().unwrap();
+    assert!(!r.segments.is_empty());
+    *r.segments.last().unwrap()
+}
+
+#[test]
+fn a_damaged_or_foreign_reclaim_horizon_stops_a_strict_open_and_salvage_reads_on() {
+    let dir = tempfile::tempdir().unwrap();
+    reclaimed_journal(dir.path());
+    let horizon = dir.path().join("RECLAIMED");
+    let good = std::fs::read(&horizon).unwrap();
+    let mut bad = good.clone();
+    bad[33] ^= 1;
+    std::fs::write(&horizon, &bad).unwrap();
+    let e = Journal::open(dir.path(), options()).unwrap_err();
+    assert!(matches!(e, keel_journal::OpenError::Horizon { .. }), "{e}");
+    assert!(e.to_string().contains("RECLAIMED") && e.to_string().contains("checksum"), "{e}");
+    let salvage = Options { recovery: keel_journal::RecoveryMode::Salvage, ..options() };
+    let (j, rec) = Journal::open(dir.path(), salvage).unwrap();
+    assert_eq!(rec.records.keys().copied().collect::<Vec<_>>(), (95..100).collect::<Vec<_>>());
+    drop(j);
+    // A horizon copied from another journal is named as foreign.
+    let other = tempfile::tempdir().unwrap();
+    reclaimed_journal(other.path());
+    std::fs::copy(other.path().join("RECLAIMED"), &horizon).unwrap();
+    let e = Journal::open(dir.path(), options()).unwrap_err();
+    assert!(e.to_string().contains("another journal"), "{e}");
+}
+
+#[test]
+fn a_head_segment_missing_above_the_horizon_is_corruption_not_a_reclaim() {
+    let dir = tempfile::tempdir().unwrap();
+    let horizon = reclaimed_journal(dir.path());
+    let next = dir.path().join(format!("{:020}.kseg", horizon + 1));
+    std::fs::remove_file(&next).unwrap();
+    let e = Journal::open(dir.path(), options()).unwrap_err();
+    match e {
+        keel_journal::OpenError::Corrupt(c) => {
+            assert!(
+                matches!(c.what, keel_journal::CorruptionKind::MissingSegment { expected, .. } if expected == horizon + 1),
+                "{c}"
+            )
+        }
+        other => panic!("expected a missing segment, got {other}"),
+    }
+}

@@ -164,6 +164,12 @@ impl S3Store {
         Ok(S3Store { client: Client::from_conf(s3cfg), bucket: cfg.bucket.clone(), cfg })
     }
 
+    /// A read of no bytes of an existing object.
+    async fn empty_range(&self, key: &str) -> Result<GetObject, StoreError> {
+        let meta = self.head(key).await?;
+        Ok(GetObject::new(meta, Body::S3(ByteStream::from_static(b"")), false))
+    }
+
     /// The SDK client, for what this interface does not cover (tests create buckets with it).
     pub fn client(&self) -> &Client {
         &self.client
@@ -414,6 +420,8 @@ impl ObjectStore for S3Store {
     async fn put(&self, key: &str, body: PutBody, cond: PutCondition) -> Result<ObjectMeta, StoreError> {
         key::check(key)?;
         let token = crate::token();
+        // The checksum goes into the object's metadata, which S3 takes when an upload starts, so a file is
+        // read once for it before it is read again to upload (from the page cache, for files this size).
         let b = body.clone();
         let (crc, size) = tokio::task::spawn_blocking(move || crate::body_crc(&b))
             .await
@@ -442,8 +450,7 @@ impl ObjectStore for S3Store {
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
         key::check(key)?;
         if range.end <= range.start {
-            let meta = self.head(key).await?;
-            return Ok(GetObject::new(meta, Body::S3(ByteStream::from_static(b"")), false));
+            return self.empty_range(key).await;
         }
         let out = self
             .client
@@ -457,8 +464,7 @@ impl ObjectStore for S3Store {
             Ok(o) => o,
             // A range that starts past the end: nothing to read.
             Err(SdkError::ServiceError(ctx)) if ctx.raw().status().as_u16() == 416 => {
-                let meta = self.head(key).await?;
-                return Ok(GetObject::new(meta, Body::S3(ByteStream::from_static(b"")), false));
+                return self.empty_range(key).await
             }
             Err(e) => return Err(self.err("get range of", key, e)),
         };

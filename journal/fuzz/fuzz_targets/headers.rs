@@ -1,8 +1,8 @@
-//! The segment-header and identity-file decoders on arbitrary bytes: never panic; whatever they accept
+//! The segment-header, identity-file and reclaim-horizon decoders on arbitrary bytes: never panic; whatever they accept
 //! re-encodes to the same bytes.
 #![no_main]
 
-use keel_journal::__format::{decode_identity, decode_segment_header};
+use keel_journal::__format::{decode_horizon, decode_identity, decode_segment_header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -11,5 +11,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(i) = decode_identity(data) {
         assert_eq!(&i.encode()[..], data);
+    }
+    if let Ok(h) = decode_horizon(data) {
+        assert_eq!(&h.encode()[..], data);
     }
 });

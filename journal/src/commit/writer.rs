@@ -101,6 +101,20 @@ fn poisoned(path: &std::path::Path, op: &'static str, e: io::Error) -> Stop {
 }
 
 impl Writer {
+    /// The newest segment that holds frames (reclaim never removes it: it carries the LSN the journal
+    /// resumes from).
+    pub fn newest_written_seq(&self) -> u64 {
+        match &self.active {
+            Some(a) if a.header.is_some() => self.last_seq - 1,
+            _ => self.last_seq,
+        }
+    }
+
+    /// The newest segment a reclaim may delete now, with every older one (`crate::index`).
+    pub fn reclaim_bound(&self) -> Option<u64> {
+        self.model.index.reclaim_bound(self.oldest_seq, self.newest_written_seq(), self.model.open_tx_first_seq())
+    }
+
     /// Writes a batch and completes every request in it.
     pub fn process(&mut self, batch: Vec<Request>, shared: &Shared) {
         let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();

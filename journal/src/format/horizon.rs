@@ -40,6 +40,8 @@ pub enum HorizonError {
     Checksum,
     #[error("version {0} is not supported")]
     Version(u32),
+    #[error("belongs to another journal")]
+    Foreign,
 }
 
 impl Horizon {

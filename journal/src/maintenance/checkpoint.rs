@@ -31,6 +31,8 @@ pub struct CheckpointReport {
     pub path: PathBuf,
     /// The first LSN the checkpoint does not cover.
     pub next_lsn: Lsn,
+    /// The segment a replay on top of it starts from.
+    pub resume_seq: u64,
     pub records: u64,
     pub bytes: u64,
 }
@@ -104,7 +106,7 @@ pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, Append
     sync_dir_or_poison(core)?;
     prune(core, resume.next_lsn)?;
     let bytes = (header.len() + stored.len()) as u64;
-    Ok(Some(CheckpointReport { path, next_lsn: resume.next_lsn, records, bytes }))
+    Ok(Some(CheckpointReport { path, next_lsn: resume.next_lsn, resume_seq: resume.seq, records, bytes }))
 }
 
 /// Deletes all but the newest `KEEP` checkpoints.

@@ -97,10 +97,7 @@ struct Plan {
 /// Chooses the run of oldest segments to empty, and the live records in it.
 fn plan(core: &Core, policy: &CompactionPolicy) -> Option<Plan> {
     let w = lock(core.shared.writer_mutex());
-    let newest_written = match &w.active {
-        Some(a) if a.header.is_some() => w.last_seq - 1,
-        _ => w.last_seq,
-    };
+    let newest_written = w.newest_written_seq();
     // Segments holding open transactions' frames stay (compaction moves live records, not staged ones).
     let limit = w.model.open_tx_first_seq().map_or(newest_written, |t| t.min(newest_written));
     let from = w.oldest_seq;

@@ -92,9 +92,9 @@ pub(crate) fn run(core: Arc<Core>) {
             || reclaimed_through.is_some_and(|s| s >= checkpoint_resume_seq);
         if due {
             match checkpoint::checkpoint(&core) {
-                Ok(_) => {
+                Ok(report) => {
                     sealed_since_checkpoint = 0;
-                    checkpoint_resume_seq = lock(core.shared.writer_mutex()).last_seq;
+                    checkpoint_resume_seq = report.map_or(checkpoint_resume_seq, |r| r.resume_seq);
                 }
                 Err(e) => tracing::warn!(error = %e, "checkpoint failed; the next open scans more"),
             }

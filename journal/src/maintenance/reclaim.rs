@@ -41,15 +41,10 @@ pub(crate) fn reclaim(core: &Core, pace: Option<TrimPace>) -> Result<ReclaimRepo
         if let Some(p) = core.shared.poisoned() {
             return Err(p);
         }
-        let newest_written = match &w.active {
-            Some(a) if a.header.is_some() => w.last_seq - 1,
-            _ => w.last_seq,
-        };
         if cfg!(debug_assertions) {
             w.model.index.check();
         }
-        let open_tx_first = w.model.open_tx_first_seq();
-        let Some(to) = w.model.index.reclaim_bound(w.oldest_seq, newest_written, open_tx_first) else {
+        let Some(to) = w.reclaim_bound() else {
             return Ok(ReclaimReport::default());
         };
         w.flush()?;

@@ -132,16 +132,22 @@ pub(crate) struct DirRecovery {
     pub present: Vec<u64>,
 }
 
-pub(crate) fn read_identity(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Identity>, OpenError> {
-    let path = dir.join(identity::FILE_NAME);
-    let file = match vfs.open(&path, OpenMode::Read) {
+/// The contents (at most 1 MiB) of one of the journal's small fixed files, or `None` if it does not exist.
+fn read_small_file(vfs: &dyn Vfs, path: &Path) -> Result<Option<Vec<u8>>, OpenError> {
+    let file = match vfs.open(path, OpenMode::Read) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(OpenError::io(&path, "open")(e)),
+        Err(e) => return Err(OpenError::io(path, "open")(e)),
     };
-    let len = file.size().map_err(OpenError::io(&path, "stat"))?;
+    let len = file.size().map_err(OpenError::io(path, "stat"))?;
     let mut buf = vec![0u8; len.min(1 << 20) as usize];
-    file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
+    file.read_exact_at(&mut buf, 0).map_err(OpenError::io(path, "read"))?;
+    Ok(Some(buf))
+}
+
+pub(crate) fn read_identity(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Identity>, OpenError> {
+    let path = dir.join(identity::FILE_NAME);
+    let Some(buf) = read_small_file(vfs, &path)? else { return Ok(None) };
     Identity::decode(&buf).map(Some).map_err(|source| OpenError::Identity { path, source })
 }
 
@@ -240,19 +246,12 @@ pub(crate) fn read_horizon(
     mode: RecoveryMode,
 ) -> Result<Option<Horizon>, OpenError> {
     let path = dir.join(horizon::FILE_NAME);
-    let file = match vfs.open(&path, OpenMode::Read) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(OpenError::io(&path, "open")(e)),
-    };
-    let len = file.size().map_err(OpenError::io(&path, "stat"))?;
-    let mut buf = vec![0u8; len.min(4096) as usize];
-    file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
+    let Some(buf) = read_small_file(vfs, &path)? else { return Ok(None) };
     let decoded = Horizon::decode(&buf).and_then(|h| {
         if h.journal_id == identity.journal_id {
             Ok(h)
         } else {
-            Err(horizon::HorizonError::Magic)
+            Err(horizon::HorizonError::Foreign)
         }
     });
     match (decoded, mode) {
