@@ -46,13 +46,13 @@ mod reader;
 mod recovery;
 mod segment;
 mod sync_util;
-mod testing;
 mod types;
 pub mod vfs;
 
 pub use commit::completion::Pending;
 pub use error::{AppendError, Corruption, CorruptionKind, OpenError};
 pub use format::frame::{FrameHeader, FrameType};
+pub use format::Binding;
 pub use index::{Location, RecordRef, SegmentLive};
 pub use journal::{Journal, Options, RekeyError, RekeyReport};
 pub use maintenance::checkpoint::CheckpointReport;

@@ -24,18 +24,35 @@ use crate::key::{self, RESERVED_PREFIX};
 use crate::{ETag, GetObject, ListPage, ObjectMeta, ObjectStore, PutBody, PutCondition, StoreError};
 
 const MAGIC: &[u8; 8] = b"KEELOBJ1";
-const HEADER: usize = 32;
+const HEADER: usize = ObjectHeader::LEN;
 const LIST_PAGE: usize = 1000;
 
-#[derive(Clone, Copy)]
-struct Header {
-    size: u64,
-    crc32: u32,
-    etag: u64,
+/// The header of an object file (docs/FORMAT.md, "keel-s3 object files").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectHeader {
+    /// Bytes after the header.
+    pub size: u64,
+    /// CRC32 of those bytes.
+    pub crc32: u32,
+    /// Random, new for every put.
+    pub etag: u64,
 }
 
-impl Header {
-    fn encode(&self) -> [u8; HEADER] {
+/// Why an object file's header was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("shorter than its {} byte header", ObjectHeader::LEN)]
+    Short,
+    #[error("bad magic (not a keel-s3 object file)")]
+    BadMagic,
+    #[error("header checksum mismatch")]
+    Checksum,
+}
+
+impl ObjectHeader {
+    pub const LEN: usize = 32;
+
+    pub fn encode(&self) -> [u8; HEADER] {
         let mut b = [0u8; HEADER];
         b[0..8].copy_from_slice(MAGIC);
         b[8..16].copy_from_slice(&self.size.to_le_bytes());
@@ -46,16 +63,18 @@ impl Header {
         b
     }
 
-    fn decode(b: &[u8; HEADER]) -> Result<Header, String> {
+    /// Decodes the first [`ObjectHeader::LEN`] bytes of `b`.
+    pub fn decode(b: &[u8]) -> Result<ObjectHeader, HeaderError> {
+        let b: &[u8; HEADER] = b.get(..HEADER).and_then(|h| h.try_into().ok()).ok_or(HeaderError::Short)?;
         if &b[0..8] != MAGIC {
-            return Err("bad magic".into());
+            return Err(HeaderError::BadMagic);
         }
         let le64 = |r: Range<usize>| u64::from_le_bytes(b[r].try_into().expect("8 bytes"));
         let le32 = |r: Range<usize>| u32::from_le_bytes(b[r].try_into().expect("4 bytes"));
         if le32(28..32) != crc32fast::hash(&b[0..28]) {
-            return Err("header checksum mismatch".into());
+            return Err(HeaderError::Checksum);
         }
-        Ok(Header { size: le64(8..16), crc32: le32(16..20), etag: le64(20..28) })
+        Ok(ObjectHeader { size: le64(8..16), crc32: le32(16..20), etag: le64(20..28) })
     }
 }
 
@@ -89,11 +108,12 @@ impl DirStore {
         let mut hb = [0u8; HEADER];
         file.read_exact_at(&mut hb, 0).map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => {
-                StoreError::Corrupt { path: path.to_path_buf(), why: "shorter than its header".into() }
+                StoreError::Corrupt { path: path.to_path_buf(), why: HeaderError::Short.to_string() }
             }
             _ => StoreError::io(path, "read object header")(e),
         })?;
-        let h = Header::decode(&hb).map_err(|why| StoreError::Corrupt { path: path.to_path_buf(), why })?;
+        let h = ObjectHeader::decode(&hb)
+            .map_err(|e| StoreError::Corrupt { path: path.to_path_buf(), why: e.to_string() })?;
         let len = file.metadata().map_err(StoreError::io(path, "stat object"))?.len();
         if len != HEADER as u64 + h.size {
             let why = format!("header says {} bytes, the file holds {}", h.size, len.saturating_sub(HEADER as u64));
@@ -122,6 +142,7 @@ impl DirStore {
             etag: etag_of(header.etag),
             crc32: Some(header.crc32),
         };
+        keel_crashpoint::hook("dir-put-written");
         let _lock = self.lock()?;
         let outcome = match &cond {
             PutCondition::None => {
@@ -156,8 +177,22 @@ impl DirStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        keel_crashpoint::hook("dir-put-renamed");
         sync_dir(&dir)?;
         Ok(meta)
+    }
+
+    /// Removes temporary files that puts killed between writing and renaming left behind, if older than
+    /// `older_than` (a younger one may belong to a put still running in another process). Returns how many.
+    /// Walks the whole tree: run it at start-up or from maintenance, not per request.
+    pub async fn remove_stale_temporaries(&self, older_than: std::time::Duration) -> Result<usize, StoreError> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut removed = 0;
+            remove_stale(&root, older_than, &mut removed)?;
+            Ok(removed)
+        })
+        .await
     }
 
     fn lock(&self) -> Result<File, StoreError> {
@@ -207,11 +242,11 @@ fn etag_of(x: u64) -> ETag {
 }
 
 /// Writes header and body to a new temporary file and fsyncs it.
-fn write_tmp(tmp: &Path, body: &PutBody) -> Result<Header, StoreError> {
+fn write_tmp(tmp: &Path, body: &PutBody) -> Result<ObjectHeader, StoreError> {
     let mut f = File::options().create_new(true).write(true).open(tmp).map_err(StoreError::io(tmp, "create"))?;
     let mut etag = [0u8; 8];
     getrandom::fill(&mut etag).expect("the operating system's random source failed");
-    let mut header = Header { size: 0, crc32: 0, etag: u64::from_le_bytes(etag) };
+    let mut header = ObjectHeader { size: 0, crc32: 0, etag: u64::from_le_bytes(etag) };
     f.write_all(&[0u8; HEADER]).map_err(StoreError::io(tmp, "write"))?;
     let mut crc = crc32fast::Hasher::new();
     match body {
@@ -260,6 +295,40 @@ fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
         if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
+    }
+    Ok(())
+}
+
+fn remove_stale(dir: &Path, older_than: std::time::Duration, removed: &mut usize) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io(dir, "list directory")(e)),
+    };
+    let tmp_prefix = format!("{RESERVED_PREFIX}tmp-");
+    let mut any = false;
+    for e in entries {
+        let e = e.map_err(StoreError::io(dir, "list directory"))?;
+        let ft = e.file_type().map_err(StoreError::io(e.path(), "stat"))?;
+        let is_tmp = e.file_name().to_str().is_some_and(|n| n.starts_with(&tmp_prefix));
+        if ft.is_dir() {
+            remove_stale(&e.path(), older_than, removed)?;
+        } else if ft.is_file() && is_tmp {
+            let modified = e.metadata().and_then(|m| m.modified()).map_err(StoreError::io(e.path(), "stat"))?;
+            if modified.elapsed().is_ok_and(|age| age >= older_than) {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => {
+                        *removed += 1;
+                        any = true;
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::io(e.path(), "remove stale temporary")(err)),
+                }
+            }
+        }
+    }
+    if any {
+        sync_dir(dir)?;
     }
     Ok(())
 }

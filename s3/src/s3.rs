@@ -200,6 +200,9 @@ impl S3Store {
                 s
             }
         };
+        // The SDK's messages can span lines (the credential chain lists every provider it tried); an
+        // operator's log wants one line per error.
+        let message = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         let resource = format!("s3://{}/{key}", self.bucket);
         match (status, code.as_deref()) {
             (Some(404), Some("NoSuchBucket")) => StoreError::NoSuchBucket { bucket: self.bucket.clone() },

@@ -93,7 +93,7 @@ pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, Append
     let _ = core.vfs.remove_file(&tmp);
     let file = core.vfs.open(&tmp, OpenMode::CreateNew).map_err(io(&tmp, "create checkpoint"))?;
     file.write_all_at(&[IoSlice::new(&header), IoSlice::new(&stored)], 0).map_err(io(&tmp, "write checkpoint"))?;
-    crate::testing::hook("checkpoint-written");
+    keel_crashpoint::hook("checkpoint-written");
     if let Err(e) = file.sync_all() {
         // Unlike the journal's own files, a checkpoint is optional: drop it and carry on without it.
         drop(file);
@@ -102,7 +102,7 @@ pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, Append
     }
     drop(file);
     core.vfs.rename(&tmp, &path).map_err(io(&tmp, "rename checkpoint"))?;
-    crate::testing::hook("checkpoint-renamed");
+    keel_crashpoint::hook("checkpoint-renamed");
     sync_dir_or_poison(core)?;
     prune(core, resume.next_lsn)?;
     let bytes = (header.len() + stored.len()) as u64;

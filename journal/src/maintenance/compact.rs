@@ -157,13 +157,13 @@ pub(crate) fn compact(core: &Core, policy: &CompactionPolicy) -> Result<CompactR
         if in_flight_bytes >= BATCH_BYTES {
             settle(&mut in_flight, &mut report)?;
             in_flight_bytes = 0;
-            crate::testing::hook("compact-relocated");
+            keel_crashpoint::hook("compact-relocated");
         }
     }
     settle(&mut in_flight, &mut report)?;
-    crate::testing::hook("compact-relocated");
+    keel_crashpoint::hook("compact-relocated");
     core.shared.submit(RequestOp::Sync, Vec::new(), true).wait()?;
-    crate::testing::hook("compact-synced");
+    keel_crashpoint::hook("compact-synced");
     report.copy_time = started.elapsed();
     report.reclaimed = reclaim::reclaim(core, policy.trim_pace())?;
     report.reclaim_time = started.elapsed() - report.copy_time;

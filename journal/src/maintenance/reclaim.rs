@@ -54,7 +54,7 @@ pub(crate) fn reclaim(core: &Core, pace: Option<TrimPace>) -> Result<ReclaimRepo
         (from, to, w.next_lsn)
     };
     write_horizon(core, to, next_lsn)?;
-    crate::testing::hook("reclaim-horizon");
+    keel_crashpoint::hook("reclaim-horizon");
     let mut report = ReclaimReport::default();
     for seq in from..=to {
         core.reader.forget(seq);
@@ -115,7 +115,7 @@ fn remove_segment(core: &Core, seq: u64, pace: Option<TrimPace>) -> Result<bool,
             // Commits the freed blocks (and their TRIM) now, a step at a time. The segment is already out
             // of the journal (the horizon says so), so a failure here loses nothing.
             file.sync_all().map_err(io(&path, "fsync reclaimed segment"))?;
-            crate::testing::hook("reclaim-shrunk");
+            keel_crashpoint::hook("reclaim-shrunk");
             if let Some(rest) = step_time.checked_sub(t.elapsed()) {
                 std::thread::sleep(rest);
             }
@@ -126,7 +126,7 @@ fn remove_segment(core: &Core, seq: u64, pace: Option<TrimPace>) -> Result<bool,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io(&path, "delete reclaimed segment")(e)),
     }
-    crate::testing::hook("reclaim-deleted");
+    keel_crashpoint::hook("reclaim-deleted");
     Ok(true)
 }
 

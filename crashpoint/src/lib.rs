@@ -2,6 +2,8 @@
 //! is passed) makes the process kill itself with SIGKILL at that named point, so a test can stop a real
 //! process exactly between two steps of a multi-step operation. Unset (always, outside tests), a hook
 //! costs one atomic load.
+//!
+//! One crate so that every Keel crate (journal, object store, paging) names its points the same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -10,7 +12,7 @@ static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
 static PASSED: AtomicU64 = AtomicU64::new(0);
 
 /// Marks the named point; kills the process if the test asked to crash here.
-pub(crate) fn hook(name: &str) {
+pub fn hook(name: &str) {
     let target = TARGET.get_or_init(|| {
         let v = std::env::var("KEEL_CRASH_AT").ok()?;
         let (n, count) = match v.split_once(':') {

@@ -1,0 +1,670 @@
+//! One address's page store: the memory-or-page decision, durable group-committed appends to its pages,
+//! transaction visibility, and deleting pages every cursor has passed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use keel_journal::crypto::keys::KeyRing;
+use keel_journal::crypto::unit;
+use keel_journal::{Journal, TxId};
+
+use crate::error::PagingError;
+use crate::format::{self, encode_frame, FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, PAGE_HEADER_BYTES};
+use crate::page::{self, create_page, poisoned, PageKeying};
+use crate::ranges::RangeSet;
+use crate::subscription::Subscription;
+use crate::GlobalMemory;
+
+/// Bytes one group-commit write (and, encrypted, one sealed unit) holds at most, a single larger frame
+/// aside. Also bounds a torn tail.
+pub(crate) const WRITE_BYTES_MAX: u64 = 1 << 20;
+
+/// A page as the address knows it.
+#[derive(Debug)]
+pub(crate) struct PageInfo {
+    pub file: Arc<File>,
+    pub keying: Arc<PageKeying>,
+    pub first_seq: u64,
+    /// Messages below this sequence number are durable.
+    pub end_seq: u64,
+    /// Bytes durable (readers read up to here).
+    pub durable_len: u64,
+    /// Bytes assigned to appends, durable or not.
+    assigned_len: u64,
+    /// No more appends: the page is complete once `durable_len` reaches `assigned_len`.
+    pub sealed: bool,
+}
+
+impl PageInfo {
+    pub fn complete(&self) -> bool {
+        self.sealed && self.durable_len == self.assigned_len
+    }
+}
+
+#[derive(Debug)]
+struct PendingWrite {
+    page_id: u64,
+    offset: u64,
+    frames: Vec<u8>,
+    /// (seq, tx, payload bytes) of its messages.
+    messages: Vec<(u64, u64, u64)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum TxState {
+    Undecided { messages: Vec<(u64, u64)> },
+    Committed,
+}
+
+#[derive(Debug)]
+pub(crate) struct TxInfo {
+    pub state: TxState,
+    pub mark_id: u64,
+    /// The newest page holding one of its messages.
+    pub last_page: u64,
+}
+
+/// What a reader makes of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Visibility {
+    Visible,
+    /// Rolled back: never delivered.
+    Dead,
+    /// Its transaction is neither committed nor rolled back: readers wait here, keeping order.
+    Undecided,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AddrState {
+    pub next_seq: u64,
+    pub pages: BTreeMap<u64, PageInfo>,
+    pending: Vec<PendingWrite>,
+    appended: u64,
+    durable: u64,
+    flushing: bool,
+    pub poisoned: Option<PagingError>,
+    pub txs: HashMap<u64, TxInfo>,
+    pub dead: RangeSet,
+    pub subs: BTreeMap<String, Arc<Subscription>>,
+    /// Producers between the decision to page and their message getting a sequence number.
+    paging_writers: u64,
+    /// Bumped (under the lock) with every signal of `Address::changed`, so a waiter cannot miss one.
+    pub generation: u64,
+}
+
+impl AddrState {
+    pub fn visibility(&self, seq: u64, tx: u64) -> Visibility {
+        if self.dead.contains(seq) {
+            return Visibility::Dead;
+        }
+        if tx == 0 {
+            return Visibility::Visible;
+        }
+        match self.txs.get(&tx).map(|t| &t.state) {
+            Some(TxState::Committed) => Visibility::Visible,
+            Some(TxState::Undecided { .. }) => Visibility::Undecided,
+            None => Visibility::Dead,
+        }
+    }
+
+    pub fn newest_page(&self) -> Option<u64> {
+        self.pages.keys().next_back().copied()
+    }
+}
+
+/// Where a sent message went.
+#[derive(Debug)]
+pub enum Sent {
+    /// The address is in memory mode: the broker keeps the message in memory (and in its journal). The
+    /// grant holds the message's bytes against the address's and the global limit until dropped.
+    Memory(MemoryGrant),
+    /// Paged, durably, with this sequence number.
+    Paged(u64),
+}
+
+/// Memory held by a message in memory mode; dropping it releases the memory.
+#[derive(Debug)]
+pub struct MemoryGrant {
+    address: Arc<Address>,
+    bytes: u64,
+}
+
+impl Drop for MemoryGrant {
+    fn drop(&mut self) {
+        self.address.mem_used.fetch_sub(self.bytes, Ordering::SeqCst);
+        self.address.global.release(self.bytes);
+    }
+}
+
+/// An address's page store. Obtain it from [`crate::Paging::address`].
+#[derive(Debug)]
+pub struct Address {
+    pub(crate) name: String,
+    pub(crate) index: u32,
+    pub(crate) store_id: [u8; 16],
+    pub(crate) dir: PathBuf,
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) keys: Option<KeyRing>,
+    pub(crate) page_bytes: u64,
+    pub(crate) max_size_bytes: u64,
+    pub(crate) read_ahead_bytes: usize,
+    pub(crate) global: Arc<GlobalMemory>,
+    pub(crate) tx_marks: Arc<AtomicU64>,
+    pub(crate) sub_indexes: Arc<AtomicU64>,
+    mem_used: AtomicU64,
+    paging: AtomicBool,
+    pub(crate) state: Mutex<AddrState>,
+    /// Signalled when appends become durable, a transaction is decided, or the address fails.
+    pub(crate) changed: Condvar,
+}
+
+pub(crate) struct AddressInit {
+    pub name: String,
+    pub index: u32,
+    pub store_id: [u8; 16],
+    pub dir: PathBuf,
+    pub journal: Arc<Journal>,
+    pub keys: Option<KeyRing>,
+    pub page_bytes: u64,
+    pub max_size_bytes: u64,
+    pub read_ahead_bytes: usize,
+    pub global: Arc<GlobalMemory>,
+    pub tx_marks: Arc<AtomicU64>,
+    pub sub_indexes: Arc<AtomicU64>,
+}
+
+impl Address {
+    pub(crate) fn new(init: AddressInit, state: AddrState) -> Address {
+        // An address recovered with a backlog starts in paging mode: new messages queue behind it.
+        let backlog = state.pages.values().any(|p| p.end_seq > p.first_seq);
+        Address {
+            name: init.name,
+            index: init.index,
+            store_id: init.store_id,
+            dir: init.dir,
+            journal: init.journal,
+            keys: init.keys,
+            page_bytes: init.page_bytes,
+            max_size_bytes: init.max_size_bytes,
+            read_ahead_bytes: init.read_ahead_bytes,
+            global: init.global,
+            tx_marks: init.tx_marks,
+            sub_indexes: init.sub_indexes,
+            mem_used: AtomicU64::new(0),
+            paging: AtomicBool::new(backlog),
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AddrState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether new messages are being paged.
+    pub fn is_paging(&self) -> bool {
+        self.paging.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of memory-mode messages held.
+    pub fn memory_bytes(&self) -> u64 {
+        self.mem_used.load(Ordering::SeqCst)
+    }
+
+    /// Sends a message: kept in memory while the address and the global limit allow and no backlog is
+    /// paged, else paged durably. Inside a journal transaction (`tx`), a paged message becomes visible
+    /// only if [`crate::Paging::commit`] commits it; transactional sends are always paged, so that
+    /// visibility has one rule.
+    pub fn send(self: &Arc<Self>, payload: &[u8], tx: Option<TxId>) -> Result<Sent, PagingError> {
+        let len = payload.len() as u64;
+        if len > MESSAGE_BYTES_MAX {
+            return Err(PagingError::MessageTooLarge { len, max: MESSAGE_BYTES_MAX });
+        }
+        {
+            let mut st = self.lock();
+            if tx.is_none() && !self.paging.load(Ordering::SeqCst) {
+                let used = self.mem_used.load(Ordering::SeqCst);
+                if used + len <= self.max_size_bytes && self.global.try_reserve(len) {
+                    self.mem_used.fetch_add(len, Ordering::SeqCst);
+                    return Ok(Sent::Memory(MemoryGrant { address: self.clone(), bytes: len }));
+                }
+                tracing::info!(address = %self.name, used, "memory limit reached: paging");
+                self.paging.store(true, Ordering::SeqCst);
+            }
+            st.paging_writers += 1;
+        }
+        let r = self.page(payload, tx);
+        self.lock().paging_writers -= 1;
+        r.map(Sent::Paged)
+    }
+
+    /// Appends one message to the pages and returns once it is durable.
+    fn page(&self, payload: &[u8], tx: Option<TxId>) -> Result<u64, PagingError> {
+        let tx_raw = tx.map_or(0, TxId::get);
+        if let Some(tx) = tx {
+            self.mark_tx(tx)?;
+        }
+        let ticket = {
+            let mut st = self.lock();
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
+            }
+            let frame_bytes = (FRAME_HEADER_BYTES + payload.len()) as u64;
+            self.ensure_room(&mut st, frame_bytes)?;
+            let page_id = st.newest_page().expect("ensure_room leaves an open page");
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            let encrypted = self.keys.is_some();
+            let (binding, assigned) = {
+                let info = &st.pages[&page_id];
+                (info.keying.header.binding(), info.assigned_len)
+            };
+            let join = st
+                .pending
+                .last()
+                .is_some_and(|w| w.page_id == page_id && w.frames.len() as u64 + frame_bytes <= WRITE_BYTES_MAX);
+            let mut grow = frame_bytes;
+            if !join {
+                let overhead = if encrypted { unit::UNIT_OVERHEAD_BYTES } else { 0 };
+                st.pending.push(PendingWrite { page_id, offset: assigned, frames: Vec::new(), messages: Vec::new() });
+                grow += overhead;
+            }
+            st.pages.get_mut(&page_id).expect("open page").assigned_len += grow;
+            if let Some(t) = st.txs.get_mut(&tx_raw) {
+                t.last_page = page_id;
+            }
+            let w = st.pending.last_mut().expect("pushed");
+            encode_frame(&binding, seq, tx_raw, payload, &mut w.frames);
+            w.messages.push((seq, tx_raw, payload.len() as u64));
+            st.appended += 1;
+            (st.appended, seq)
+        };
+        self.wait_durable(ticket.0)?;
+        Ok(ticket.1)
+    }
+
+    /// Makes sure the newest page can take `frame_bytes` more, sealing it and creating the next if not.
+    fn ensure_room(&self, st: &mut AddrState, frame_bytes: u64) -> Result<(), PagingError> {
+        let (next_id, first_seq) = match st.pages.iter_mut().next_back() {
+            Some((&id, p)) if !p.sealed => {
+                let holds_one = p.assigned_len > PAGE_HEADER_BYTES as u64;
+                if !holds_one || p.assigned_len + frame_bytes <= self.page_bytes {
+                    return Ok(());
+                }
+                p.sealed = true;
+                (id + 1, st.next_seq)
+            }
+            Some((&id, _)) => (id + 1, st.next_seq),
+            None => (1, st.next_seq),
+        };
+        let (file, keying) = create_page(&self.name, &self.dir, self.store_id, next_id, first_seq, self.keys.as_ref())
+            .inspect_err(|e| {
+                if matches!(e, PagingError::Poisoned { .. }) {
+                    st.poisoned = Some(e.clone());
+                }
+            })?;
+        keel_crashpoint::hook("paging-page-created");
+        st.pages.insert(
+            next_id,
+            PageInfo {
+                file: Arc::new(file),
+                keying: Arc::new(keying),
+                first_seq,
+                end_seq: first_seq,
+                durable_len: PAGE_HEADER_BYTES as u64,
+                assigned_len: PAGE_HEADER_BYTES as u64,
+                sealed: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Waits until append `ticket` is durable, leading a group write + fdatasync if none is running.
+    fn wait_durable(&self, ticket: u64) -> Result<(), PagingError> {
+        let mut st = self.lock();
+        loop {
+            if st.durable >= ticket {
+                return Ok(());
+            }
+            if let Some(e) = &st.poisoned {
+                return Err(e.clone());
+            }
+            if st.flushing {
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            st.flushing = true;
+            let writes = std::mem::take(&mut st.pending);
+            let hi = st.appended;
+            let files: Vec<(u64, Arc<File>, Arc<PageKeying>)> = writes
+                .iter()
+                .map(|w| w.page_id)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .map(|id| {
+                    let p = &st.pages[&id];
+                    (id, p.file.clone(), p.keying.clone())
+                })
+                .collect();
+            drop(st);
+            let result = self.write_and_sync(writes, &files);
+            st = self.lock();
+            st.flushing = false;
+            match result {
+                Ok(writes) => {
+                    self.publish(&mut st, &writes);
+                    st.durable = hi;
+                }
+                Err(e) => {
+                    tracing::error!(address = %self.name, error = %e, "page write failed; the address stops");
+                    st.poisoned = Some(e);
+                }
+            }
+            st.generation += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    fn write_and_sync(
+        &self,
+        mut writes: Vec<PendingWrite>,
+        files: &[(u64, Arc<File>, Arc<PageKeying>)],
+    ) -> Result<Vec<PendingWrite>, PagingError> {
+        let find = |id: u64| files.iter().find(|f| f.0 == id).expect("collected");
+        for w in &mut writes {
+            let (_, file, keying) = find(w.page_id);
+            let path = page::page_path(&self.dir, w.page_id);
+            let bytes = match &keying.cipher {
+                None => std::mem::take(&mut w.frames),
+                Some(cipher) => {
+                    let mut frames = std::mem::take(&mut w.frames);
+                    let (head, tag) = unit::seal(cipher, &keying.header.binding(), w.offset, &mut frames);
+                    let mut b = Vec::with_capacity(head.len() + frames.len() + tag.len());
+                    b.extend_from_slice(&head);
+                    b.extend_from_slice(&frames);
+                    b.extend_from_slice(&tag);
+                    b
+                }
+            };
+            file.write_all_at(&bytes, w.offset).map_err(|e| poisoned(&self.name, &path, "write", e))?;
+            w.frames = bytes; // kept only for its length
+        }
+        keel_crashpoint::hook("paging-written");
+        for (id, file, _) in files {
+            let path = page::page_path(&self.dir, *id);
+            file.sync_data().map_err(|e| poisoned(&self.name, &path, "fdatasync", e))?;
+        }
+        Ok(writes)
+    }
+
+    /// Makes durable writes visible: page lengths, counts, undecided transactions' messages.
+    fn publish(&self, st: &mut AddrState, writes: &[PendingWrite]) {
+        for w in writes {
+            let p = st.pages.get_mut(&w.page_id).expect("a page with pending writes is not deleted");
+            debug_assert_eq!(p.durable_len, w.offset, "writes become durable in order");
+            p.durable_len = w.offset + w.frames.len() as u64;
+            if let Some(&(seq, _, _)) = w.messages.last() {
+                p.end_seq = seq + 1;
+            }
+            for &(seq, tx, len) in &w.messages {
+                if tx == 0 {
+                    for s in st.subs.values() {
+                        s.count_new(seq, len);
+                    }
+                } else if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) = st.txs.get_mut(&tx) {
+                    messages.push((seq, len));
+                }
+            }
+        }
+    }
+
+    /// Adds this address's mark to journal transaction `tx`, once.
+    fn mark_tx(&self, tx: TxId) -> Result<(), PagingError> {
+        let mark_id = {
+            let mut st = self.lock();
+            match st.txs.get(&tx.get()) {
+                Some(TxInfo { state: TxState::Undecided { .. }, .. }) => return Ok(()),
+                Some(_) => return Err(PagingError::TxDecided(tx.get())),
+                None => {}
+            }
+            let mark_id = format::tx_mark_id(self.tx_marks.fetch_add(1, Ordering::SeqCst));
+            let last_page = st.newest_page().unwrap_or(1);
+            st.txs.insert(tx.get(), TxInfo { state: TxState::Undecided { messages: Vec::new() }, mark_id, last_page });
+            mark_id
+        };
+        // Outside the lock: the append waits for its fdatasync. The broker commits only after its sends
+        // returned, so the mark is in the transaction before the commit.
+        let rec = format::TxMarkRecord { address: self.index, tx: tx.get() };
+        if let Err(e) = self.journal.add_tx(tx, mark_id, format::KIND_TX_MARK, &rec.encode()) {
+            self.lock().txs.remove(&tx.get());
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The journal committed `tx`: its messages become visible.
+    pub(crate) fn tx_committed(&self, tx: u64) {
+        let mut st = self.lock();
+        let Some(info) = st.txs.get_mut(&tx) else { return };
+        let TxState::Undecided { messages } = std::mem::replace(&mut info.state, TxState::Committed) else { return };
+        for (seq, len) in messages {
+            for s in st.subs.values() {
+                s.count_new(seq, len);
+            }
+        }
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// The journal rolled `tx` back: its messages are never delivered.
+    pub(crate) fn tx_rolled_back(&self, tx: u64) {
+        let mut st = self.lock();
+        if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) = st.txs.remove(&tx) {
+            for (seq, _) in messages {
+                st.dead.insert(seq);
+            }
+        }
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+        for s in self.subscriptions() {
+            s.advance_over_dead();
+        }
+        let _ = self.free_pages();
+    }
+
+    pub(crate) fn subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.lock().subs.values().cloned().collect()
+    }
+
+    /// Leaves paging mode if every subscription has read everything paged and nothing is being paged.
+    pub(crate) fn try_leave_paging(&self) {
+        if !self.paging.load(Ordering::SeqCst) {
+            return;
+        }
+        let st = self.lock();
+        if st.paging_writers > 0 || st.durable != st.appended {
+            return;
+        }
+        if st.subs.values().all(|s| s.read_seq() >= st.next_seq)
+            && self.mem_used.load(Ordering::SeqCst) < self.max_size_bytes
+        {
+            tracing::info!(address = %self.name, "paged backlog drained: memory mode");
+            self.paging.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Deletes the sealed pages every subscription has acknowledged, oldest first, and the transaction
+    /// marks of their messages. Returns how many pages were deleted.
+    pub fn free_pages(&self) -> Result<usize, PagingError> {
+        let (paths, marks) = {
+            let mut st = self.lock();
+            let floor = st.subs.values().map(|s| s.durable_floor()).min().unwrap_or(st.next_seq);
+            let newest = st.newest_page();
+            let mut ids = Vec::new();
+            for (&id, p) in &st.pages {
+                if Some(id) == newest || !p.complete() || p.end_seq > floor {
+                    break;
+                }
+                ids.push(id);
+            }
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let last = *ids.last().expect("non-empty");
+            for id in &ids {
+                st.pages.remove(id);
+            }
+            let marks: Vec<u64> = st
+                .txs
+                .iter()
+                .filter(|(_, t)| matches!(t.state, TxState::Committed) && t.last_page <= last)
+                .map(|(&tx, _)| tx)
+                .collect();
+            let marks: Vec<u64> = marks.into_iter().filter_map(|tx| st.txs.remove(&tx)).map(|t| t.mark_id).collect();
+            st.dead.forget_below(floor);
+            (ids.iter().map(|&id| page::page_path(&self.dir, id)).collect::<Vec<_>>(), marks)
+        };
+        for p in &paths {
+            std::fs::remove_file(p).map_err(crate::error::io(&self.name, p, "delete page"))?;
+        }
+        page::sync_dir(&self.name, &self.dir)?;
+        keel_crashpoint::hook("paging-pages-deleted");
+        let pending: Vec<_> = marks.iter().map(|&id| self.journal.delete_async(id)).collect();
+        for p in pending {
+            p.wait()?;
+        }
+        Ok(paths.len())
+    }
+
+    /// The subscription `name`, created if absent. A new subscription receives the messages paged from
+    /// now on.
+    pub fn subscribe(self: &Arc<Self>, name: &str) -> Result<Arc<Subscription>, PagingError> {
+        if name.len() > u16::MAX as usize {
+            return Err(PagingError::InvalidOption {
+                name: "subscription name",
+                why: "longer than 65535 bytes".into(),
+            });
+        }
+        let sub = {
+            let mut st = self.lock();
+            if let Some(s) = st.subs.get(name) {
+                return Ok(s.clone());
+            }
+            let start = st.next_seq;
+            let read_page = st.newest_page().unwrap_or(1);
+            let cursor_id = format::cursor_id(self.sub_indexes.fetch_add(1, Ordering::SeqCst));
+            let sub = Arc::new(Subscription::new(
+                self.clone(),
+                name.to_owned(),
+                cursor_id,
+                start,
+                start,
+                RangeSet::default(),
+                crate::subscription::Pending::default(),
+                read_page,
+            ));
+            st.subs.insert(name.to_owned(), sub.clone());
+            sub
+        };
+        let rec = format::CursorRecord {
+            address: self.index,
+            name: name.to_owned(),
+            start: sub.start(),
+            floor: sub.start(),
+            acked: RangeSet::default(),
+        };
+        if let Err(e) = self.journal.add(sub.cursor_id(), format::KIND_CURSOR, &rec.encode()) {
+            self.lock().subs.remove(name);
+            return Err(e.into());
+        }
+        Ok(sub)
+    }
+
+    /// An existing subscription.
+    pub fn subscription(&self, name: &str) -> Option<Arc<Subscription>> {
+        self.lock().subs.get(name).cloned()
+    }
+
+    /// Removes a subscription durably; pages only it still needed are deleted.
+    pub fn unsubscribe(&self, name: &str) -> Result<(), PagingError> {
+        let sub = self.lock().subs.get(name).cloned().ok_or_else(|| PagingError::NoSuchSubscription {
+            address: self.name.clone(),
+            subscription: name.to_owned(),
+        })?;
+        self.journal.delete(sub.cursor_id())?;
+        sub.mark_removed();
+        self.lock().subs.remove(name);
+        self.free_pages()?;
+        Ok(())
+    }
+
+    /// Pages, oldest first: (id, first seq, end seq, durable bytes, sealed).
+    pub fn pages(&self) -> Vec<PageSummary> {
+        self.lock()
+            .pages
+            .iter()
+            .map(|(&id, p)| PageSummary {
+                id,
+                first_seq: p.first_seq,
+                end_seq: p.end_seq,
+                bytes: p.durable_len,
+                sealed: p.sealed,
+            })
+            .collect()
+    }
+
+    /// The next sequence number a paged message gets.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+}
+
+/// What [`Address::pages`] lists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageSummary {
+    pub id: u64,
+    pub first_seq: u64,
+    /// One past the last message.
+    pub end_seq: u64,
+    pub bytes: u64,
+    pub sealed: bool,
+}
+
+/// A page recovered from disk, for [`AddrState`].
+pub(crate) fn recovered_page(
+    file: File,
+    keying: PageKeying,
+    first_seq: u64,
+    end_seq: u64,
+    len: u64,
+    sealed: bool,
+) -> PageInfo {
+    PageInfo {
+        file: Arc::new(file),
+        keying: Arc::new(keying),
+        first_seq,
+        end_seq,
+        durable_len: len,
+        assigned_len: len,
+        sealed,
+    }
+}
+
+pub(crate) fn recovered_state(
+    next_seq: u64,
+    pages: BTreeMap<u64, PageInfo>,
+    txs: HashMap<u64, TxInfo>,
+    dead: RangeSet,
+) -> AddrState {
+    AddrState { next_seq, pages, txs, dead, ..AddrState::default() }
+}

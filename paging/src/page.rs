@@ -1,0 +1,231 @@
+//! Page files on disk: create one, open one (checking its header against the address and its key), and
+//! read its messages in bounded chunks, checking every frame (and, encrypted, every unit's tag).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use keel_journal::crypto::keys::KeyRing;
+use keel_journal::crypto::unit::{self, UNIT_HEADER_BYTES, UNIT_OVERHEAD_BYTES};
+use keel_journal::crypto::SegmentCipher;
+
+use crate::error::{io, PagingError};
+use crate::format::{decode_frame, FrameError, PageHeader, PAGE_HEADER_BYTES};
+
+/// A message read from a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub seq: u64,
+    /// The journal transaction that paged it; 0: none.
+    pub tx: u64,
+    pub payload: Vec<u8>,
+}
+
+pub fn page_path(dir: &Path, page_id: u64) -> PathBuf {
+    dir.join(format!("{page_id:020}.kpage"))
+}
+
+/// The page ids present in an address directory, ascending.
+pub fn list_pages(address: &str, dir: &Path) -> Result<Vec<u64>, PagingError> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(address, dir, "list pages"))? {
+        let e = e.map_err(io(address, dir, "list pages"))?;
+        let name = e.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".kpage")) else { continue };
+        if stem.len() == 20 {
+            if let Ok(id) = stem.parse() {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+pub fn sync_dir(address: &str, dir: &Path) -> Result<(), PagingError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(address, dir, "fsync directory"))
+}
+
+/// A page's identity and data key.
+#[derive(Clone, Debug)]
+pub struct PageKeying {
+    pub header: PageHeader,
+    pub cipher: Option<SegmentCipher>,
+}
+
+/// Creates a page file holding only its header, durably (file and directory fsynced).
+pub fn create_page(
+    address: &str,
+    dir: &Path,
+    store_id: [u8; 16],
+    page_id: u64,
+    first_seq: u64,
+    keys: Option<&KeyRing>,
+) -> Result<(File, PageKeying), PagingError> {
+    let mut header = PageHeader { store_id, page_id, first_seq, key: None };
+    let cipher = keys.map(|k| {
+        let (key_id, master) = k.current();
+        let (cipher, wrapped) = SegmentCipher::create(master, key_id, &header.binding());
+        header.key = Some((key_id, wrapped));
+        cipher
+    });
+    let path = page_path(dir, page_id);
+    let file = File::options().create_new(true).read(true).write(true).open(&path).map_err(io(
+        address,
+        &path,
+        "create page",
+    ))?;
+    file.write_all_at(&header.encode(), 0).map_err(io(address, &path, "write page header"))?;
+    file.sync_all().map_err(|e| poisoned(address, &path, "fsync", e))?;
+    sync_dir(address, dir)?;
+    Ok((file, PageKeying { header, cipher }))
+}
+
+pub fn poisoned(address: &str, path: &Path, op: &'static str, e: std::io::Error) -> PagingError {
+    PagingError::Poisoned { address: address.to_owned(), path: path.to_path_buf(), op, source: std::sync::Arc::new(e) }
+}
+
+pub fn corrupt(address: &str, path: &Path, why: impl Into<String>) -> PagingError {
+    PagingError::CorruptPage { address: address.to_owned(), path: path.to_path_buf(), why: why.into() }
+}
+
+/// Opens a page and checks that its header is this address's page `page_id` and that a key opens it.
+pub fn open_page(
+    address: &str,
+    dir: &Path,
+    store_id: [u8; 16],
+    page_id: u64,
+    keys: Option<&KeyRing>,
+    write: bool,
+) -> Result<(File, PageKeying), PagingError> {
+    let path = page_path(dir, page_id);
+    let file = File::options().read(true).write(write).open(&path).map_err(io(address, &path, "open page"))?;
+    let mut b = [0u8; PAGE_HEADER_BYTES];
+    file.read_exact_at(&mut b, 0).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(address, &path, "shorter than the page header"),
+        _ => io(address, &path, "read page header")(e),
+    })?;
+    let header = PageHeader::decode(&b).map_err(|why| corrupt(address, &path, why))?;
+    if header.store_id != store_id {
+        return Err(corrupt(address, &path, "the page belongs to another address (store id differs)"));
+    }
+    if header.page_id != page_id {
+        return Err(corrupt(address, &path, format!("the header says page {}", header.page_id)));
+    }
+    let cipher = match &header.key {
+        None => None,
+        Some((key_id, wrapped)) => {
+            let missing = || PagingError::MissingKey { address: address.to_owned(), page: page_id, key_id: *key_id };
+            let master = keys.ok_or_else(missing)?.get(*key_id).ok_or_else(missing)?;
+            Some(SegmentCipher::open(master, *key_id, &header.binding(), wrapped).ok_or(PagingError::WrongKey {
+                address: address.to_owned(),
+                page: page_id,
+                key_id: *key_id,
+            })?)
+        }
+    };
+    Ok((file, PageKeying { header, cipher }))
+}
+
+/// Why a read of a page stopped before `end`.
+#[derive(Debug)]
+pub struct ReadStop {
+    /// Where the first byte that is not a whole valid frame (or unit) lies.
+    pub offset: u64,
+    pub why: String,
+    /// A frame (or unit) whose header is whole runs past `end`: a write cut short, not altered bytes.
+    pub past_end: bool,
+}
+
+/// Reads the whole frames (or units) from `offset` towards `end`, about `chunk` bytes' worth (more if one
+/// frame is larger), appending their messages to `out`. Returns the offset after the last one read.
+/// `Err` only for bytes that are not valid: a frame cut by `end` is left for the next read.
+pub fn read_messages(
+    file: &File,
+    keying: &PageKeying,
+    offset: u64,
+    end: u64,
+    chunk: usize,
+    out: &mut Vec<Message>,
+) -> Result<u64, Result<ReadStop, std::io::Error>> {
+    if offset >= end {
+        return Ok(offset);
+    }
+    let binding = keying.header.binding();
+    let want = (end - offset).min(chunk as u64) as usize;
+    let mut buf = vec![0u8; want];
+    file.read_exact_at(&mut buf, offset).map_err(Err)?;
+    let mut at = 0usize;
+    loop {
+        let rest = &buf[at..];
+        if rest.is_empty() {
+            break;
+        }
+        let (consumed, incomplete) = match &keying.cipher {
+            None => match decode_frame(&binding, rest) {
+                Ok((h, r)) => {
+                    out.push(Message { seq: h.seq, tx: h.tx, payload: rest[r.clone()].to_vec() });
+                    (r.end, None)
+                }
+                Err(FrameError::Incomplete { need }) => (0, Some(need)),
+                Err(FrameError::Bad(why)) => {
+                    return Err(Ok(ReadStop { offset: offset + at as u64, why, past_end: false }))
+                }
+            },
+            Some(cipher) => {
+                if rest.len() < UNIT_HEADER_BYTES {
+                    (0, Some(None))
+                } else {
+                    let ct_len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as u64;
+                    let total = UNIT_OVERHEAD_BYTES + ct_len;
+                    if (rest.len() as u64) < total {
+                        (0, Some(Some(total)))
+                    } else {
+                        let unit_at = offset + at as u64;
+                        let plain = unit::open_one(cipher, &binding, &rest[..total as usize], unit_at)
+                            .map_err(|e| Ok(ReadStop { offset: unit_at, why: e.to_string(), past_end: false }))?;
+                        let mut p = 0;
+                        while p < plain.len() {
+                            match decode_frame(&binding, &plain[p..]) {
+                                Ok((h, r)) => {
+                                    out.push(Message {
+                                        seq: h.seq,
+                                        tx: h.tx,
+                                        payload: plain[p + r.start..p + r.end].to_vec(),
+                                    });
+                                    p += r.end;
+                                }
+                                Err(e) => {
+                                    let why = format!("inside the unit at byte {unit_at}: {e:?}");
+                                    return Err(Ok(ReadStop { offset: unit_at, why, past_end: false }));
+                                }
+                            }
+                        }
+                        (total as usize, None)
+                    }
+                }
+            }
+        };
+        match incomplete {
+            None => at += consumed,
+            Some(need) => {
+                if at > 0 {
+                    // A frame cut by the chunk: the next read starts at it.
+                    break;
+                }
+                match need {
+                    Some(n) if offset + n <= end && n as usize > buf.len() => {
+                        buf = vec![0u8; n as usize];
+                        file.read_exact_at(&mut buf, offset).map_err(Err)?;
+                        continue;
+                    }
+                    _ => {
+                        let why = format!("a frame runs past byte {end}, the end of the written bytes");
+                        return Err(Ok(ReadStop { offset, why, past_end: true }));
+                    }
+                }
+            }
+        }
+    }
+    Ok(offset + at as u64)
+}

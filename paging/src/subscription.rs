@@ -1,0 +1,348 @@
+//! A subscription: a durable cursor over its address's pages. It reads ahead in bounded chunks on its own,
+//! so a slow subscription never slows another; acknowledgements update its cursor record in the journal
+//! (group-committed with everything else the journal writes).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::address::{Address, Visibility};
+use crate::error::PagingError;
+use crate::format::{self, CursorRecord, PAGE_HEADER_BYTES};
+use crate::page::{self, Message};
+use crate::ranges::RangeSet;
+
+/// A message handed to a consumer; acknowledge or negatively acknowledge it by `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub seq: u64,
+    pub payload: Arc<[u8]>,
+    /// Whether it was delivered before (a nack, or a restart before its ack).
+    pub redelivered: bool,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    floor: u64,
+    acked: RangeSet,
+    read_page: u64,
+    read_offset: u64,
+    buffer: VecDeque<Message>,
+    in_flight: BTreeMap<u64, Arc<[u8]>>,
+    redeliver: BTreeMap<u64, Arc<[u8]>>,
+    /// Everything below was delivered before the last restart: a delivery is a redelivery.
+    delivered_before: u64,
+}
+
+/// One subscription of an address. Obtain it from [`Address::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    pub(crate) address: Arc<Address>,
+    name: String,
+    cursor_id: u64,
+    start: u64,
+    pending_messages: AtomicU64,
+    pending_bytes: AtomicU64,
+    floor_durable: AtomicU64,
+    read_seq: AtomicU64,
+    removed: AtomicBool,
+    cursor: Mutex<Cursor>,
+}
+
+/// Exact counts of what a subscription has yet to acknowledge.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub messages: u64,
+    pub bytes: u64,
+}
+
+impl Subscription {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        address: Arc<Address>,
+        name: String,
+        cursor_id: u64,
+        start: u64,
+        floor: u64,
+        acked: RangeSet,
+        pending: Pending,
+        read_page: u64,
+    ) -> Subscription {
+        Subscription {
+            address,
+            name,
+            cursor_id,
+            start,
+            pending_messages: AtomicU64::new(pending.messages),
+            pending_bytes: AtomicU64::new(pending.bytes),
+            floor_durable: AtomicU64::new(floor),
+            read_seq: AtomicU64::new(floor),
+            removed: AtomicBool::new(false),
+            cursor: Mutex::new(Cursor {
+                floor,
+                acked,
+                read_page,
+                read_offset: PAGE_HEADER_BYTES as u64,
+                buffer: VecDeque::new(),
+                in_flight: BTreeMap::new(),
+                redeliver: BTreeMap::new(),
+                delivered_before: 0,
+            }),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn cursor_id(&self) -> u64 {
+        self.cursor_id
+    }
+
+    /// The first sequence number this subscription receives.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cursor> {
+        self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn count_new(&self, seq: u64, len: u64) {
+        if seq >= self.start {
+            self.pending_messages.fetch_add(1, Ordering::SeqCst);
+            self.pending_bytes.fetch_add(len, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn durable_floor(&self) -> u64 {
+        self.floor_durable.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn read_seq(&self) -> u64 {
+        self.read_seq.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_delivered_before(&self, seq: u64) {
+        self.lock().delivered_before = seq;
+    }
+
+    /// Messages and bytes paged for this subscription and not yet acknowledged (delivered or not).
+    pub fn pending(&self) -> Pending {
+        Pending {
+            messages: self.pending_messages.load(Ordering::SeqCst),
+            bytes: self.pending_bytes.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Everything below is acknowledged.
+    pub fn floor(&self) -> u64 {
+        self.lock().floor
+    }
+
+    /// Messages delivered and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// The next message, if one is readable now. Messages come in sequence order, after any negatively
+    /// acknowledged ones; a message of an undecided transaction holds back those after it.
+    pub fn receive(&self) -> Result<Option<Delivery>, PagingError> {
+        if self.removed.load(Ordering::SeqCst) {
+            return Err(PagingError::NoSuchSubscription {
+                address: self.address.name.clone(),
+                subscription: self.name.clone(),
+            });
+        }
+        let mut c = self.lock();
+        if let Some((seq, payload)) = c.redeliver.pop_first() {
+            c.in_flight.insert(seq, payload.clone());
+            return Ok(Some(Delivery { seq, payload, redelivered: true }));
+        }
+        loop {
+            if c.buffer.is_empty() && !self.fill(&mut c)? {
+                drop(c);
+                self.address.try_leave_paging();
+                return Ok(None);
+            }
+            let m = c.buffer.front().expect("filled");
+            let skip = m.seq < c.floor.max(self.start) || c.acked.contains(m.seq) || c.in_flight.contains_key(&m.seq);
+            let vis = if skip { Visibility::Dead } else { self.address.lock().visibility(m.seq, m.tx) };
+            match vis {
+                Visibility::Undecided => return Ok(None),
+                Visibility::Dead => {
+                    let m = c.buffer.pop_front().expect("filled");
+                    self.read_seq.fetch_max(m.seq + 1, Ordering::SeqCst);
+                }
+                Visibility::Visible => {
+                    let m = c.buffer.pop_front().expect("filled");
+                    self.read_seq.fetch_max(m.seq + 1, Ordering::SeqCst);
+                    let payload: Arc<[u8]> = m.payload.into();
+                    c.in_flight.insert(m.seq, payload.clone());
+                    return Ok(Some(Delivery { seq: m.seq, payload, redelivered: m.seq < c.delivered_before }));
+                }
+            }
+        }
+    }
+
+    /// Like [`Subscription::receive`], waiting up to `timeout` for a message.
+    pub fn receive_timeout(&self, timeout: Duration) -> Result<Option<Delivery>, PagingError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let generation = self.address.lock().generation;
+            if let Some(d) = self.receive()? {
+                return Ok(Some(d));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let st = self.address.lock();
+            if st.generation == generation {
+                let _ = self.address.changed.wait_timeout(st, deadline - now);
+            }
+        }
+    }
+
+    /// Reads the next chunk of messages into the buffer; false if nothing more is durable yet.
+    fn fill(&self, c: &mut Cursor) -> Result<bool, PagingError> {
+        loop {
+            let (file, keying, durable_len, complete, has_next) = {
+                let st = self.address.lock();
+                let p = match st.pages.get(&c.read_page) {
+                    Some(p) => p,
+                    None => match st.pages.range(c.read_page..).next() {
+                        Some((&id, p)) => {
+                            c.read_page = id;
+                            c.read_offset = PAGE_HEADER_BYTES as u64;
+                            p
+                        }
+                        None => return Ok(false),
+                    },
+                };
+                (
+                    p.file.clone(),
+                    p.keying.clone(),
+                    p.durable_len,
+                    p.complete(),
+                    st.pages.contains_key(&(c.read_page + 1)),
+                )
+            };
+            if c.read_offset < durable_len {
+                let mut got = Vec::new();
+                let read = page::read_messages(
+                    &file,
+                    &keying,
+                    c.read_offset,
+                    durable_len,
+                    self.address.read_ahead_bytes,
+                    &mut got,
+                );
+                let path = page::page_path(&self.address.dir, c.read_page);
+                match read {
+                    Ok(next) if next > c.read_offset => {
+                        c.read_offset = next;
+                        c.buffer.extend(got);
+                        return Ok(true);
+                    }
+                    Ok(_) => return Err(page::corrupt(&self.address.name, &path, "a read made no progress")),
+                    Err(Ok(stop)) => {
+                        let why = format!("at byte {}: {}", stop.offset, stop.why);
+                        return Err(page::corrupt(&self.address.name, &path, why));
+                    }
+                    Err(Err(e)) => return Err(crate::error::io(&self.address.name, &path, "read page")(e)),
+                }
+            }
+            if complete && has_next {
+                c.read_page += 1;
+                c.read_offset = PAGE_HEADER_BYTES as u64;
+                continue;
+            }
+            return Ok(false);
+        }
+    }
+
+    /// Acknowledges one delivered message, durably.
+    pub fn ack(&self, seq: u64) -> Result<(), PagingError> {
+        self.ack_many(&[seq])
+    }
+
+    /// Acknowledges delivered messages with one durable cursor update.
+    pub fn ack_many(&self, seqs: &[u64]) -> Result<(), PagingError> {
+        let (pending, floor) = {
+            let mut c = self.lock();
+            if let Some(&bad) = seqs.iter().find(|s| !c.in_flight.contains_key(s)) {
+                return Err(PagingError::NotDelivered {
+                    address: self.address.name.clone(),
+                    subscription: self.name.clone(),
+                    seq: bad,
+                });
+            }
+            for s in seqs {
+                if let Some(p) = c.in_flight.remove(s) {
+                    c.acked.insert(*s);
+                    self.pending_messages.fetch_sub(1, Ordering::SeqCst);
+                    self.pending_bytes.fetch_sub(p.len() as u64, Ordering::SeqCst);
+                }
+            }
+            self.advance_floor(&mut c);
+            let rec = self.record(&c);
+            // Appended under the cursor lock, so cursor versions reach the journal in order.
+            let pending = self.address.journal.update_async(self.cursor_id, format::KIND_CURSOR, &rec.encode());
+            (pending, c.floor)
+        };
+        pending.wait()?;
+        keel_crashpoint::hook("paging-acked");
+        if floor > self.floor_durable.fetch_max(floor, Ordering::SeqCst) {
+            self.address.free_pages()?;
+        }
+        Ok(())
+    }
+
+    /// Hands a delivered message back: it is delivered again, before newer ones.
+    pub fn nack(&self, seq: u64) -> Result<(), PagingError> {
+        let mut c = self.lock();
+        let p = c.in_flight.remove(&seq).ok_or_else(|| PagingError::NotDelivered {
+            address: self.address.name.clone(),
+            subscription: self.name.clone(),
+            seq,
+        })?;
+        c.redeliver.insert(seq, p);
+        Ok(())
+    }
+
+    fn record(&self, c: &Cursor) -> CursorRecord {
+        CursorRecord {
+            address: self.address.index,
+            name: self.name.clone(),
+            start: self.start,
+            floor: c.floor,
+            acked: c.acked.clone(),
+        }
+    }
+
+    fn advance_floor(&self, c: &mut Cursor) {
+        let st = self.address.lock();
+        loop {
+            let f = st.dead.skip(c.acked.skip(c.floor));
+            if f == c.floor {
+                break;
+            }
+            c.floor = f;
+        }
+        drop(st);
+        let floor = c.floor;
+        c.acked.forget_below(floor);
+    }
+
+    /// After a rollback: the floor may pass rolled-back messages (in memory; the next ack records it).
+    pub(crate) fn advance_over_dead(&self) {
+        let mut c = self.lock();
+        self.advance_floor(&mut c);
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+    }
+}
