@@ -17,6 +17,7 @@ use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod compaction;
+pub mod paging;
 pub mod restart;
 pub mod s3;
 

@@ -130,7 +130,7 @@ pub fn open_once(dir: &Path, segment_bytes: u64, return_records: bool) -> io::Re
     Ok(sample)
 }
 
-fn proc_status_kib(field: &str) -> io::Result<u64> {
+pub fn proc_status_kib(field: &str) -> io::Result<u64> {
     let s = std::fs::read_to_string("/proc/self/status")?;
     s.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())

@@ -71,6 +71,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         runs: u32,
     },
+    /// Paging: producers into a paged address while a consumer drains it (vs the raw group-commit loop),
+    /// then a cold backlog paged in (vs a sequential read of a cold file), with peak RSS of each phase.
+    Paging {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Message sizes in bytes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1024,16384")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 8)]
+        producers: u32,
+        /// Seconds of producing while draining.
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// MiB of cold backlog to page in.
+        #[arg(long, default_value_t = 512)]
+        backlog_mib: u64,
+    },
     /// (Used by `restart`.) Open a journal once and print what it cost, as JSON.
     #[command(hide = true)]
     OpenOnce {
@@ -184,6 +202,23 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 );
             }
             let out = serde_json::json!({ "benchmark": "s3", "machine": machine(), "runs": runs, "rows": rows });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(Outcome::Ok)
+        }
+        BenchCommand::Paging { dir, sizes, producers, secs, backlog_mib } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            let mut rows = Vec::new();
+            for size in sizes {
+                let r = keel_bench::paging::run(&dir, size, producers, secs, backlog_mib)?;
+                eprintln!(
+                    "paging {size} B x {producers}: produce {:.0} msg/s {:.1} MB/s ({:.2}x raw group commit {:.1} MB/s), drain {:.0} msg/s; page-in {:.0} MB/s ({:.2}x sequential read {:.0} MB/s) of {:.0} MB; peak RSS {:.0} MiB draining, {:.0} MiB paging in",
+                    r.produce_msgs_per_sec, r.produce_mb_per_sec, r.produce_vs_raw, r.raw_group_commit_mb_per_sec,
+                    r.consume_msgs_per_sec, r.page_in_mb_per_sec, r.page_in_vs_sequential_read,
+                    r.sequential_read_mb_per_sec, r.backlog_mb, r.peak_rss_while_draining_mib, r.peak_rss_paging_in_mib
+                );
+                rows.push(r);
+            }
+            let out = serde_json::json!({ "benchmark": "paging", "machine": machine(), "rows": rows });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod journal;
+mod paging;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,9 @@ enum Command {
     /// Journal data tools (offline, on a directory), stress and ack verification.
     #[command(subcommand)]
     Journal(journal::JournalCommand),
+    /// Paging data tools (offline, on a broker's data directory).
+    #[command(subcommand)]
+    Paging(paging::PagingCommand),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Journal(c) => journal::run(c),
+        Command::Paging(c) => paging::run(c),
         Command::Bench(c) => bench::run(c),
     };
     match result {

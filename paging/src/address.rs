@@ -379,8 +379,19 @@ impl Address {
         files: &[(u64, Arc<File>, Arc<PageKeying>)],
     ) -> Result<Vec<PendingWrite>, PagingError> {
         let find = |id: u64| files.iter().find(|f| f.0 == id).expect("collected");
+        let sync = |id: u64, file: &File| {
+            let path = page::page_path(&self.dir, id);
+            file.sync_data().map_err(|e| poisoned(&self.name, &path, "fdatasync", e))
+        };
+        // Pages are made durable in order: a page's writes are synced before the next page's are issued,
+        // so a crash can tear only the last page with frames, never one followed by frames.
+        let mut previous: Option<u64> = None;
         for w in &mut writes {
             let (_, file, keying) = find(w.page_id);
+            if let Some(prev) = previous.filter(|&p| p != w.page_id) {
+                sync(prev, &find(prev).1)?;
+            }
+            previous = Some(w.page_id);
             let path = page::page_path(&self.dir, w.page_id);
             let bytes = match &keying.cipher {
                 None => std::mem::take(&mut w.frames),
@@ -398,9 +409,8 @@ impl Address {
             w.frames = bytes; // kept only for its length
         }
         keel_crashpoint::hook("paging-written");
-        for (id, file, _) in files {
-            let path = page::page_path(&self.dir, *id);
-            file.sync_data().map_err(|e| poisoned(&self.name, &path, "fdatasync", e))?;
+        if let Some(last) = previous {
+            sync(last, &find(last).1)?;
         }
         Ok(writes)
     }

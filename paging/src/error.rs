@@ -23,6 +23,8 @@ pub enum PagingError {
     BadRecord { id: u64, why: String },
     #[error("journal: {0}")]
     Journal(Arc<AppendError>),
+    #[error("journal: {0}")]
+    JournalOpen(Arc<keel_journal::OpenError>),
     #[error("journal read: {0}")]
     JournalRead(Arc<ReadError>),
     #[error("address {address:?}: page {page} is encrypted and no master key with id {key_id} was given")]

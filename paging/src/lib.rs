@@ -26,6 +26,7 @@
 mod address;
 mod error;
 mod format;
+pub mod inspect;
 mod page;
 mod ranges;
 mod recovery;
@@ -43,6 +44,7 @@ pub use address::{Address, MemoryGrant, PageSummary, Sent};
 pub use error::PagingError;
 pub use format::MESSAGE_BYTES_MAX;
 pub use page::Message;
+pub use recovery::{Standing, TornTail};
 pub use subscription::{Delivery, Pending, Subscription};
 
 /// How paging runs.

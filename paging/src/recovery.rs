@@ -3,16 +3,18 @@
 //! and every subscription's exact pending counts recomputed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::crypto::unit::UNIT_OVERHEAD_BYTES;
-use keel_journal::{Journal, PreparedTx, TxOp};
+use keel_journal::{Journal, PreparedTx, ReadError, RecordRef, TxOp};
 
 use crate::address::{self, Address, AddressInit, TxInfo, TxState, WRITE_BYTES_MAX};
 use crate::error::{io, PagingError};
 use crate::format::{self, AddressRecord, CursorRecord, TxMarkRecord, FRAME_HEADER_BYTES, PAGE_HEADER_BYTES};
-use crate::page::{self, corrupt, list_pages, open_page, read_messages};
+use crate::page::{self, corrupt, list_pages, open_page, read_messages, Message, PageKeying};
 use crate::ranges::RangeSet;
 use crate::subscription::{Pending, Subscription};
 
@@ -44,19 +46,30 @@ pub struct Found {
     pub next_tx_mark: u64,
 }
 
+/// Paging's records from an open journal.
 pub fn read_records(journal: &Journal, prepared: &[PreparedTx]) -> Result<Found, PagingError> {
     let mut ids = Vec::new();
     journal.for_each_record(|id, r| {
         if format::is_paging_id(id) {
-            ids.push((id, r.kind));
+            ids.push((id, *r));
         }
     });
+    records_from(ids, prepared, &|r| journal.read_version(r))
+}
+
+/// Paging's records among `records`, their payloads read with `read`.
+pub fn records_from(
+    records: Vec<(u64, RecordRef)>,
+    prepared: &[PreparedTx],
+    read: &dyn Fn(&RecordRef) -> Result<Vec<u8>, ReadError>,
+) -> Result<Found, PagingError> {
+    let ids: Vec<(u64, RecordRef)> = records.into_iter().filter(|(id, _)| format::is_paging_id(*id)).collect();
     let mut found = Found::default();
     let bad = |id: u64| move |why: String| PagingError::BadRecord { id, why };
-    for (id, kind) in ids {
-        let payload = journal.read(id)?;
+    for (id, r) in ids {
+        let payload = read(&r)?;
         let n = format::id_number(id);
-        match kind {
+        match r.kind {
             format::KIND_ADDRESS => {
                 let rec = AddressRecord::decode(&payload).map_err(bad(id))?;
                 if u64::from(rec.index) != n {
@@ -79,7 +92,7 @@ pub fn read_records(journal: &Journal, prepared: &[PreparedTx]) -> Result<Found,
     for p in prepared {
         for r in &p.records {
             if r.op == TxOp::Add && format::is_paging_id(r.id) && r.record.kind == format::KIND_TX_MARK {
-                let payload = journal.read_version(&r.record)?;
+                let payload = read(&r.record)?;
                 found.prepared.push((r.id, TxMarkRecord::decode(&payload).map_err(bad(r.id))?));
                 found.next_tx_mark = found.next_tx_mark.max(format::id_number(r.id) + 1);
             }
@@ -88,35 +101,82 @@ pub fn read_records(journal: &Journal, prepared: &[PreparedTx]) -> Result<Found,
     Ok(found)
 }
 
-struct Counting<'a> {
-    cursor: &'a CursorRecord,
-    pending: Pending,
+/// A page as a scan found it.
+#[derive(Debug)]
+pub struct ScannedPage {
+    pub id: u64,
+    pub file: File,
+    pub keying: PageKeying,
+    pub first_seq: u64,
+    pub end_seq: u64,
+    /// Bytes of whole frames (the file's length unless a torn tail follows).
+    pub len: u64,
+    pub file_bytes: u64,
+    pub payload_bytes: u64,
 }
 
-pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>, PagingError> {
-    let name = init.name.clone();
-    let dir = init.dir.clone();
+/// A damaged end of the newest page that was never acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub page: u64,
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// What reading an address's pages found, without changing anything.
+#[derive(Debug)]
+pub struct Scan {
+    pub pages: Vec<ScannedPage>,
+    /// Pages wholly below every cursor: deleted on open.
+    pub garbage: Vec<u64>,
+    /// Pages holding only a header that follow a torn tail (created before the write that tore): deleted
+    /// on open, so that sequence numbers continue from the tear.
+    pub after_torn: Vec<u64>,
+    pub torn: Option<TornTail>,
+    pub txs: HashMap<u64, TxInfo>,
+    pub dead: RangeSet,
+    pub cursors: Vec<(u64, CursorRecord, Pending)>,
+    pub next_seq: u64,
+}
+
+/// How a scanned message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Standing {
+    Visible,
+    RolledBack,
+    Undecided,
+}
+
+/// Reads an address's pages (not those below every cursor) and checks every frame; calls `visit` for
+/// each message. Changes nothing on disk.
+pub fn scan_address(
+    name: &str,
+    dir: &Path,
+    index: u32,
+    store_id: [u8; 16],
+    keys: Option<&KeyRing>,
+    found: &Found,
+    visit: &mut dyn FnMut(u64, &Message, Standing),
+) -> Result<Scan, PagingError> {
     if !dir.is_dir() {
-        return Err(corrupt(&name, &dir, "the address directory is missing"));
+        return Err(corrupt(name, dir, "the address directory is missing"));
     }
-    let cursors: Vec<&(u64, CursorRecord)> = found.cursors.iter().filter(|(_, c)| c.address == init.index).collect();
+    let cursors: Vec<&(u64, CursorRecord)> = found.cursors.iter().filter(|(_, c)| c.address == index).collect();
     let committed: HashMap<u64, u64> =
-        found.committed.iter().filter(|(_, m)| m.address == init.index).map(|(id, m)| (m.tx, *id)).collect();
+        found.committed.iter().filter(|(_, m)| m.address == index).map(|(id, m)| (m.tx, *id)).collect();
     let prepared: HashMap<u64, u64> =
-        found.prepared.iter().filter(|(_, m)| m.address == init.index).map(|(id, m)| (m.tx, *id)).collect();
+        found.prepared.iter().filter(|(_, m)| m.address == index).map(|(id, m)| (m.tx, *id)).collect();
     let min_floor = cursors.iter().map(|(_, c)| c.floor).min();
 
-    let mut ids = list_pages(&name, &dir)?;
+    let mut ids = list_pages(name, dir)?;
     let mut headers = Vec::with_capacity(ids.len());
     for &id in &ids {
-        // The newest page takes appends.
-        let write = Some(&id) == ids.last();
-        headers.push(open_page(&name, &dir, init.store_id, id, init.keys.as_ref(), write)?);
+        headers.push(open_page(name, dir, store_id, id, keys, false)?);
     }
     if ids.is_empty() {
         if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > 0) {
             let why = format!("no page files, but subscription {:?} is at message {}", c.name, c.floor);
-            return Err(corrupt(&name, &dir, why));
+            return Err(corrupt(name, dir, why));
         }
     }
     // Pages wholly below every cursor are garbage (a crash between deletes, or no subscriptions).
@@ -127,8 +187,8 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
             None if ids.is_empty() => 0,
             None => {
                 return Err(PagingError::MissingPage {
-                    address: name.clone(),
-                    dir: dir.clone(),
+                    address: name.to_owned(),
+                    dir: dir.to_path_buf(),
                     page: ids[0].saturating_sub(1),
                     first: ids[0],
                     last: *ids.last().expect("non-empty"),
@@ -136,21 +196,13 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
             }
         },
     };
-    if keep_from > 0 {
-        for &id in &ids[..keep_from] {
-            let p = page::page_path(&dir, id);
-            std::fs::remove_file(&p).map_err(io(&name, &p, "delete page"))?;
-        }
-        page::sync_dir(&name, &dir)?;
-        tracing::info!(address = %name, pages = keep_from, "deleted pages every cursor had passed");
-        ids.drain(..keep_from);
-        headers.drain(..keep_from);
-    }
+    let garbage: Vec<u64> = ids.drain(..keep_from).collect();
+    headers.drain(..keep_from);
     for w in ids.windows(2) {
         if w[1] != w[0] + 1 {
             return Err(PagingError::MissingPage {
-                address: name.clone(),
-                dir: dir.clone(),
+                address: name.to_owned(),
+                dir: dir.to_path_buf(),
                 page: w[0] + 1,
                 first: ids[0],
                 last: *ids.last().expect("non-empty"),
@@ -158,8 +210,8 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
         }
     }
 
-    let mut counting: Vec<Counting> =
-        cursors.iter().map(|(_, c)| Counting { cursor: c, pending: Pending::default() }).collect();
+    let mut counted: Vec<(u64, CursorRecord, Pending)> =
+        cursors.iter().map(|(id, c)| (*id, c.clone(), Pending::default())).collect();
     let mut txs: HashMap<u64, TxInfo> = HashMap::new();
     for (&tx, &mark_id) in &committed {
         txs.insert(tx, TxInfo { state: TxState::Committed, mark_id, last_page: 0 });
@@ -168,103 +220,160 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
         txs.insert(tx, TxInfo { state: TxState::Undecided { messages: Vec::new() }, mark_id, last_page: 0 });
     }
     let mut dead = RangeSet::default();
-    let mut pages = BTreeMap::new();
+    let mut pages = Vec::with_capacity(ids.len());
+    let mut torn = None;
     let mut expected = headers.first().map_or(0, |(_, k)| k.header.first_seq);
-    let newest = ids.last().copied();
-    for (&id, (file, keying)) in ids.iter().zip(headers) {
-        let path = page::page_path(&dir, id);
+    // A tear can only be in the last page with frames (pages are synced in order); pages after it hold
+    // at most a header.
+    let mut lens = Vec::with_capacity(ids.len());
+    for (&id, (file, _)) in ids.iter().zip(&headers) {
+        let path = page::page_path(dir, id);
+        lens.push(file.metadata().map_err(io(name, &path, "stat page"))?.len());
+    }
+    let last_with_frames = ids.iter().zip(&lens).rev().find(|(_, &l)| l > PAGE_HEADER_BYTES as u64).map(|(&id, _)| id);
+    let newest = last_with_frames.or(ids.last().copied());
+    let mut after_torn = Vec::new();
+    for (i, (&id, (file, keying))) in ids.iter().zip(headers).enumerate() {
+        let path = page::page_path(dir, id);
+        if torn.is_some() {
+            // Only headers follow the tear (see above); these pages are recreated as appends continue.
+            after_torn.push(id);
+            continue;
+        }
         if keying.header.first_seq != expected {
             let why =
                 format!("its first message is {}, the previous page ended before {expected}", keying.header.first_seq);
-            return Err(corrupt(&name, &path, why));
+            return Err(corrupt(name, &path, why));
         }
-        let mut len = file.metadata().map_err(io(&name, &path, "stat page"))?.len();
+        let file_bytes = lens[i];
+        let mut len = file_bytes;
         let mut offset = PAGE_HEADER_BYTES as u64;
+        let mut payload_bytes = 0;
         let mut messages = Vec::new();
         while offset < len {
             messages.clear();
             match read_messages(&file, &keying, offset, len, SCAN_CHUNK, &mut messages) {
                 Ok(next) => offset = next,
-                Err(Err(e)) => return Err(io(&name, &path, "read page")(e)),
+                Err(Err(e)) => return Err(io(name, &path, "read page")(e)),
                 Err(Ok(stop)) => {
                     let torn_bound = WRITE_BYTES_MAX + UNIT_OVERHEAD_BYTES + FRAME_HEADER_BYTES as u64;
-                    let torn = Some(id) == newest && (stop.past_end || len - stop.offset <= torn_bound);
-                    if !torn {
-                        return Err(corrupt(&name, &path, format!("at byte {}: {}", stop.offset, stop.why)));
+                    let is_torn = Some(id) == newest && (stop.past_end || len - stop.offset <= torn_bound);
+                    if !is_torn {
+                        return Err(corrupt(name, &path, format!("at byte {}: {}", stop.offset, stop.why)));
                     }
                     // The messages before the damage in this chunk are in `messages` already.
-                    tracing::warn!(address = %name, page = %path.display(), at = stop.offset, bytes = len - stop.offset,
-                        "cutting off a torn tail (never acknowledged)");
-                    let f =
-                        std::fs::OpenOptions::new().write(true).open(&path).map_err(io(&name, &path, "open page"))?;
-                    f.set_len(stop.offset).map_err(io(&name, &path, "truncate torn tail"))?;
-                    f.sync_all().map_err(|e| page::poisoned(&name, &path, "fsync", e))?;
+                    torn = Some(TornTail { page: id, offset: stop.offset, bytes: len - stop.offset });
                     len = stop.offset;
                     offset = len;
                 }
             }
             for m in &messages {
                 if m.seq != expected {
-                    return Err(corrupt(&name, &path, format!("message {} where {expected} was expected", m.seq)));
+                    return Err(corrupt(name, &path, format!("message {} where {expected} was expected", m.seq)));
                 }
                 expected += 1;
-                let visible = match m.tx {
-                    0 => true,
+                payload_bytes += m.payload.len() as u64;
+                let standing = match m.tx {
+                    0 => Standing::Visible,
                     tx => match txs.get_mut(&tx) {
                         Some(t) => {
                             t.last_page = id;
                             match &mut t.state {
-                                TxState::Committed => true,
+                                TxState::Committed => Standing::Visible,
                                 TxState::Undecided { messages } => {
                                     messages.push((m.seq, m.payload.len() as u64));
-                                    false
+                                    Standing::Undecided
                                 }
                             }
                         }
                         None => {
                             dead.insert(m.seq);
-                            false
+                            Standing::RolledBack
                         }
                     },
                 };
-                if visible {
-                    for c in &mut counting {
-                        if m.seq >= c.cursor.start.max(c.cursor.floor) && !c.cursor.acked.contains(m.seq) {
-                            c.pending.messages += 1;
-                            c.pending.bytes += m.payload.len() as u64;
+                if standing == Standing::Visible {
+                    for (_, c, pending) in &mut counted {
+                        if m.seq >= c.start.max(c.floor) && !c.acked.contains(m.seq) {
+                            pending.messages += 1;
+                            pending.bytes += m.payload.len() as u64;
                         }
                     }
                 }
+                visit(id, m, standing);
             }
         }
-        let sealed = Some(id) != newest;
         let first_seq = keying.header.first_seq;
-        pages.insert(id, address::recovered_page(file, keying, first_seq, expected, len, sealed));
+        pages.push(ScannedPage { id, file, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
     }
     if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > expected) {
         let why = format!("subscription {:?} is at message {}, but the pages end before {expected}", c.name, c.floor);
-        return Err(corrupt(&name, &dir, why));
+        return Err(corrupt(name, dir, why));
     }
+    Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, next_seq: expected })
+}
 
-    let page_firsts: Vec<(u64, u64)> = pages.iter().map(|(&id, p)| (id, p.first_seq)).collect();
-    let state = address::recovered_state(expected, pages, txs, dead);
+/// Opens an address: scans it, deletes its garbage pages, cuts a torn tail, and builds its state.
+pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>, PagingError> {
+    let name = init.name.clone();
+    let dir = init.dir.clone();
+    let scan = scan_address(&name, &dir, init.index, init.store_id, init.keys.as_ref(), found, &mut |_, _, _| {})?;
+    if !scan.garbage.is_empty() {
+        for &id in &scan.garbage {
+            let p = page::page_path(&dir, id);
+            std::fs::remove_file(&p).map_err(io(&name, &p, "delete page"))?;
+        }
+        page::sync_dir(&name, &dir)?;
+        tracing::info!(address = %name, pages = scan.garbage.len(), "deleted pages every cursor had passed");
+    }
+    if !scan.after_torn.is_empty() {
+        for &id in &scan.after_torn {
+            let p = page::page_path(&dir, id);
+            std::fs::remove_file(&p).map_err(io(&name, &p, "delete page"))?;
+        }
+        page::sync_dir(&name, &dir)?;
+    }
+    if let Some(t) = &scan.torn {
+        let path = page::page_path(&dir, t.page);
+        tracing::warn!(address = %name, page = %path.display(), at = t.offset, bytes = t.bytes,
+            "cutting off a torn tail (never acknowledged)");
+        let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(io(&name, &path, "open page"))?;
+        f.set_len(t.offset).map_err(io(&name, &path, "truncate torn tail"))?;
+        f.sync_all().map_err(|e| page::poisoned(&name, &path, "fsync", e))?;
+    }
+    let newest = scan.pages.last().map(|p| p.id);
+    let mut pages = BTreeMap::new();
+    let mut page_firsts = Vec::with_capacity(scan.pages.len());
+    for p in scan.pages {
+        let sealed = Some(p.id) != newest;
+        // The newest page takes appends: reopen it for writing.
+        let file = if sealed {
+            p.file
+        } else {
+            let path = page::page_path(&dir, p.id);
+            File::options().read(true).write(true).open(&path).map_err(io(&name, &path, "open page"))?
+        };
+        page_firsts.push((p.id, p.first_seq));
+        pages.insert(p.id, address::recovered_page(file, p.keying, p.first_seq, p.end_seq, p.len, sealed));
+    }
+    let state = address::recovered_state(scan.next_seq, pages, scan.txs, scan.dead);
     let addr = Arc::new(Address::new(init, state));
-    for (c, (id, _)) in counting.iter().zip(&cursors) {
-        let pos = c.cursor.floor.max(c.cursor.start);
+    for (id, c, pending) in scan.cursors {
+        let pos = c.floor.max(c.start);
         let read_page =
             page_firsts.iter().rev().find(|(_, first)| *first <= pos).or(page_firsts.first()).map_or(1, |(id, _)| *id);
         let sub = Arc::new(Subscription::new(
             addr.clone(),
-            c.cursor.name.clone(),
-            *id,
-            c.cursor.start,
-            c.cursor.floor,
-            c.cursor.acked.clone(),
-            c.pending,
+            c.name.clone(),
+            id,
+            c.start,
+            c.floor,
+            c.acked.clone(),
+            pending,
             read_page,
         ));
-        sub.set_delivered_before(expected);
-        addr.lock().subs.insert(c.cursor.name.clone(), sub.clone());
+        sub.set_delivered_before(scan.next_seq);
+        addr.lock().subs.insert(c.name.clone(), sub.clone());
         sub.advance_over_dead();
     }
     Ok(addr)

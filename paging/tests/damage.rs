@@ -140,3 +140,32 @@ fn a_torn_tail_of_the_newest_page_is_cut_and_appends_continue() {
     assert_eq!(n, 201);
     good_still_works(&paging);
 }
+
+#[test]
+fn a_tear_in_the_last_page_with_frames_followed_by_an_empty_page_recovers() {
+    // A flush that crossed into a new page: the new page's header is durable, the old page's last write
+    // was cut. The old page is the one torn; the empty page after it is recreated.
+    let dir = tempfile::tempdir().unwrap();
+    let pages = setup(dir.path());
+    let n = pages.len();
+    let (torn, empty) = (&pages[n - 2], &pages[n - 1]);
+    let len = std::fs::metadata(torn).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(torn).unwrap();
+    f.set_len(len - 500).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(empty).unwrap();
+    f.set_len(128).unwrap();
+    drop(f);
+    let (paging, _) = common::open(dir.path(), options());
+    let a = paging.address("bad").unwrap();
+    let s = a.subscription("s").unwrap();
+    let kept = s.pending().messages;
+    assert!(kept > 0 && kept < 200, "{kept}");
+    let Ok(keel_paging::Sent::Paged(seq)) = a.send(b"after", None) else { panic!() };
+    assert_eq!(seq, kept, "sequence numbers continue from the tear");
+    let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(got, (0..=kept).collect::<Vec<_>>());
+    drop((s, a, paging));
+    let (paging, _) = common::open(dir.path(), options());
+    assert_eq!(paging.address("bad").unwrap().subscription("s").unwrap().pending().messages, kept + 1);
+    good_still_works(&paging);
+}
