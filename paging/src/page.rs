@@ -18,7 +18,7 @@ pub struct Message {
     pub seq: u64,
     /// The journal transaction that paged it; 0: none.
     pub tx: u64,
-    pub payload: Vec<u8>,
+    pub payload: std::sync::Arc<[u8]>,
 }
 
 pub fn page_path(dir: &Path, page_id: u64) -> PathBuf {
@@ -164,7 +164,7 @@ pub fn read_messages(
         let (consumed, incomplete) = match &keying.cipher {
             None => match decode_frame(&binding, rest) {
                 Ok((h, r)) => {
-                    out.push(Message { seq: h.seq, tx: h.tx, payload: rest[r.clone()].to_vec() });
+                    out.push(Message { seq: h.seq, tx: h.tx, payload: rest[r.clone()].into() });
                     (r.end, None)
                 }
                 Err(FrameError::Incomplete { need }) => (0, Some(need)),
@@ -191,7 +191,7 @@ pub fn read_messages(
                                     out.push(Message {
                                         seq: h.seq,
                                         tx: h.tx,
-                                        payload: plain[p + r.start..p + r.end].to_vec(),
+                                        payload: plain[p + r.start..p + r.end].into(),
                                     });
                                     p += r.end;
                                 }

@@ -168,7 +168,13 @@ impl Subscription {
             }
             let m = c.buffer.front().expect("filled");
             let skip = m.seq < c.floor.max(self.start) || c.acked.contains(m.seq) || c.in_flight.contains_key(&m.seq);
-            let vis = if skip { Visibility::Dead } else { self.address.lock().visibility(m.seq, m.tx) };
+            // Only transactional messages can be undecided or rolled back: the address lock is not needed
+            // for the others.
+            let vis = match (skip, m.tx) {
+                (true, _) => Visibility::Dead,
+                (false, 0) => Visibility::Visible,
+                (false, _) => self.address.lock().visibility(m.seq, m.tx),
+            };
             match vis {
                 Visibility::Undecided => return Ok(None),
                 Visibility::Dead => {
@@ -178,7 +184,7 @@ impl Subscription {
                 Visibility::Visible => {
                     let m = c.buffer.pop_front().expect("filled");
                     self.read_seq.fetch_max(m.seq + 1, Ordering::SeqCst);
-                    let payload: Arc<[u8]> = m.payload.into();
+                    let payload = m.payload;
                     c.in_flight.insert(m.seq, payload.clone());
                     return Ok(Some(Delivery { seq: m.seq, payload, redelivered: m.seq < c.delivered_before }));
                 }
@@ -243,6 +249,11 @@ impl Subscription {
                 match read {
                     Ok(next) if next > c.read_offset => {
                         c.read_offset = next;
+                        // Let the kernel read the next chunks while this one is consumed.
+                        let ahead = (2 * self.address.read_ahead_bytes as u64).min(durable_len.saturating_sub(next));
+                        if let Some(len) = std::num::NonZeroU64::new(ahead) {
+                            let _ = rustix::fs::fadvise(&*file, next, Some(len), rustix::fs::Advice::WillNeed);
+                        }
                         c.buffer.extend(got);
                         return Ok(true);
                     }
