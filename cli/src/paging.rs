@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use keel_paging::inspect::{inspect, AddressReport, Inspection};
-use keel_paging::Standing;
+use keel_paging::{ObjectBacking, RemotePages, Standing};
 
 use crate::journal::{Failed, KeyArgs};
 use crate::Outcome;
@@ -48,9 +48,29 @@ pub struct DataDir {
     pub dir: PathBuf,
     #[command(flatten)]
     pub keys: KeyArgs,
+    /// Where uploaded pages are, when the broker uploads them: a directory (`/mnt/pages`) or
+    /// `s3://BUCKET` (endpoint, region and credentials from the AWS environment).
+    #[arg(long)]
+    pub objects: Option<String>,
+    /// The key prefix of uploaded pages.
+    #[arg(long, default_value = "")]
+    pub objects_prefix: String,
 }
 
 impl DataDir {
+    fn remote(&self) -> anyhow::Result<Option<RemotePages>> {
+        let Some(o) = &self.objects else { return Ok(None) };
+        let store = match o.strip_prefix("s3://") {
+            Some(bucket) => {
+                let cfg = keel_s3::s3::S3Config::new(bucket.trim_end_matches('/'));
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                ObjectBacking::S3(Box::new(rt.block_on(keel_s3::s3::S3Store::connect(cfg))?))
+            }
+            None => ObjectBacking::Dir(keel_s3::dir::DirStore::open(o)?),
+        };
+        Ok(Some(RemotePages { store, prefix: self.objects_prefix.clone(), cache_pages: 2 }))
+    }
+
     fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
         let (journal, pages) = (self.dir.join("journal"), self.dir.join("pages"));
         for p in [&journal, &pages] {
@@ -68,12 +88,12 @@ pub fn run(command: PagingCommand) -> anyhow::Result<Outcome> {
     match command {
         PagingCommand::Stats { dir, json } => {
             let (journal, pages) = dir.paths()?;
-            let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), &mut |_, _, _, _| {})?;
+            let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), dir.remote()?, &mut |_, _, _, _| {})?;
             report(&i, json, false)
         }
         PagingCommand::Verify { dir, json } => {
             let (journal, pages) = dir.paths()?;
-            let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), &mut |_, _, _, _| {})?;
+            let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), dir.remote()?, &mut |_, _, _, _| {})?;
             report(&i, json, true)
         }
         PagingCommand::Print { dir, address, json } => print(&dir, address.as_deref(), json),
@@ -93,7 +113,7 @@ fn print(dir: &DataDir, only: Option<&str>, json: bool) -> anyhow::Result<Outcom
     let (journal, pages) = dir.paths()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut write_err = None;
-    let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), &mut |addr, page, m, s| {
+    let i = inspect(&pages, &journal, dir.keys.load()?.as_ref(), dir.remote()?, &mut |addr, page, m, s| {
         if only.is_some_and(|o| o != addr) || write_err.is_some() {
             return;
         }
@@ -162,7 +182,7 @@ fn report(i: &Inspection, json: bool, verify: bool) -> anyhow::Result<Outcome> {
                 "per_page": s.pages.iter().map(|p| serde_json::json!({
                     "id": p.id, "file": p.path.file_name().map(|n| n.to_string_lossy().into_owned()),
                     "first_seq": p.first_seq, "end_seq": p.end_seq, "payload_bytes": p.payload_bytes,
-                    "file_bytes": p.file_bytes, "key_id": p.key_id,
+                    "file_bytes": p.file_bytes, "key_id": p.key_id, "local": p.local,
                 })).collect::<Vec<_>>(),
             }),
         };

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use keel_journal::crypto::keys::KeyRing;
 use keel_journal::crypto::unit;
@@ -16,6 +16,7 @@ use crate::error::PagingError;
 use crate::format::{self, encode_frame, FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, PAGE_HEADER_BYTES};
 use crate::page::{self, create_page, poisoned, PageKeying};
 use crate::ranges::RangeSet;
+use crate::remote::{Remote, Uploader};
 use crate::subscription::Subscription;
 use crate::GlobalMemory;
 
@@ -23,10 +24,19 @@ use crate::GlobalMemory;
 /// aside. Also bounds a torn tail.
 pub(crate) const WRITE_BYTES_MAX: u64 = 1 << 20;
 
+/// Where a page's bytes are.
+#[derive(Clone, Debug)]
+pub(crate) enum PageLocation {
+    Local(Arc<File>),
+    /// Uploaded to the object store and deleted locally.
+    Remote,
+}
+
 /// A page as the address knows it.
 #[derive(Debug)]
 pub(crate) struct PageInfo {
-    pub file: Arc<File>,
+    pub location: PageLocation,
+    upload_queued: bool,
     pub keying: Arc<PageKeying>,
     pub first_seq: u64,
     /// Messages below this sequence number are durable.
@@ -155,6 +165,9 @@ pub struct Address {
     pub(crate) global: Arc<GlobalMemory>,
     pub(crate) tx_marks: Arc<AtomicU64>,
     pub(crate) sub_indexes: Arc<AtomicU64>,
+    pub(crate) remote: Option<Arc<Remote>>,
+    uploader: Option<Arc<Uploader>>,
+    me: Weak<Address>,
     mem_used: AtomicU64,
     paging: AtomicBool,
     pub(crate) state: Mutex<AddrState>,
@@ -175,13 +188,15 @@ pub(crate) struct AddressInit {
     pub global: Arc<GlobalMemory>,
     pub tx_marks: Arc<AtomicU64>,
     pub sub_indexes: Arc<AtomicU64>,
+    pub remote: Option<Arc<Remote>>,
+    pub uploader: Option<Arc<Uploader>>,
 }
 
 impl Address {
-    pub(crate) fn new(init: AddressInit, state: AddrState) -> Address {
+    pub(crate) fn new(init: AddressInit, state: AddrState) -> Arc<Address> {
         // An address recovered with a backlog starts in paging mode: new messages queue behind it.
         let backlog = state.pages.values().any(|p| p.end_seq > p.first_seq);
-        Address {
+        let a = Arc::new_cyclic(|me| Address {
             name: init.name,
             index: init.index,
             store_id: init.store_id,
@@ -194,10 +209,64 @@ impl Address {
             global: init.global,
             tx_marks: init.tx_marks,
             sub_indexes: init.sub_indexes,
+            remote: init.remote,
+            uploader: init.uploader,
+            me: me.clone(),
             mem_used: AtomicU64::new(0),
             paging: AtomicBool::new(backlog),
             state: Mutex::new(state),
             changed: Condvar::new(),
+        });
+        let mut st = a.lock();
+        a.queue_uploads(&mut st);
+        drop(st);
+        a
+    }
+
+    /// Queues the upload of every complete local page not yet queued.
+    fn queue_uploads(&self, st: &mut AddrState) {
+        let Some(uploader) = &self.uploader else { return };
+        for (&id, p) in st.pages.iter_mut() {
+            if p.complete() && !p.upload_queued && matches!(p.location, PageLocation::Local(_)) {
+                p.upload_queued = true;
+                uploader.push(self.me.clone(), id);
+            }
+        }
+    }
+
+    /// Uploads one complete page, then deletes it locally (run by the uploader).
+    pub(crate) fn upload_page(&self, id: u64) -> Result<(), PagingError> {
+        let Some(remote) = &self.remote else { return Ok(()) };
+        let path = page::page_path(&self.dir, id);
+        match self.lock().pages.get(&id) {
+            Some(p) if matches!(p.location, PageLocation::Local(_)) => {}
+            _ => return Ok(()),
+        }
+        let key = remote.key(&self.store_id, id);
+        remote.upload(&self.name, &key, &path)?;
+        keel_crashpoint::hook("paging-uploaded");
+        let freed_meanwhile = match self.lock().pages.get_mut(&id) {
+            Some(p) => {
+                p.location = PageLocation::Remote;
+                false
+            }
+            None => true,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => page::sync_dir(&self.name, &self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::error::io(&self.name, &path, "delete uploaded page")(e)),
+        }
+        if freed_meanwhile {
+            remote.delete(&self.name, vec![key])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every complete page of this address was uploaded (no-op without an object store).
+    pub fn wait_uploaded(&self) {
+        if let Some(u) = &self.uploader {
+            u.wait_idle();
         }
     }
 
@@ -315,7 +384,8 @@ impl Address {
         st.pages.insert(
             next_id,
             PageInfo {
-                file: Arc::new(file),
+                location: PageLocation::Local(Arc::new(file)),
+                upload_queued: false,
                 keying: Arc::new(keying),
                 first_seq,
                 end_seq: first_seq,
@@ -351,7 +421,10 @@ impl Address {
                 .into_iter()
                 .map(|id| {
                     let p = &st.pages[&id];
-                    (id, p.file.clone(), p.keying.clone())
+                    let PageLocation::Local(file) = &p.location else {
+                        unreachable!("a page with pending writes is not complete, so not uploaded")
+                    };
+                    (id, file.clone(), p.keying.clone())
                 })
                 .collect();
             drop(st);
@@ -362,6 +435,7 @@ impl Address {
                 Ok(writes) => {
                     self.publish(&mut st, &writes);
                     st.durable = hi;
+                    self.queue_uploads(&mut st);
                 }
                 Err(e) => {
                     tracing::error!(address = %self.name, error = %e, "page write failed; the address stops");
@@ -516,7 +590,7 @@ impl Address {
     /// Deletes the sealed pages every subscription has acknowledged, oldest first, and the transaction
     /// marks of their messages. Returns how many pages were deleted.
     pub fn free_pages(&self) -> Result<usize, PagingError> {
-        let (paths, marks) = {
+        let (local, remote_keys, marks) = {
             let mut st = self.lock();
             let floor = st.subs.values().map(|s| s.durable_floor()).min().unwrap_or(st.next_seq);
             let newest = st.newest_page();
@@ -531,8 +605,16 @@ impl Address {
                 return Ok(0);
             }
             let last = *ids.last().expect("non-empty");
+            let (mut local, mut remote_keys) = (Vec::new(), Vec::new());
             for id in &ids {
-                st.pages.remove(id);
+                match st.pages.remove(id).map(|p| p.location) {
+                    Some(PageLocation::Local(_)) => local.push(page::page_path(&self.dir, *id)),
+                    Some(PageLocation::Remote) => {
+                        let r = self.remote.as_ref().expect("remote pages need an object store");
+                        remote_keys.push(r.key(&self.store_id, *id));
+                    }
+                    None => {}
+                }
             }
             let marks: Vec<u64> = st
                 .txs
@@ -542,18 +624,29 @@ impl Address {
                 .collect();
             let marks: Vec<u64> = marks.into_iter().filter_map(|tx| st.txs.remove(&tx)).map(|t| t.mark_id).collect();
             st.dead.forget_below(floor);
-            (ids.iter().map(|&id| page::page_path(&self.dir, id)).collect::<Vec<_>>(), marks)
+            (local, remote_keys, marks)
         };
-        for p in &paths {
-            std::fs::remove_file(p).map_err(crate::error::io(&self.name, p, "delete page"))?;
+        let deleted = local.len() + remote_keys.len();
+        for p in &local {
+            match std::fs::remove_file(p) {
+                Ok(()) => {}
+                // Uploaded (and deleted locally) between our look and now.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(crate::error::io(&self.name, p, "delete page")(e)),
+            }
         }
-        page::sync_dir(&self.name, &self.dir)?;
+        if !local.is_empty() {
+            page::sync_dir(&self.name, &self.dir)?;
+        }
+        if let Some(r) = &self.remote {
+            r.delete(&self.name, remote_keys)?;
+        }
         keel_crashpoint::hook("paging-pages-deleted");
         let pending: Vec<_> = marks.iter().map(|&id| self.journal.delete_async(id)).collect();
         for p in pending {
             p.wait()?;
         }
-        Ok(paths.len())
+        Ok(deleted)
     }
 
     /// The subscription `name`, created if absent. A new subscription receives the messages paged from
@@ -652,7 +745,7 @@ pub struct PageSummary {
 
 /// A page recovered from disk, for [`AddrState`].
 pub(crate) fn recovered_page(
-    file: File,
+    location: PageLocation,
     keying: PageKeying,
     first_seq: u64,
     end_seq: u64,
@@ -660,7 +753,8 @@ pub(crate) fn recovered_page(
     sealed: bool,
 ) -> PageInfo {
     PageInfo {
-        file: Arc::new(file),
+        location,
+        upload_queued: false,
         keying: Arc::new(keying),
         first_seq,
         end_seq,

@@ -19,6 +19,8 @@ pub enum PagingError {
     Io { address: String, path: PathBuf, op: &'static str, source: Arc<std::io::Error> },
     #[error("address {address:?} stopped after {op} failed on {}: {source}; reopen to recover what is durable", path.display())]
     Poisoned { address: String, path: PathBuf, op: &'static str, source: Arc<std::io::Error> },
+    #[error("address {address:?}: object store, {key}: {why}")]
+    Remote { address: String, key: String, why: String },
     #[error("journal record {id:#x}: {why}")]
     BadRecord { id: u64, why: String },
     #[error("journal: {0}")]

@@ -10,6 +10,7 @@ use keel_journal::RecoveryMode;
 use crate::error::PagingError;
 use crate::page::Message;
 use crate::recovery::{self, Standing, TornTail};
+use crate::remote::RemotePages;
 use crate::subscription::Pending;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub struct PageReport {
     pub file_bytes: u64,
     /// The master key id, when encrypted.
     pub key_id: Option<u32>,
+    /// On the volume (else only in the object store).
+    pub local: bool,
 }
 
 #[derive(Debug)]
@@ -70,60 +73,63 @@ pub fn inspect(
     pages: &Path,
     journal: &Path,
     keys: Option<&KeyRing>,
+    remote: Option<RemotePages>,
     visit: &mut dyn FnMut(&str, u64, &Message, Standing),
 ) -> Result<Inspection, PagingError> {
     let j = keel_journal::inspect::inspect(journal, RecoveryMode::Strict, keys, &mut |_| {})
         .map_err(|e| PagingError::JournalOpen(std::sync::Arc::new(e)))?;
     let records: Vec<_> = j.recovered.records.iter().map(|(id, r)| (*id, *r)).collect();
     let found = recovery::records_from(records, &j.recovered.prepared, &|r| j.reader.read(r))?;
+    let remote = remote.map(crate::remote::Remote::new).transpose()?;
     let mut addresses = Vec::new();
     let mut named = std::collections::BTreeSet::new();
     for rec in found.addresses.values() {
         let dir = pages.join(format!("a-{:08}", rec.index));
         named.insert(dir.clone());
         let mut v = |page: u64, m: &Message, s: Standing| visit(&rec.name, page, m, s);
-        let scan = recovery::scan_address(&rec.name, &dir, rec.index, rec.store_id, keys, &found, &mut v).map(|s| {
-            AddressScan {
-                pages: s
-                    .pages
-                    .iter()
-                    .map(|p| PageReport {
-                        id: p.id,
-                        path: crate::page::page_path(&dir, p.id),
-                        first_seq: p.first_seq,
-                        end_seq: p.end_seq,
-                        payload_bytes: p.payload_bytes,
-                        file_bytes: p.file_bytes,
-                        key_id: p.keying.header.key.as_ref().map(|k| k.0),
-                    })
-                    .collect(),
-                garbage_pages: s.garbage,
-                torn_tail: s.torn,
-                subscriptions: s
-                    .cursors
-                    .iter()
-                    .map(|(_, c, pending)| SubscriptionReport {
-                        name: c.name.clone(),
-                        start: c.start,
-                        floor: c.floor,
-                        ack_ranges: c.acked.len(),
-                        pending: *pending,
-                    })
-                    .collect(),
-                next_seq: s.next_seq,
-                committed_transactions: s
-                    .txs
-                    .values()
-                    .filter(|t| matches!(t.state, crate::address::TxState::Committed))
-                    .count(),
-                prepared_transactions: s
-                    .txs
-                    .values()
-                    .filter(|t| !matches!(t.state, crate::address::TxState::Committed))
-                    .count(),
-                rolled_back_messages: s.dead.iter().map(|(a, b)| b - a).sum(),
-            }
-        });
+        let scan =
+            recovery::scan_address(&rec.name, &dir, rec.index, rec.store_id, keys, remote.as_ref(), &found, &mut v)
+                .map(|s| AddressScan {
+                    pages: s
+                        .pages
+                        .iter()
+                        .map(|p| PageReport {
+                            id: p.id,
+                            path: crate::page::page_path(&dir, p.id),
+                            first_seq: p.first_seq,
+                            end_seq: p.end_seq,
+                            payload_bytes: p.payload_bytes,
+                            file_bytes: p.file_bytes,
+                            key_id: p.keying.header.key.as_ref().map(|k| k.0),
+                            local: p.local,
+                        })
+                        .collect(),
+                    garbage_pages: s.garbage.iter().map(|g| g.0).collect(),
+                    torn_tail: s.torn,
+                    subscriptions: s
+                        .cursors
+                        .iter()
+                        .map(|(_, c, pending)| SubscriptionReport {
+                            name: c.name.clone(),
+                            start: c.start,
+                            floor: c.floor,
+                            ack_ranges: c.acked.len(),
+                            pending: *pending,
+                        })
+                        .collect(),
+                    next_seq: s.next_seq,
+                    committed_transactions: s
+                        .txs
+                        .values()
+                        .filter(|t| matches!(t.state, crate::address::TxState::Committed))
+                        .count(),
+                    prepared_transactions: s
+                        .txs
+                        .values()
+                        .filter(|t| !matches!(t.state, crate::address::TxState::Committed))
+                        .count(),
+                    rolled_back_messages: s.dead.iter().map(|(a, b)| b - a).sum(),
+                });
         addresses.push(AddressReport { name: rec.name.clone(), index: rec.index, dir, scan });
     }
     let mut orphan_dirs = Vec::new();

@@ -30,6 +30,7 @@ pub mod inspect;
 mod page;
 mod ranges;
 mod recovery;
+mod remote;
 mod subscription;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use error::PagingError;
 pub use format::MESSAGE_BYTES_MAX;
 pub use page::Message;
 pub use recovery::{Standing, TornTail};
+pub use remote::{ObjectBacking, RemotePages};
 pub use subscription::{Delivery, Pending, Subscription};
 
 /// How paging runs.
@@ -60,6 +62,8 @@ pub struct PagingOptions {
     pub read_ahead_bytes: usize,
     /// Encrypt new pages under the current key (and read encrypted pages).
     pub keys: Option<KeyRing>,
+    /// Upload complete pages to an object store and delete them locally; `None`: pages stay on the volume.
+    pub remote: Option<RemotePages>,
 }
 
 impl Default for PagingOptions {
@@ -70,6 +74,7 @@ impl Default for PagingOptions {
             global_max_bytes: 512 << 20,
             read_ahead_bytes: 1 << 20,
             keys: None,
+            remote: None,
         }
     }
 }
@@ -93,6 +98,11 @@ impl Drop for Paging {
     fn drop(&mut self) {
         for a in self.available() {
             a.lock().subs.clear();
+        }
+        // Pages not yet uploaded stay on the volume; the next open queues them again.
+        if let Some((u, handle)) = self.uploader.take() {
+            u.stop();
+            let _ = handle.join();
         }
     }
 }
@@ -128,6 +138,8 @@ pub struct Paging {
     global: Arc<GlobalMemory>,
     tx_marks: Arc<AtomicU64>,
     sub_indexes: Arc<AtomicU64>,
+    remote: Option<Arc<remote::Remote>>,
+    uploader: Option<(Arc<remote::Uploader>, std::thread::JoinHandle<()>)>,
     registry: Mutex<Registry>,
 }
 
@@ -155,11 +167,25 @@ impl Paging {
         recovery::create_dir_durably(&dir)?;
         let global = Arc::new(GlobalMemory { used: AtomicU64::new(0), max: options.global_max_bytes });
         let found = recovery::read_records(&journal, prepared)?;
+        let remote = match &options.remote {
+            Some(r) => Some(Arc::new(remote::Remote::new(r.clone())?)),
+            None => None,
+        };
+        let uploader = remote.as_ref().map(|_| remote::Uploader::start());
         let tx_marks = Arc::new(AtomicU64::new(found.next_tx_mark));
         let sub_indexes = Arc::new(AtomicU64::new(found.next_sub_index));
         let mut registry = Registry { next_index: found.next_address_index, addresses: BTreeMap::new() };
-        let paging =
-            Paging { dir, journal, options, global, tx_marks, sub_indexes, registry: Mutex::new(Registry::default()) };
+        let paging = Paging {
+            dir,
+            journal,
+            options,
+            global,
+            tx_marks,
+            sub_indexes,
+            remote,
+            uploader,
+            registry: Mutex::new(Registry::default()),
+        };
         for rec in found.addresses.values() {
             let init = paging.init(rec.index, rec.store_id, rec.name.clone());
             let result = recovery::recover_address(init, &found).map_err(|cause| {
@@ -186,7 +212,21 @@ impl Paging {
             global: self.global.clone(),
             tx_marks: self.tx_marks.clone(),
             sub_indexes: self.sub_indexes.clone(),
+            remote: self.remote.clone(),
+            uploader: self.uploader.as_ref().map(|u| u.0.clone()),
         }
+    }
+
+    /// Waits until every complete page was uploaded to the object store (no-op without one).
+    pub fn wait_uploaded(&self) {
+        if let Some((u, _)) = &self.uploader {
+            u.wait_idle();
+        }
+    }
+
+    /// Complete pages waiting for upload.
+    pub fn pending_uploads(&self) -> usize {
+        self.uploader.as_ref().map_or(0, |(u, _)| u.pending())
     }
 
     /// The address `name`, created (durably) if absent; its recovery error if its pages are damaged.
@@ -207,10 +247,8 @@ impl Paging {
         let rec = format::AddressRecord { index, store_id, name: name.to_owned() };
         self.journal.add(format::address_id(index), format::KIND_ADDRESS, &rec.encode())?;
         reg.next_index += 1;
-        let a = Arc::new(Address::new(
-            init,
-            address::recovered_state(0, BTreeMap::new(), Default::default(), Default::default()),
-        ));
+        let a =
+            Address::new(init, address::recovered_state(0, BTreeMap::new(), Default::default(), Default::default()));
         reg.addresses.insert(name.to_owned(), Ok(a.clone()));
         Ok(a)
     }

@@ -12,6 +12,60 @@ use keel_journal::crypto::SegmentCipher;
 use crate::error::{io, PagingError};
 use crate::format::{decode_frame, FrameError, PageHeader, PAGE_HEADER_BYTES};
 
+/// Positioned reads of a page's bytes: a file on the volume, or a page fetched whole from the object store.
+pub trait ReadAt {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl ReadAt for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for std::sync::Arc<[u8]> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
+impl ReadAt for std::sync::Arc<File> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(&**self, buf, offset)
+    }
+}
+
+/// A page's bytes: its file on the volume, or the whole page fetched from the object store.
+#[derive(Debug)]
+pub enum Source {
+    File(File),
+    Bytes(std::sync::Arc<[u8]>),
+}
+
+impl ReadAt for Source {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Source::File(f) => FileExt::read_exact_at(f, buf, offset),
+            Source::Bytes(b) => b.read_exact_at(buf, offset),
+        }
+    }
+}
+
+impl Source {
+    pub fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Source::File(f) => Ok(f.metadata()?.len()),
+            Source::Bytes(b) => Ok(b.len() as u64),
+        }
+    }
+}
+
 /// A message read from a page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -100,17 +154,30 @@ pub fn open_page(
 ) -> Result<(File, PageKeying), PagingError> {
     let path = page_path(dir, page_id);
     let file = File::options().read(true).write(write).open(&path).map_err(io(address, &path, "open page"))?;
+    let keying = check_header(address, &path, &file, store_id, page_id, keys)?;
+    Ok((file, keying))
+}
+
+/// Reads and checks a page's header: this address's page `page_id`, opened by a key we have.
+pub fn check_header(
+    address: &str,
+    path: &Path,
+    src: &dyn ReadAt,
+    store_id: [u8; 16],
+    page_id: u64,
+    keys: Option<&KeyRing>,
+) -> Result<PageKeying, PagingError> {
     let mut b = [0u8; PAGE_HEADER_BYTES];
-    file.read_exact_at(&mut b, 0).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => corrupt(address, &path, "shorter than the page header"),
-        _ => io(address, &path, "read page header")(e),
+    src.read_exact_at(&mut b, 0).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => corrupt(address, path, "shorter than the page header"),
+        _ => io(address, path, "read page header")(e),
     })?;
-    let header = PageHeader::decode(&b).map_err(|why| corrupt(address, &path, why))?;
+    let header = PageHeader::decode(&b).map_err(|why| corrupt(address, path, why))?;
     if header.store_id != store_id {
-        return Err(corrupt(address, &path, "the page belongs to another address (store id differs)"));
+        return Err(corrupt(address, path, "the page belongs to another address (store id differs)"));
     }
     if header.page_id != page_id {
-        return Err(corrupt(address, &path, format!("the header says page {}", header.page_id)));
+        return Err(corrupt(address, path, format!("the header says page {}", header.page_id)));
     }
     let cipher = match &header.key {
         None => None,
@@ -124,7 +191,7 @@ pub fn open_page(
             })?)
         }
     };
-    Ok((file, PageKeying { header, cipher }))
+    Ok(PageKeying { header, cipher })
 }
 
 /// Why a read of a page stopped before `end`.
@@ -141,7 +208,7 @@ pub struct ReadStop {
 /// frame is larger), appending their messages to `out`. Returns the offset after the last one read.
 /// `Err` only for bytes that are not valid: a frame cut by `end` is left for the next read.
 pub fn read_messages(
-    file: &File,
+    file: &dyn ReadAt,
     keying: &PageKeying,
     offset: u64,
     end: u64,

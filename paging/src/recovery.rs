@@ -11,11 +11,12 @@ use keel_journal::crypto::keys::KeyRing;
 use keel_journal::crypto::unit::UNIT_OVERHEAD_BYTES;
 use keel_journal::{Journal, PreparedTx, ReadError, RecordRef, TxOp};
 
-use crate::address::{self, Address, AddressInit, TxInfo, TxState, WRITE_BYTES_MAX};
+use crate::address::{self, Address, AddressInit, PageLocation, TxInfo, TxState, WRITE_BYTES_MAX};
 use crate::error::{io, PagingError};
 use crate::format::{self, AddressRecord, CursorRecord, TxMarkRecord, FRAME_HEADER_BYTES, PAGE_HEADER_BYTES};
-use crate::page::{self, corrupt, list_pages, open_page, read_messages, Message, PageKeying};
+use crate::page::{self, check_header, corrupt, list_pages, open_page, read_messages, Message, PageKeying, Source};
 use crate::ranges::RangeSet;
+use crate::remote::Remote;
 use crate::subscription::{Pending, Subscription};
 
 /// Bytes recovery reads from a page at a time.
@@ -105,7 +106,9 @@ pub fn records_from(
 #[derive(Debug)]
 pub struct ScannedPage {
     pub id: u64,
-    pub file: File,
+    pub source: Source,
+    /// Whether the page is on the volume (else only in the object store).
+    pub local: bool,
     pub keying: PageKeying,
     pub first_seq: u64,
     pub end_seq: u64,
@@ -127,8 +130,8 @@ pub struct TornTail {
 #[derive(Debug)]
 pub struct Scan {
     pub pages: Vec<ScannedPage>,
-    /// Pages wholly below every cursor: deleted on open.
-    pub garbage: Vec<u64>,
+    /// Pages wholly below every cursor, with whether each is on the volume: deleted on open.
+    pub garbage: Vec<(u64, bool)>,
     /// Pages holding only a header that follow a torn tail (created before the write that tore): deleted
     /// on open, so that sequence numbers continue from the tear.
     pub after_torn: Vec<u64>,
@@ -149,12 +152,14 @@ pub enum Standing {
 
 /// Reads an address's pages (not those below every cursor) and checks every frame; calls `visit` for
 /// each message. Changes nothing on disk.
+#[allow(clippy::too_many_arguments)]
 pub fn scan_address(
     name: &str,
     dir: &Path,
     index: u32,
     store_id: [u8; 16],
     keys: Option<&KeyRing>,
+    remote: Option<&Remote>,
     found: &Found,
     visit: &mut dyn FnMut(u64, &Message, Standing),
 ) -> Result<Scan, PagingError> {
@@ -168,10 +173,27 @@ pub fn scan_address(
         found.prepared.iter().filter(|(_, m)| m.address == index).map(|(id, m)| (m.tx, *id)).collect();
     let min_floor = cursors.iter().map(|(_, c)| c.floor).min();
 
-    let mut ids = list_pages(name, dir)?;
+    let local_ids = list_pages(name, dir)?;
+    let remote_ids = match remote {
+        Some(r) => r.list(name, &store_id)?,
+        None => Vec::new(),
+    };
+    let mut ids: Vec<u64> = local_ids.iter().chain(&remote_ids).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
     let mut headers = Vec::with_capacity(ids.len());
     for &id in &ids {
-        headers.push(open_page(name, dir, store_id, id, keys, false)?);
+        // A page on the volume is authoritative (an upload may not have finished deleting it).
+        if local_ids.binary_search(&id).is_ok() {
+            let (file, keying) = open_page(name, dir, store_id, id, keys, false)?;
+            headers.push((Source::File(file), keying, true));
+        } else {
+            let r = remote.expect("listed remotely");
+            let key = r.key(&store_id, id);
+            let bytes = r.fetch(name, &key)?;
+            let keying = check_header(name, Path::new(&key), &bytes, store_id, id, keys)?;
+            headers.push((Source::Bytes(bytes), keying, false));
+        }
     }
     if ids.is_empty() {
         if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > 0) {
@@ -182,7 +204,7 @@ pub fn scan_address(
     // Pages wholly below every cursor are garbage (a crash between deletes, or no subscriptions).
     let keep_from = match min_floor {
         None => ids.len().saturating_sub(1),
-        Some(floor) => match headers.iter().rposition(|(_, k)| k.header.first_seq <= floor) {
+        Some(floor) => match headers.iter().rposition(|(_, k, _)| k.header.first_seq <= floor) {
             Some(i) => i,
             None if ids.is_empty() => 0,
             None => {
@@ -196,8 +218,7 @@ pub fn scan_address(
             }
         },
     };
-    let garbage: Vec<u64> = ids.drain(..keep_from).collect();
-    headers.drain(..keep_from);
+    let garbage: Vec<(u64, bool)> = ids.drain(..keep_from).zip(headers.drain(..keep_from).map(|h| h.2)).collect();
     for w in ids.windows(2) {
         if w[1] != w[0] + 1 {
             return Err(PagingError::MissingPage {
@@ -222,18 +243,18 @@ pub fn scan_address(
     let mut dead = RangeSet::default();
     let mut pages = Vec::with_capacity(ids.len());
     let mut torn = None;
-    let mut expected = headers.first().map_or(0, |(_, k)| k.header.first_seq);
+    let mut expected = headers.first().map_or(0, |(_, k, _)| k.header.first_seq);
     // A tear can only be in the last page with frames (pages are synced in order); pages after it hold
     // at most a header.
     let mut lens = Vec::with_capacity(ids.len());
-    for (&id, (file, _)) in ids.iter().zip(&headers) {
+    for (&id, (src, _, _)) in ids.iter().zip(&headers) {
         let path = page::page_path(dir, id);
-        lens.push(file.metadata().map_err(io(name, &path, "stat page"))?.len());
+        lens.push(src.len().map_err(io(name, &path, "stat page"))?);
     }
     let last_with_frames = ids.iter().zip(&lens).rev().find(|(_, &l)| l > PAGE_HEADER_BYTES as u64).map(|(&id, _)| id);
     let newest = last_with_frames.or(ids.last().copied());
     let mut after_torn = Vec::new();
-    for (i, (&id, (file, keying))) in ids.iter().zip(headers).enumerate() {
+    for (i, (&id, (source, keying, local))) in ids.iter().zip(headers).enumerate() {
         let path = page::page_path(dir, id);
         if torn.is_some() {
             // Only headers follow the tear (see above); these pages are recreated as appends continue.
@@ -252,12 +273,13 @@ pub fn scan_address(
         let mut messages = Vec::new();
         while offset < len {
             messages.clear();
-            match read_messages(&file, &keying, offset, len, SCAN_CHUNK, &mut messages) {
+            match read_messages(&source, &keying, offset, len, SCAN_CHUNK, &mut messages) {
                 Ok(next) => offset = next,
                 Err(Err(e)) => return Err(io(name, &path, "read page")(e)),
                 Err(Ok(stop)) => {
                     let torn_bound = WRITE_BYTES_MAX + UNIT_OVERHEAD_BYTES + FRAME_HEADER_BYTES as u64;
-                    let is_torn = Some(id) == newest && (stop.past_end || len - stop.offset <= torn_bound);
+                    // Only the volume's newest page is appended to; an uploaded page was complete.
+                    let is_torn = local && Some(id) == newest && (stop.past_end || len - stop.offset <= torn_bound);
                     if !is_torn {
                         return Err(corrupt(name, &path, format!("at byte {}: {}", stop.offset, stop.why)));
                     }
@@ -304,7 +326,17 @@ pub fn scan_address(
             }
         }
         let first_seq = keying.header.first_seq;
-        pages.push(ScannedPage { id, file, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
+        pages.push(ScannedPage {
+            id,
+            source,
+            local,
+            keying,
+            first_seq,
+            end_seq: expected,
+            len,
+            file_bytes,
+            payload_bytes,
+        });
     }
     if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > expected) {
         let why = format!("subscription {:?} is at message {}, but the pages end before {expected}", c.name, c.floor);
@@ -317,13 +349,33 @@ pub fn scan_address(
 pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>, PagingError> {
     let name = init.name.clone();
     let dir = init.dir.clone();
-    let scan = scan_address(&name, &dir, init.index, init.store_id, init.keys.as_ref(), found, &mut |_, _, _| {})?;
+    let remote = init.remote.clone();
+    let scan = scan_address(
+        &name,
+        &dir,
+        init.index,
+        init.store_id,
+        init.keys.as_ref(),
+        remote.as_deref(),
+        found,
+        &mut |_, _, _| {},
+    )?;
     if !scan.garbage.is_empty() {
-        for &id in &scan.garbage {
-            let p = page::page_path(&dir, id);
-            std::fs::remove_file(&p).map_err(io(&name, &p, "delete page"))?;
+        let mut remote_keys = Vec::new();
+        for &(id, local) in &scan.garbage {
+            if local {
+                let p = page::page_path(&dir, id);
+                std::fs::remove_file(&p).map_err(io(&name, &p, "delete page"))?;
+            }
+            if let Some(r) = &remote {
+                // Also when local: an upload may have landed before the crash.
+                remote_keys.push(r.key(&init.store_id, id));
+            }
         }
         page::sync_dir(&name, &dir)?;
+        if let Some(r) = &remote {
+            r.delete(&name, remote_keys)?;
+        }
         tracing::info!(address = %name, pages = scan.garbage.len(), "deleted pages every cursor had passed");
     }
     if !scan.after_torn.is_empty() {
@@ -346,18 +398,30 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
     let mut page_firsts = Vec::with_capacity(scan.pages.len());
     for p in scan.pages {
         let sealed = Some(p.id) != newest;
-        // The newest page takes appends: reopen it for writing.
-        let file = if sealed {
-            p.file
-        } else {
-            let path = page::page_path(&dir, p.id);
-            File::options().read(true).write(true).open(&path).map_err(io(&name, &path, "open page"))?
+        let location = match (p.local, sealed) {
+            (false, _) => PageLocation::Remote,
+            // The newest page takes appends: reopen it for writing.
+            (true, false) => {
+                let path = page::page_path(&dir, p.id);
+                let f = File::options().read(true).write(true).open(&path).map_err(io(&name, &path, "open page"))?;
+                PageLocation::Local(Arc::new(f))
+            }
+            (true, true) => match p.source {
+                Source::File(f) => PageLocation::Local(Arc::new(f)),
+                Source::Bytes(_) => unreachable!("a local page is read from its file"),
+            },
         };
+        if !p.local && !sealed {
+            // Only complete pages are uploaded, and a new page follows each; a remote newest page means the
+            // local open page is gone.
+            let why = format!("page {} is only in the object store, yet no page follows it on the volume", p.id);
+            return Err(corrupt(&name, &dir, why));
+        }
         page_firsts.push((p.id, p.first_seq));
-        pages.insert(p.id, address::recovered_page(file, p.keying, p.first_seq, p.end_seq, p.len, sealed));
+        pages.insert(p.id, address::recovered_page(location, p.keying, p.first_seq, p.end_seq, p.len, sealed));
     }
     let state = address::recovered_state(scan.next_seq, pages, scan.txs, scan.dead);
-    let addr = Arc::new(Address::new(init, state));
+    let addr = Address::new(init, state);
     for (id, c, pending) in scan.cursors {
         let pos = c.floor.max(c.start);
         let read_page =

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::address::{Address, Visibility};
+use crate::address::{Address, PageLocation, Visibility};
 use crate::error::PagingError;
 use crate::format::{self, CursorRecord, PAGE_HEADER_BYTES};
 use crate::page::{self, Message};
@@ -214,7 +214,7 @@ impl Subscription {
     /// Reads the next chunk of messages into the buffer; false if nothing more is durable yet.
     fn fill(&self, c: &mut Cursor) -> Result<bool, PagingError> {
         loop {
-            let (file, keying, durable_len, complete, has_next) = {
+            let (location, keying, durable_len, complete, has_next) = {
                 let st = self.address.lock();
                 let p = match st.pages.get(&c.read_page) {
                     Some(p) => p,
@@ -227,32 +227,41 @@ impl Subscription {
                         None => return Ok(false),
                     },
                 };
-                (
-                    p.file.clone(),
-                    p.keying.clone(),
-                    p.durable_len,
-                    p.complete(),
-                    st.pages.contains_key(&(c.read_page + 1)),
-                )
+                let has_next = st.pages.contains_key(&(c.read_page + 1));
+                (p.location.clone(), p.keying.clone(), p.durable_len, p.complete(), has_next)
             };
             if c.read_offset < durable_len {
+                let path = page::page_path(&self.address.dir, c.read_page);
+                // A remote page is fetched whole (through the shared cache) without any lock held.
+                let fetched = match &location {
+                    PageLocation::Local(_) => None,
+                    PageLocation::Remote => {
+                        let remote = self.address.remote.as_ref().expect("remote pages need an object store");
+                        let key = remote.key(&self.address.store_id, c.read_page);
+                        Some(remote.fetch(&self.address.name, &key)?)
+                    }
+                };
+                let src: &dyn page::ReadAt = match (&location, &fetched) {
+                    (PageLocation::Local(f), _) => f,
+                    (_, Some(b)) => b,
+                    (PageLocation::Remote, None) => unreachable!("fetched above"),
+                };
                 let mut got = Vec::new();
                 let read = page::read_messages(
-                    &file,
+                    src,
                     &keying,
                     c.read_offset,
                     durable_len,
                     self.address.read_ahead_bytes,
                     &mut got,
                 );
-                let path = page::page_path(&self.address.dir, c.read_page);
                 match read {
                     Ok(next) if next > c.read_offset => {
                         c.read_offset = next;
                         // Let the kernel read the next chunks while this one is consumed.
                         let ahead = (2 * self.address.read_ahead_bytes as u64).min(durable_len.saturating_sub(next));
-                        if let Some(len) = std::num::NonZeroU64::new(ahead) {
-                            let _ = rustix::fs::fadvise(&*file, next, Some(len), rustix::fs::Advice::WillNeed);
+                        if let (Some(len), PageLocation::Local(f)) = (std::num::NonZeroU64::new(ahead), &location) {
+                            let _ = rustix::fs::fadvise(&**f, next, Some(len), rustix::fs::Advice::WillNeed);
                         }
                         c.buffer.extend(got);
                         return Ok(true);

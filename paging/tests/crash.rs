@@ -19,8 +19,31 @@ use keel_paging::{PagingOptions, Sent};
 
 const CHILD: &str = "KEEL_PAGING_CHILD";
 
+/// With `KEEL_PAGING_OBJECTS` set (in the child, and by the parent around its checks), complete pages go
+/// to a directory object store there.
 fn options() -> PagingOptions {
-    PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, read_ahead_bytes: 64 << 10, ..PagingOptions::default() }
+    let remote = std::env::var("KEEL_PAGING_OBJECTS").ok().map(|d| keel_paging::RemotePages {
+        store: keel_paging::ObjectBacking::Dir(keel_s3::dir::DirStore::open(d).unwrap()),
+        prefix: String::new(),
+        cache_pages: 2,
+    });
+    PagingOptions {
+        page_bytes: 64 << 10,
+        max_size_bytes: 0,
+        read_ahead_bytes: 64 << 10,
+        remote,
+        ..PagingOptions::default()
+    }
+}
+
+fn options_with(objects: Option<&Path>) -> PagingOptions {
+    let mut o = options();
+    o.remote = objects.map(|d| keel_paging::RemotePages {
+        store: keel_paging::ObjectBacking::Dir(keel_s3::dir::DirStore::open(d).unwrap()),
+        prefix: String::new(),
+        cache_pages: 2,
+    });
+    o
 }
 
 /// Message `i`: i, then filler whose length and bytes follow from i.
@@ -56,7 +79,7 @@ fn child_produce_and_consume() {
     let mut i = first;
     let mut tx = first * 10 + 1;
     loop {
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             let t = TxId::new(tx).unwrap();
             tx += 1;
             let Sent::Paged(s1) = a.send(&message(i), Some(t)).unwrap() else { unreachable!() };
@@ -85,7 +108,7 @@ struct Log {
     next_index: u64,
 }
 
-fn run_child(dir: &Path, log: &mut Log, crash_at: Option<String>, kill_after: Duration) {
+fn run_child(dir: &Path, objects: Option<&Path>, log: &mut Log, crash_at: Option<String>, kill_after: Duration) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["child_produce_and_consume", "--exact", "--nocapture", "--test-threads", "1"])
         .env(CHILD, dir)
@@ -94,6 +117,9 @@ fn run_child(dir: &Path, log: &mut Log, crash_at: Option<String>, kill_after: Du
         .stderr(Stdio::inherit());
     if let Some(c) = &crash_at {
         cmd.env("KEEL_CRASH_AT", c);
+    }
+    if let Some(o) = objects {
+        cmd.env("KEEL_PAGING_OBJECTS", o);
     }
     let mut child = cmd.spawn().unwrap();
     let out = child.stdout.take().unwrap();
@@ -146,8 +172,8 @@ fn run_child(dir: &Path, log: &mut Log, crash_at: Option<String>, kill_after: Du
 }
 
 /// Reopens the store and checks it against what the child was told; consumes nothing.
-fn check(dir: &Path, log: &Log, round: &str) {
-    let (paging, _) = common::open(dir, options());
+fn check(dir: &Path, objects: Option<&Path>, log: &Log, round: &str) {
+    let (paging, _) = common::open(dir, options_with(objects));
     let a = paging.address("q").unwrap();
     let Some(sub) = a.subscription("s") else {
         assert!(log.sent.is_empty() && log.acked.is_empty(), "{round}: the subscription is gone");
@@ -182,10 +208,24 @@ fn sigkill_at_random_moments_loses_no_answered_send_or_ack() {
     let mut log = Log::default();
     let rounds: u64 = std::env::var("KEEL_PAGING_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
     for round in 0..rounds {
-        run_child(dir.path(), &mut log, None, Duration::from_millis(150 + round * 37 % 200));
-        check(dir.path(), &log, &format!("random kill {round}"));
+        run_child(dir.path(), None, &mut log, None, Duration::from_millis(150 + round * 37 % 200));
+        check(dir.path(), None, &log, &format!("random kill {round}"));
     }
     assert!(log.sent.len() > 20, "the child got little done: {} sends", log.sent.len());
+}
+
+#[test]
+fn sigkill_with_pages_in_an_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let o = Some(objects.path());
+    let mut log = Log::default();
+    run_child(dir.path(), o, &mut log, Some("paging-uploaded:3".into()), Duration::ZERO);
+    check(dir.path(), o, &log, "killed between upload and local delete");
+    for round in 0..4u64 {
+        run_child(dir.path(), o, &mut log, None, Duration::from_millis(200 + round * 53 % 150));
+        check(dir.path(), o, &log, &format!("random kill {round}, object store"));
+    }
 }
 
 #[test]
@@ -193,10 +233,10 @@ fn sigkill_at_each_paging_step() {
     for point in ["paging-page-created:3", "paging-written:40", "paging-acked:25", "paging-pages-deleted:1"] {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::default();
-        run_child(dir.path(), &mut log, Some(point.to_owned()), Duration::ZERO);
-        check(dir.path(), &log, point);
+        run_child(dir.path(), None, &mut log, Some(point.to_owned()), Duration::ZERO);
+        check(dir.path(), None, &log, point);
         // And the store works on: another life, killed at random.
-        run_child(dir.path(), &mut log, None, Duration::from_millis(120));
-        check(dir.path(), &log, &format!("after {point}"));
+        run_child(dir.path(), None, &mut log, None, Duration::from_millis(120));
+        check(dir.path(), None, &log, &format!("after {point}"));
     }
 }
