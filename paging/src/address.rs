@@ -299,6 +299,10 @@ impl Address {
         }
         {
             let mut st = self.lock();
+            if self.paging.load(Ordering::SeqCst) && self.drained(&st) {
+                tracing::info!(address = %self.name, "paged backlog drained: memory mode");
+                self.paging.store(false, Ordering::SeqCst);
+            }
             if tx.is_none() && !self.paging.load(Ordering::SeqCst) {
                 let used = self.mem_used.load(Ordering::SeqCst);
                 if used + len <= self.max_size_bytes && self.global.try_reserve(len) {
@@ -576,15 +580,20 @@ impl Address {
             return;
         }
         let st = self.lock();
-        if st.paging_writers > 0 || st.durable != st.appended {
-            return;
-        }
-        if st.subs.values().all(|s| s.read_seq() >= st.next_seq)
-            && self.mem_used.load(Ordering::SeqCst) < self.max_size_bytes
-        {
+        if self.drained(&st) {
             tracing::info!(address = %self.name, "paged backlog drained: memory mode");
             self.paging.store(false, Ordering::SeqCst);
         }
+    }
+
+    /// Whether the paged backlog is drained: nothing being paged, every subscription has read all that was
+    /// paged, and memory is below the address's limit. Messages sent in memory mode then come after every
+    /// paged one for every subscription.
+    fn drained(&self, st: &AddrState) -> bool {
+        st.paging_writers == 0
+            && st.durable == st.appended
+            && st.subs.values().all(|s| s.read_seq() >= st.next_seq)
+            && self.mem_used.load(Ordering::SeqCst) < self.max_size_bytes
     }
 
     /// Deletes the sealed pages every subscription has acknowledged, oldest first, and the transaction

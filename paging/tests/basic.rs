@@ -184,3 +184,76 @@ fn oversized_messages_are_refused() {
     let big = vec![0u8; MESSAGE_BYTES_MAX as usize + 1];
     assert!(matches!(a.send(&big, None), Err(keel_paging::PagingError::MessageTooLarge { .. })));
 }
+
+#[test]
+fn the_global_memory_limit_pages_every_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::small_pages();
+    opts.max_size_bytes = 10_000;
+    opts.global_max_bytes = 15_000;
+    let (paging, _) = common::open(dir.path(), opts);
+    let (a, b) = (paging.address("a").unwrap(), paging.address("b").unwrap());
+    let mut grants = Vec::new();
+    for _ in 0..8 {
+        if let Sent::Memory(g) = a.send(&[0u8; 1000], None).unwrap() {
+            grants.push(g);
+        }
+    }
+    assert_eq!(a.memory_bytes(), 8000);
+    assert!(!a.is_paging());
+    // b is under its own limit but the global one is reached at 15 000 bytes.
+    let mut b_memory = 0;
+    for _ in 0..10 {
+        match b.send(&[0u8; 1000], None).unwrap() {
+            Sent::Memory(g) => {
+                b_memory += 1;
+                grants.push(g);
+            }
+            Sent::Paged(_) => {}
+        }
+    }
+    assert_eq!(b_memory, 7);
+    assert!(b.is_paging() && !a.is_paging());
+    assert_eq!(paging.memory_bytes(), 15_000);
+    grants.clear();
+    assert_eq!(paging.memory_bytes(), 0, "dropping the grants releases the memory");
+}
+
+#[test]
+fn a_slow_subscription_neither_slows_nor_pages_out_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::small_pages();
+    opts.max_size_bytes = 5_000;
+    let (paging, _) = common::open(dir.path(), opts);
+    let a = paging.address("q").unwrap();
+    let fast = a.subscribe("fast").unwrap();
+    let slow = a.subscribe("slow").unwrap();
+    let mut in_memory = Vec::new();
+    for i in 0..500u64 {
+        if let Sent::Memory(g) = a.send(&msg(i, 1000), None).unwrap() {
+            in_memory.push(g);
+        }
+    }
+    assert_eq!(in_memory.len(), 5);
+    let held = a.memory_bytes();
+    // The fast subscription reads and acknowledges the whole paged backlog; the slow one reads nothing.
+    let mut n = 0;
+    while let Some(d) = fast.receive().unwrap() {
+        fast.ack(d.seq).unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 495);
+    assert_eq!(fast.pending().messages, 0);
+    assert_eq!(slow.pending().messages, 495);
+    assert_eq!(a.memory_bytes(), held, "in-memory messages stay in memory");
+    assert!(a.is_paging(), "the slow subscription's backlog keeps new messages paged, in order");
+    assert!(a.pages().len() > 2, "the slow subscription keeps its pages");
+    // Once the slow one has read it all, the address returns to memory mode.
+    let seqs: Vec<u64> = std::iter::from_fn(|| slow.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(seqs.len(), 495);
+    drop(in_memory);
+    assert!(matches!(a.send(&msg(1, 10), None).unwrap(), Sent::Memory(_)), "back in memory mode");
+    assert!(!a.is_paging());
+    slow.ack_many(&seqs).unwrap();
+    assert_eq!(a.pages().len(), 1);
+}

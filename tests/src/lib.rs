@@ -13,7 +13,6 @@ pub fn keel_bin() -> PathBuf {
             .package("keel-cli")
             .bin("keel")
             .current_release()
-            .current_target()
             .run()
             .expect("building the keel binary");
         run.path().to_path_buf()
