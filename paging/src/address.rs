@@ -27,7 +27,9 @@ pub(crate) const WRITE_BYTES_MAX: u64 = 1 << 20;
 /// Where a page's bytes are.
 #[derive(Clone, Debug)]
 pub(crate) enum PageLocation {
-    Local(Arc<File>),
+    /// On the volume. Only a page still taking writes keeps its file open (`Some`): a large backlog must
+    /// not cost a file descriptor per page; readers open complete pages themselves.
+    Local(Option<Arc<File>>),
     /// Uploaded to the object store and deleted locally.
     Remote,
 }
@@ -373,6 +375,10 @@ impl Address {
                     return Ok(());
                 }
                 p.sealed = true;
+                if p.complete() {
+                    // Everything written is durable: close it (readers open their own).
+                    p.location = PageLocation::Local(None);
+                }
                 (id + 1, st.next_seq)
             }
             Some((&id, _)) => (id + 1, st.next_seq),
@@ -388,7 +394,7 @@ impl Address {
         st.pages.insert(
             next_id,
             PageInfo {
-                location: PageLocation::Local(Arc::new(file)),
+                location: PageLocation::Local(Some(Arc::new(file))),
                 upload_queued: false,
                 keying: Arc::new(keying),
                 first_seq,
@@ -425,8 +431,8 @@ impl Address {
                 .into_iter()
                 .map(|id| {
                     let p = &st.pages[&id];
-                    let PageLocation::Local(file) = &p.location else {
-                        unreachable!("a page with pending writes is not complete, so not uploaded")
+                    let PageLocation::Local(Some(file)) = &p.location else {
+                        unreachable!("a page with pending writes is not complete, so open and not uploaded")
                     };
                     (id, file.clone(), p.keying.clone())
                 })
@@ -499,6 +505,10 @@ impl Address {
             let p = st.pages.get_mut(&w.page_id).expect("a page with pending writes is not deleted");
             debug_assert_eq!(p.durable_len, w.offset, "writes become durable in order");
             p.durable_len = w.offset + w.frames.len() as u64;
+            if p.complete() {
+                // No more writes: close it (readers open their own).
+                p.location = PageLocation::Local(None);
+            }
             if let Some(&(seq, _, _)) = w.messages.last() {
                 p.end_seq = seq + 1;
             }

@@ -295,3 +295,36 @@ impl Paging {
         &self.dir
     }
 }
+
+/// The decoders on arbitrary bytes, for the fuzz target; not a stable API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::format::{self, AddressRecord, CursorRecord, PageHeader, TxMarkRecord};
+    use crate::page::{read_messages, PageKeying};
+
+    /// Runs every decoder over `data`; panics only if a decoder accepts bytes it does not re-encode.
+    pub fn decoders(data: &[u8]) {
+        if let Ok(h) = PageHeader::decode(data) {
+            assert_eq!(&h.encode()[..], &data[..format::PAGE_HEADER_BYTES]);
+        }
+        let binding = keel_journal::Binding { journal_id: [0; 16], segment_seq: 1 };
+        let mut at = 0;
+        while let Ok((_, r)) = format::decode_frame(&binding, &data[at..]) {
+            at += r.end;
+        }
+        if let Ok(r) = AddressRecord::decode(data) {
+            assert_eq!(r.encode(), data);
+        }
+        if let Ok(r) = CursorRecord::decode(data) {
+            assert_eq!(CursorRecord::decode(&r.encode()).as_ref(), Ok(&r));
+        }
+        if let Ok(r) = TxMarkRecord::decode(data) {
+            assert_eq!(r.encode(), data);
+        }
+        let header = PageHeader { store_id: [0; 16], page_id: 1, first_seq: 0, key: None };
+        let keying = PageKeying { header, cipher: None };
+        let src: std::sync::Arc<[u8]> = data.into();
+        let mut out = Vec::new();
+        let _ = read_messages(&src, &keying, 0, data.len() as u64, 4096, &mut out);
+    }
+}

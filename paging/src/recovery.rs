@@ -106,7 +106,6 @@ pub fn records_from(
 #[derive(Debug)]
 pub struct ScannedPage {
     pub id: u64,
-    pub source: Source,
     /// Whether the page is on the volume (else only in the object store).
     pub local: bool,
     pub keying: PageKeying,
@@ -326,17 +325,7 @@ pub fn scan_address(
             }
         }
         let first_seq = keying.header.first_seq;
-        pages.push(ScannedPage {
-            id,
-            source,
-            local,
-            keying,
-            first_seq,
-            end_seq: expected,
-            len,
-            file_bytes,
-            payload_bytes,
-        });
+        pages.push(ScannedPage { id, local, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
     }
     if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > expected) {
         let why = format!("subscription {:?} is at message {}, but the pages end before {expected}", c.name, c.floor);
@@ -404,12 +393,10 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
             (true, false) => {
                 let path = page::page_path(&dir, p.id);
                 let f = File::options().read(true).write(true).open(&path).map_err(io(&name, &path, "open page"))?;
-                PageLocation::Local(Arc::new(f))
+                PageLocation::Local(Some(Arc::new(f)))
             }
-            (true, true) => match p.source {
-                Source::File(f) => PageLocation::Local(Arc::new(f)),
-                Source::Bytes(_) => unreachable!("a local page is read from its file"),
-            },
+            // Complete pages are not kept open (see `PageLocation`).
+            (true, true) => PageLocation::Local(None),
         };
         if !p.local && !sealed {
             // Only complete pages are uploaded, and a new page follows each; a remote newest page means the

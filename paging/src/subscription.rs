@@ -33,6 +33,8 @@ struct Cursor {
     redeliver: BTreeMap<u64, Arc<[u8]>>,
     /// Everything below was delivered before the last restart: a delivery is a redelivery.
     delivered_before: u64,
+    /// The complete page being read, opened by this subscription.
+    open_page: Option<(u64, Arc<std::fs::File>)>,
 }
 
 /// One subscription of an address. Obtain it from [`Address::subscribe`].
@@ -88,6 +90,7 @@ impl Subscription {
                 in_flight: BTreeMap::new(),
                 redeliver: BTreeMap::new(),
                 delivered_before: 0,
+                open_page: None,
             }),
         }
     }
@@ -233,18 +236,33 @@ impl Subscription {
             if c.read_offset < durable_len {
                 let path = page::page_path(&self.address.dir, c.read_page);
                 // A remote page is fetched whole (through the shared cache) without any lock held.
-                let fetched = match &location {
-                    PageLocation::Local(_) => None,
+                let (file, fetched) = match &location {
+                    PageLocation::Local(Some(f)) => (Some(f.clone()), None),
+                    PageLocation::Local(None) => match &c.open_page {
+                        Some((id, f)) if *id == c.read_page => (Some(f.clone()), None),
+                        _ => match std::fs::File::open(&path) {
+                            Ok(f) => {
+                                let f = Arc::new(f);
+                                c.open_page = Some((c.read_page, f.clone()));
+                                (Some(f), None)
+                            }
+                            // Uploaded and deleted since we looked: look again.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.address.remote.is_some() => {
+                                continue;
+                            }
+                            Err(e) => return Err(crate::error::io(&self.address.name, &path, "open page")(e)),
+                        },
+                    },
                     PageLocation::Remote => {
                         let remote = self.address.remote.as_ref().expect("remote pages need an object store");
                         let key = remote.key(&self.address.store_id, c.read_page);
-                        Some(remote.fetch(&self.address.name, &key)?)
+                        (None, Some(remote.fetch(&self.address.name, &key)?))
                     }
                 };
-                let src: &dyn page::ReadAt = match (&location, &fetched) {
-                    (PageLocation::Local(f), _) => f,
-                    (_, Some(b)) => b,
-                    (PageLocation::Remote, None) => unreachable!("fetched above"),
+                let src: &dyn page::ReadAt = match (&file, &fetched) {
+                    (Some(f), _) => f,
+                    (None, Some(b)) => b,
+                    (None, None) => unreachable!("opened or fetched above"),
                 };
                 let mut got = Vec::new();
                 let read = page::read_messages(
@@ -260,7 +278,7 @@ impl Subscription {
                         c.read_offset = next;
                         // Let the kernel read the next chunks while this one is consumed.
                         let ahead = (2 * self.address.read_ahead_bytes as u64).min(durable_len.saturating_sub(next));
-                        if let (Some(len), PageLocation::Local(f)) = (std::num::NonZeroU64::new(ahead), &location) {
+                        if let (Some(len), Some(f)) = (std::num::NonZeroU64::new(ahead), &file) {
                             let _ = rustix::fs::fadvise(&**f, next, Some(len), rustix::fs::Advice::WillNeed);
                         }
                         c.buffer.extend(got);
@@ -277,6 +295,7 @@ impl Subscription {
             if complete && has_next {
                 c.read_page += 1;
                 c.read_offset = PAGE_HEADER_BYTES as u64;
+                c.open_page = None;
                 continue;
             }
             return Ok(false);

@@ -257,3 +257,38 @@ fn a_slow_subscription_neither_slows_nor_pages_out_the_others() {
     slow.ack_many(&seqs).unwrap();
     assert_eq!(a.pages().len(), 1);
 }
+
+/// Open file descriptors of this process on files under `dir`.
+fn fds_under(dir: &std::path::Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|p| p.starts_with(dir))
+        .count()
+}
+
+#[test]
+fn a_large_backlog_holds_no_file_descriptor_per_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = common::small_pages();
+    opts.max_size_bytes = 0;
+    let (paging, _) = common::open(dir.path(), opts.clone());
+    let a = paging.address("q").unwrap();
+    let s = a.subscribe("s").unwrap();
+    for i in 0..3000 {
+        a.send(&msg(i, 1000), None).unwrap();
+    }
+    let pages = dir.path().join("pages");
+    assert!(a.pages().len() > 40, "{}", a.pages().len());
+    assert_eq!(fds_under(&pages), 1, "only the open page is held open");
+    // A reader holds the one page it reads.
+    for _ in 0..10 {
+        s.receive().unwrap().unwrap();
+    }
+    assert_eq!(fds_under(&pages), 2);
+    drop((s, a, paging));
+    let (paging, _) = common::open(dir.path(), opts);
+    let a = paging.address("q").unwrap();
+    assert_eq!(fds_under(&pages), 1, "nor after a reopen");
+    assert_eq!(a.subscription("s").unwrap().pending().messages, 3000);
+}
