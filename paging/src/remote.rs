@@ -36,7 +36,8 @@ pub type PageBytes = Arc<[u8]>;
 #[derive(Debug)]
 pub(crate) struct Remote {
     cfg: RemotePages,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until drop (an `Option` so that drop can shut it down without blocking).
+    rt: Option<tokio::runtime::Runtime>,
     cache: Mutex<VecDeque<(String, PageBytes)>>,
 }
 
@@ -52,19 +53,20 @@ impl Remote {
             .enable_all()
             .build()
             .map_err(|e| crate::error::io("", std::path::Path::new(""), "start the object-store runtime")(e))?;
-        Ok(Remote { cfg, rt, cache: Mutex::new(VecDeque::new()) })
+        Ok(Remote { cfg, rt: Some(rt), cache: Mutex::new(VecDeque::new()) })
     }
 
     /// Runs `f` on the runtime and waits for it; callable from any thread, also a runtime's.
     fn run<T: Send + 'static>(&self, f: impl Future<Output = T> + Send + 'static) -> T {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.rt.spawn(async move {
+        self.rt.as_ref().expect("runtime present until drop").spawn(async move {
             let _ = tx.send(f.await);
         });
         rx.recv().expect("the object-store runtime dropped a task")
     }
 
     pub fn key(&self, store_id: &[u8; 16], page_id: u64) -> String {
+        debug_assert!(self.rt.is_some());
         let id: String = store_id.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}{id}/{page_id:020}.kpage", self.cfg.prefix)
     }
@@ -142,6 +144,16 @@ impl Remote {
             }
         });
         r.map_err(|e| remote_error(address, &first, e))
+    }
+}
+
+impl Drop for Remote {
+    /// A broker may drop the paging store inside an async task, where dropping a runtime (which blocks)
+    /// would panic: shut it down in the background instead.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 

@@ -179,3 +179,23 @@ fn a_damaged_object_names_address_and_key_and_spares_other_addresses() {
     let n = std::iter::from_fn(|| good.receive().unwrap()).count();
     assert_eq!(n, 200);
 }
+
+#[test]
+fn a_store_used_and_dropped_inside_an_async_task_does_not_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let opts = options(ObjectBacking::Dir(DirStore::open(objects.path()).unwrap()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let paging = open(dir.path(), opts);
+        let a = paging.address("q").unwrap();
+        a.subscribe("s").unwrap();
+        for i in 0..200 {
+            a.send(&message(i), None).unwrap();
+        }
+        paging.wait_uploaded();
+        assert!(walk(objects.path()) > 0);
+        drop(a);
+        drop(paging);
+    });
+}
