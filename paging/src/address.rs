@@ -363,7 +363,21 @@ impl Address {
             (st.appended, seq)
         };
         self.wait_durable(ticket.0)?;
+        // A page that this send sealed may already be behind every cursor (they acknowledged it all
+        // before it filled): delete it now rather than at the next acknowledgement.
+        if self.oldest_page_freeable() {
+            if let Err(e) = self.free_pages() {
+                tracing::warn!(address = %self.name, error = %e, "deleting acknowledged pages failed");
+            }
+        }
         Ok(ticket.1)
+    }
+
+    fn oldest_page_freeable(&self) -> bool {
+        let st = self.lock();
+        let newest = st.newest_page();
+        let floor = st.subs.values().map(|s| s.durable_floor()).min().unwrap_or(st.next_seq);
+        st.pages.iter().next().is_some_and(|(&id, p)| Some(id) != newest && p.complete() && p.end_seq <= floor)
     }
 
     /// Makes sure the newest page can take `frame_bytes` more, sealing it and creating the next if not.
