@@ -366,9 +366,7 @@ impl Address {
         // A page that this send sealed may already be behind every cursor (they acknowledged it all
         // before it filled): delete it now rather than at the next acknowledgement.
         if self.oldest_page_freeable() {
-            if let Err(e) = self.free_pages() {
-                tracing::warn!(address = %self.name, error = %e, "deleting acknowledged pages failed");
-            }
+            self.free_pages_logged();
         }
         Ok(ticket.1)
     }
@@ -591,7 +589,7 @@ impl Address {
         for s in self.subscriptions() {
             s.advance_over_dead();
         }
-        let _ = self.free_pages();
+        self.free_pages_logged();
     }
 
     pub(crate) fn subscriptions(&self) -> Vec<Arc<Subscription>> {
@@ -618,6 +616,16 @@ impl Address {
             && st.durable == st.appended
             && st.subs.values().all(|s| s.read_seq() >= st.next_seq)
             && self.mem_used.load(Ordering::SeqCst) < self.max_size_bytes
+    }
+
+    /// [`Address::free_pages`] after an operation that already succeeded durably (a send, an
+    /// acknowledgement, an unsubscribe): a failure to delete is logged, not returned, so that the caller
+    /// never mistakes it for a failure of its own operation. Files left behind lie below every cursor, and
+    /// the next open deletes them.
+    pub(crate) fn free_pages_logged(&self) {
+        if let Err(e) = self.free_pages() {
+            tracing::warn!(address = %self.name, error = %e, "deleting acknowledged pages failed; retried later");
+        }
     }
 
     /// Deletes the sealed pages every subscription has acknowledged, oldest first, and the transaction
@@ -740,7 +748,7 @@ impl Address {
         self.journal.delete(sub.cursor_id())?;
         sub.mark_removed();
         self.lock().subs.remove(name);
-        self.free_pages()?;
+        self.free_pages_logged();
         Ok(())
     }
 

@@ -334,7 +334,7 @@ impl Subscription {
         pending.wait()?;
         keel_crashpoint::hook("paging-acked");
         if floor > self.floor_durable.fetch_max(floor, Ordering::SeqCst) {
-            self.address.free_pages()?;
+            self.address.free_pages_logged();
         }
         Ok(())
     }
