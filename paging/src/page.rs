@@ -79,6 +79,27 @@ pub fn page_path(dir: &Path, page_id: u64) -> PathBuf {
     dir.join(format!("{page_id:020}.kpage"))
 }
 
+/// Where a page is written before its header is durable.
+pub fn temporary_path(dir: &Path, page_id: u64) -> PathBuf {
+    dir.join(format!("{page_id:020}.kpage.tmp"))
+}
+
+/// Removes page files a crash left under their temporary name (they never held a message).
+pub fn remove_temporaries(address: &str, dir: &Path) -> Result<usize, PagingError> {
+    let mut removed = 0;
+    for e in std::fs::read_dir(dir).map_err(io(address, dir, "list pages"))? {
+        let e = e.map_err(io(address, dir, "list pages"))?;
+        if e.file_name().to_str().is_some_and(|n| n.ends_with(".kpage.tmp")) {
+            std::fs::remove_file(e.path()).map_err(io(address, &e.path(), "remove temporary page"))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        sync_dir(address, dir)?;
+    }
+    Ok(removed)
+}
+
 /// The page ids present in an address directory, ascending.
 pub fn list_pages(address: &str, dir: &Path) -> Result<Vec<u64>, PagingError> {
     let mut ids = Vec::new();
@@ -123,14 +144,22 @@ pub fn create_page(
         header.key = Some((key_id, wrapped));
         cipher
     });
+    // Written under a temporary name and renamed once its header is durable: a crash never leaves a page
+    // file without a whole header.
     let path = page_path(dir, page_id);
-    let file = File::options().create_new(true).read(true).write(true).open(&path).map_err(io(
+    let tmp = temporary_path(dir, page_id);
+    let file = File::options().create(true).truncate(true).read(true).write(true).open(&tmp).map_err(io(
         address,
-        &path,
+        &tmp,
         "create page",
     ))?;
-    file.write_all_at(&header.encode(), 0).map_err(io(address, &path, "write page header"))?;
-    file.sync_all().map_err(|e| poisoned(address, &path, "fsync", e))?;
+    file.write_all_at(&header.encode(), 0).map_err(io(address, &tmp, "write page header"))?;
+    file.sync_all().map_err(|e| poisoned(address, &tmp, "fsync", e))?;
+    keel_crashpoint::hook("paging-page-header-written");
+    if path.exists() {
+        return Err(corrupt(address, &path, "a page with this number already exists"));
+    }
+    std::fs::rename(&tmp, &path).map_err(io(address, &tmp, "rename page into place"))?;
     sync_dir(address, dir)?;
     Ok((file, PageKeying { header, cipher }))
 }

@@ -339,6 +339,10 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
     let name = init.name.clone();
     let dir = init.dir.clone();
     let remote = init.remote.clone();
+    if dir.is_dir() {
+        // Pages a crash left under their temporary name never held a message.
+        page::remove_temporaries(&name, &dir)?;
+    }
     let scan = scan_address(
         &name,
         &dir,

@@ -230,7 +230,13 @@ fn sigkill_with_pages_in_an_object_store() {
 
 #[test]
 fn sigkill_at_each_paging_step() {
-    for point in ["paging-page-created:3", "paging-written:40", "paging-acked:25", "paging-pages-deleted:1"] {
+    for point in [
+        "paging-page-header-written:4",
+        "paging-page-created:3",
+        "paging-written:40",
+        "paging-acked:25",
+        "paging-pages-deleted:1",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Log::default();
         run_child(dir.path(), None, &mut log, Some(point.to_owned()), Duration::ZERO);
