@@ -82,7 +82,12 @@ fn torn_write_at_every_byte_of_the_last_frames_drops_exactly_the_torn_record() {
                 assert_eq!(t.offset, frame_start, "torn tail starts at the torn frame");
                 assert!(x > frame_start, "a tail torn at a frame boundary is a clean end");
             }
-            None => assert_eq!(x, frame_start, "only a cut exactly at a frame boundary leaves no torn tail"),
+            // The bytes that did reach the disk may all be zero (a frame's first byte is a checksum byte,
+            // zero for 1 in 256 journals): then the tail is indistinguishable from a clean end.
+            None => assert!(
+                b[frame_start as usize..x as usize].iter().all(|&v| v == 0),
+                "only a cut exactly at a frame boundary (or after only zero bytes) leaves no torn tail: torn at {x}, frame at {frame_start}"
+            ),
         }
     }
     std::fs::write(&path, &original).unwrap();
