@@ -125,12 +125,18 @@ const RAW_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A zero-filled, fsynced file of `bytes`.
 pub fn preallocated_file(path: &Path, bytes: u64) -> io::Result<File> {
+    filled_file(path, bytes, 0)
+}
+
+/// A file of `bytes` (rounded up to MiB) all `byte`, fsynced. Non-zero for files that are read back, so
+/// that a host that detects zero writes cannot serve the reads from holes.
+pub fn filled_file(path: &Path, bytes: u64, byte: u8) -> io::Result<File> {
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-    let zeros = vec![0u8; 1 << 20];
+    let chunk = vec![byte; 1 << 20];
     let mut at = 0;
     while at < bytes {
-        f.write_all_at(&zeros, at)?;
-        at += zeros.len() as u64;
+        f.write_all_at(&chunk, at)?;
+        at += chunk.len() as u64;
     }
     f.sync_all()?;
     Ok(f)

@@ -172,16 +172,7 @@ pub fn run(dir: &Path, size: usize, producers: u32, secs: f64, backlog_mib: u64)
 
     // Baseline: an equally large cold file read sequentially.
     let path = scratch.path().join("seq.dat");
-    {
-        let f = File::create(&path)?;
-        let chunk = vec![0x11u8; 1 << 20];
-        let mut at = 0;
-        while at < bytes {
-            f.write_all_at(&chunk, at)?;
-            at += chunk.len() as u64;
-        }
-        f.sync_all()?;
-    }
+    drop(crate::filled_file(&path, bytes, 0x11)?);
     evict(&path)?;
     let f = File::open(&path)?;
     let mut buf = vec![0u8; 1 << 20];

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use keel_paging::inspect::{inspect, AddressReport, Inspection};
-use keel_paging::{ObjectBacking, RemotePages, Standing};
+use keel_paging::{RemotePages, Standing};
 
 use crate::journal::{Failed, KeyArgs};
 use crate::Outcome;
@@ -60,14 +60,8 @@ pub struct DataDir {
 impl DataDir {
     fn remote(&self) -> anyhow::Result<Option<RemotePages>> {
         let Some(o) = &self.objects else { return Ok(None) };
-        let store = match o.strip_prefix("s3://") {
-            Some(bucket) => {
-                let cfg = keel_s3::s3::S3Config::new(bucket.trim_end_matches('/'));
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                ObjectBacking::S3(Box::new(rt.block_on(keel_s3::s3::S3Store::connect(cfg))?))
-            }
-            None => ObjectBacking::Dir(keel_s3::dir::DirStore::open(o)?),
-        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let store = rt.block_on(keel_s3::AnyStore::open(o))?;
         Ok(Some(RemotePages { store, prefix: self.objects_prefix.clone(), cache_pages: 2 }))
     }
 
@@ -173,7 +167,7 @@ fn report(i: &Inspection, json: bool, verify: bool) -> anyhow::Result<Outcome> {
                 "pages_to_delete_on_open": s.garbage_pages,
                 "torn_tail": s.torn_tail.as_ref().map(|t| serde_json::json!({"page": t.page, "offset": t.offset, "bytes": t.bytes})),
                 "committed_transactions": s.committed_transactions,
-                "undecided_transactions": s.prepared_transactions,
+                "undecided_transactions": s.undecided_transactions,
                 "rolled_back_messages": s.rolled_back_messages,
                 "subscriptions": s.subscriptions.iter().map(|c| serde_json::json!({
                     "name": c.name, "start": c.start, "floor": c.floor, "ack_ranges": c.ack_ranges,

@@ -55,13 +55,23 @@ impl PageInfo {
     pub fn complete(&self) -> bool {
         self.sealed && self.durable_len == self.assigned_len
     }
+
+    /// Once complete, a page takes no more writes: close it (readers open their own).
+    fn close_if_complete(&mut self) {
+        if self.complete() {
+            self.location = PageLocation::Local(None);
+        }
+    }
 }
 
 #[derive(Debug)]
 struct PendingWrite {
     page_id: u64,
     offset: u64,
+    /// Plaintext frames, until written.
     frames: Vec<u8>,
+    /// Bytes it took on disk (the frames, in a sealed unit when encrypted), once written.
+    written: u64,
     /// (seq, tx, payload bytes) of its messages.
     messages: Vec<(u64, u64, u64)>,
 }
@@ -125,6 +135,12 @@ impl AddrState {
 
     pub fn newest_page(&self) -> Option<u64> {
         self.pages.keys().next_back().copied()
+    }
+
+    /// Every subscription's durable cursor is at or past this: messages below it are needed by none.
+    /// Without subscriptions, every message paged so far.
+    fn durable_floor(&self) -> u64 {
+        self.subs.values().map(|s| s.durable_floor()).min().unwrap_or(self.next_seq)
     }
 }
 
@@ -333,7 +349,7 @@ impl Address {
                 return Err(e.clone());
             }
             let frame_bytes = (FRAME_HEADER_BYTES + payload.len()) as u64;
-            self.ensure_room(&mut st, frame_bytes)?;
+            let sealed = self.ensure_room(&mut st, frame_bytes)?;
             let page_id = st.newest_page().expect("ensure_room leaves an open page");
             let seq = st.next_seq;
             st.next_seq += 1;
@@ -349,7 +365,13 @@ impl Address {
             let mut grow = frame_bytes;
             if !join {
                 let overhead = if encrypted { unit::UNIT_OVERHEAD_BYTES } else { 0 };
-                st.pending.push(PendingWrite { page_id, offset: assigned, frames: Vec::new(), messages: Vec::new() });
+                st.pending.push(PendingWrite {
+                    page_id,
+                    offset: assigned,
+                    frames: Vec::new(),
+                    written: 0,
+                    messages: Vec::new(),
+                });
                 grow += overhead;
             }
             st.pages.get_mut(&page_id).expect("open page").assigned_len += grow;
@@ -360,37 +382,32 @@ impl Address {
             encode_frame(&binding, seq, tx_raw, payload, &mut w.frames);
             w.messages.push((seq, tx_raw, payload.len() as u64));
             st.appended += 1;
-            (st.appended, seq)
+            (st.appended, seq, sealed)
         };
-        self.wait_durable(ticket.0)?;
-        // A page that this send sealed may already be behind every cursor (they acknowledged it all
-        // before it filled): delete it now rather than at the next acknowledgement.
-        if self.oldest_page_freeable() {
+        let (ticket, seq, sealed) = ticket;
+        self.wait_durable(ticket)?;
+        // The page this send sealed may already be behind every cursor (they acknowledged all of it before
+        // it filled): delete it now rather than at the next acknowledgement. Its last write is durable once
+        // ours is, since writes become durable in order.
+        if sealed {
             self.free_pages_logged();
         }
-        Ok(ticket.1)
-    }
-
-    fn oldest_page_freeable(&self) -> bool {
-        let st = self.lock();
-        let newest = st.newest_page();
-        let floor = st.subs.values().map(|s| s.durable_floor()).min().unwrap_or(st.next_seq);
-        st.pages.iter().next().is_some_and(|(&id, p)| Some(id) != newest && p.complete() && p.end_seq <= floor)
+        Ok(seq)
     }
 
     /// Makes sure the newest page can take `frame_bytes` more, sealing it and creating the next if not.
-    fn ensure_room(&self, st: &mut AddrState, frame_bytes: u64) -> Result<(), PagingError> {
+    /// Returns whether it sealed a page.
+    fn ensure_room(&self, st: &mut AddrState, frame_bytes: u64) -> Result<bool, PagingError> {
+        let mut sealed = false;
         let (next_id, first_seq) = match st.pages.iter_mut().next_back() {
             Some((&id, p)) if !p.sealed => {
                 let holds_one = p.assigned_len > PAGE_HEADER_BYTES as u64;
                 if !holds_one || p.assigned_len + frame_bytes <= self.page_bytes {
-                    return Ok(());
+                    return Ok(false);
                 }
                 p.sealed = true;
-                if p.complete() {
-                    // Everything written is durable: close it (readers open their own).
-                    p.location = PageLocation::Local(None);
-                }
+                p.close_if_complete();
+                sealed = true;
                 (id + 1, st.next_seq)
             }
             Some((&id, _)) => (id + 1, st.next_seq),
@@ -416,7 +433,7 @@ impl Address {
                 sealed: false,
             },
         );
-        Ok(())
+        Ok(sealed)
     }
 
     /// Waits until append `ticket` is durable, leading a group write + fdatasync if none is running.
@@ -502,7 +519,7 @@ impl Address {
                 }
             };
             file.write_all_at(&bytes, w.offset).map_err(|e| poisoned(&self.name, &path, "write", e))?;
-            w.frames = bytes; // kept only for its length
+            w.written = bytes.len() as u64;
         }
         keel_crashpoint::hook("paging-written");
         if let Some(last) = previous {
@@ -516,11 +533,8 @@ impl Address {
         for w in writes {
             let p = st.pages.get_mut(&w.page_id).expect("a page with pending writes is not deleted");
             debug_assert_eq!(p.durable_len, w.offset, "writes become durable in order");
-            p.durable_len = w.offset + w.frames.len() as u64;
-            if p.complete() {
-                // No more writes: close it (readers open their own).
-                p.location = PageLocation::Local(None);
-            }
+            p.durable_len = w.offset + w.written;
+            p.close_if_complete();
             if let Some(&(seq, _, _)) = w.messages.last() {
                 p.end_seq = seq + 1;
             }
@@ -633,7 +647,7 @@ impl Address {
     pub fn free_pages(&self) -> Result<usize, PagingError> {
         let (local, remote_keys, marks) = {
             let mut st = self.lock();
-            let floor = st.subs.values().map(|s| s.durable_floor()).min().unwrap_or(st.next_seq);
+            let floor = st.durable_floor();
             let newest = st.newest_page();
             let mut ids = Vec::new();
             for (&id, p) in &st.pages {
@@ -752,7 +766,7 @@ impl Address {
         Ok(())
     }
 
-    /// Pages, oldest first: (id, first seq, end seq, durable bytes, sealed).
+    /// The address's pages, oldest first.
     pub fn pages(&self) -> Vec<PageSummary> {
         self.lock()
             .pages

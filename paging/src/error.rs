@@ -17,6 +17,8 @@ pub enum PagingError {
     AddressFailed { address: String, cause: Box<PagingError> },
     #[error("address {address:?}: {op} {}: {source}", path.display())]
     Io { address: String, path: PathBuf, op: &'static str, source: Arc<std::io::Error> },
+    #[error("paging store: {op} {}: {source}", path.display())]
+    StoreIo { path: PathBuf, op: &'static str, source: Arc<std::io::Error> },
     #[error("address {address:?} stopped after {op} failed on {}: {source}; reopen to recover what is durable", path.display())]
     Poisoned { address: String, path: PathBuf, op: &'static str, source: Arc<std::io::Error> },
     #[error("address {address:?}: object store, {key}: {why}")]

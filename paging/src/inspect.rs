@@ -47,7 +47,7 @@ pub struct AddressScan {
     pub subscriptions: Vec<SubscriptionReport>,
     pub next_seq: u64,
     pub committed_transactions: usize,
-    pub prepared_transactions: usize,
+    pub undecided_transactions: usize,
     pub rolled_back_messages: u64,
 }
 
@@ -123,7 +123,7 @@ pub fn inspect(
                         .values()
                         .filter(|t| matches!(t.state, crate::address::TxState::Committed))
                         .count(),
-                    prepared_transactions: s
+                    undecided_transactions: s
                         .txs
                         .values()
                         .filter(|t| !matches!(t.state, crate::address::TxState::Committed))

@@ -46,7 +46,7 @@ pub use error::PagingError;
 pub use format::MESSAGE_BYTES_MAX;
 pub use page::Message;
 pub use recovery::{Standing, TornTail};
-pub use remote::{ObjectBacking, RemotePages};
+pub use remote::RemotePages;
 pub use subscription::{Delivery, Pending, Subscription};
 
 /// How paging runs.

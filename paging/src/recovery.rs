@@ -22,13 +22,21 @@ use crate::subscription::{Pending, Subscription};
 /// Bytes recovery reads from a page at a time.
 const SCAN_CHUNK: usize = 4 << 20;
 
+/// Creates `dir` and its missing ancestors, fsyncing the parent of each one created.
 pub fn create_dir_durably(dir: &Path) -> Result<(), PagingError> {
-    if dir.is_dir() {
+    let failed = |path: &Path, op| {
+        let path = path.to_path_buf();
+        move |e| PagingError::StoreIo { path, op, source: Arc::new(e) }
+    };
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.is_dir()).collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(io("", dir, "create directory"))?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        page::sync_dir("", parent)?;
+    std::fs::create_dir_all(dir).map_err(failed(dir, "create directory"))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent).and_then(|f| f.sync_all()).map_err(failed(parent, "fsync directory"))?;
+        }
     }
     Ok(())
 }

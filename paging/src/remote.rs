@@ -7,23 +7,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
-use keel_s3::dir::DirStore;
-use keel_s3::s3::S3Store;
-use keel_s3::{ObjectStore, PutBody, PutCondition, StoreError};
+use keel_s3::{AnyStore, ObjectStore, PutBody, PutCondition, StoreError};
 
 use crate::error::PagingError;
-
-/// Where sealed pages go.
-#[derive(Clone, Debug)]
-pub enum ObjectBacking {
-    Dir(DirStore),
-    S3(Box<S3Store>),
-}
 
 /// Sealed pages in an object store.
 #[derive(Clone, Debug)]
 pub struct RemotePages {
-    pub store: ObjectBacking,
+    pub store: AnyStore,
     /// Key prefix, e.g. `broker-1/pages/` (a page is `<prefix><address store id>/<page id>.kpage`).
     pub prefix: String,
     /// Fetched pages kept in memory (each up to `page_bytes`), shared by all subscriptions.
@@ -52,7 +43,11 @@ impl Remote {
             .thread_name("keel-paging-remote")
             .enable_all()
             .build()
-            .map_err(|e| crate::error::io("", std::path::Path::new(""), "start the object-store runtime")(e))?;
+            .map_err(|e| PagingError::StoreIo {
+                path: Default::default(),
+                op: "start the object-store runtime",
+                source: Arc::new(e),
+            })?;
         Ok(Remote { cfg, rt: Some(rt), cache: Mutex::new(VecDeque::new()) })
     }
 
@@ -65,21 +60,20 @@ impl Remote {
         rx.recv().expect("the object-store runtime dropped a task")
     }
 
-    pub fn key(&self, store_id: &[u8; 16], page_id: u64) -> String {
-        debug_assert!(self.rt.is_some());
+    /// The prefix of an address's pages: `<prefix><store id in hex>/`.
+    fn address_prefix(&self, store_id: &[u8; 16]) -> String {
         let id: String = store_id.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}{id}/{page_id:020}.kpage", self.cfg.prefix)
+        format!("{}{id}/", self.cfg.prefix)
+    }
+
+    pub fn key(&self, store_id: &[u8; 16], page_id: u64) -> String {
+        format!("{}{page_id:020}.kpage", self.address_prefix(store_id))
     }
 
     pub fn upload(&self, address: &str, key: &str, path: &std::path::Path) -> Result<(), PagingError> {
         let (store, k, p) = (self.cfg.store.clone(), key.to_owned(), path.to_path_buf());
         // Immutable content: a repeated upload (after a crash before the local delete) writes the same bytes.
-        let r = self.run(async move {
-            match store {
-                ObjectBacking::Dir(s) => s.put(&k, PutBody::File(p), PutCondition::None).await,
-                ObjectBacking::S3(s) => s.put(&k, PutBody::File(p), PutCondition::None).await,
-            }
-        });
+        let r = self.run(async move { store.put(&k, PutBody::File(p), PutCondition::None).await });
         r.map(|_| ()).map_err(|e| remote_error(address, key, e))
     }
 
@@ -92,14 +86,8 @@ impl Remote {
             }
         }
         let (store, k) = (self.cfg.store.clone(), key.to_owned());
-        let r = self.run(async move {
-            let g = match store {
-                ObjectBacking::Dir(s) => s.get(&k).await?,
-                ObjectBacking::S3(s) => s.get(&k).await?,
-            };
-            g.bytes().await
-        });
-        let bytes: PageBytes = r.map_err(|e| remote_error(address, key, e))?.to_vec().into();
+        let r = self.run(async move { store.get(&k).await?.bytes().await });
+        let bytes: PageBytes = PageBytes::from(&r.map_err(|e| remote_error(address, key, e))?[..]);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|(k, _)| k != key);
         cache.push_back((key.to_owned(), bytes.clone()));
@@ -111,15 +99,9 @@ impl Remote {
 
     /// Page ids stored for an address.
     pub fn list(&self, address: &str, store_id: &[u8; 16]) -> Result<Vec<u64>, PagingError> {
-        let prefix = self.key(store_id, 0);
-        let prefix = prefix[..prefix.rfind('/').expect("a key has a /") + 1].to_owned();
+        let prefix = self.address_prefix(store_id);
         let (store, p) = (self.cfg.store.clone(), prefix.clone());
-        let r = self.run(async move {
-            match store {
-                ObjectBacking::Dir(s) => s.list(&p).map_ok(|m| m.key).try_collect::<Vec<_>>().await,
-                ObjectBacking::S3(s) => s.as_ref().list(&p).map_ok(|m| m.key).try_collect::<Vec<_>>().await,
-            }
-        });
+        let r = self.run(async move { store.list(&p).map_ok(|m| m.key).try_collect::<Vec<_>>().await });
         let keys = r.map_err(|e| remote_error(address, &prefix, e))?;
         let mut ids: Vec<u64> =
             keys.iter().filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".kpage")?.parse().ok()).collect();
@@ -137,12 +119,7 @@ impl Remote {
         }
         let first = keys[0].clone();
         let store = self.cfg.store.clone();
-        let r = self.run(async move {
-            match store {
-                ObjectBacking::Dir(s) => s.delete_many(&keys).await,
-                ObjectBacking::S3(s) => s.delete_many(&keys).await,
-            }
-        });
+        let r = self.run(async move { store.delete_many(&keys).await });
         r.map_err(|e| remote_error(address, &first, e))
     }
 }

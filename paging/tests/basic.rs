@@ -77,8 +77,7 @@ fn pages_past_the_memory_limit_and_delivers_in_order_across_reopen() {
 #[test]
 fn nacked_messages_come_back_first_and_acks_are_checked() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::small_pages();
-    opts.max_size_bytes = 0;
+    let opts = common::always_paged();
     let (paging, _) = common::open(dir.path(), opts);
     let a = paging.address("q").unwrap();
     let s = a.subscribe("s").unwrap();
@@ -102,8 +101,7 @@ fn nacked_messages_come_back_first_and_acks_are_checked() {
 #[test]
 fn transactional_messages_are_visible_only_after_commit_also_across_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::small_pages();
-    opts.max_size_bytes = 0;
+    let opts = common::always_paged();
     let (paging, _) = common::open(dir.path(), opts.clone());
     let a = paging.address("q").unwrap();
     let s = a.subscribe("s").unwrap();
@@ -270,8 +268,7 @@ fn fds_under(dir: &std::path::Path) -> usize {
 #[test]
 fn a_large_backlog_holds_no_file_descriptor_per_page() {
     let dir = tempfile::tempdir().unwrap();
-    let mut opts = common::small_pages();
-    opts.max_size_bytes = 0;
+    let opts = common::always_paged();
     let (paging, _) = common::open(dir.path(), opts.clone());
     let a = paging.address("q").unwrap();
     let s = a.subscribe("s").unwrap();
@@ -291,4 +288,29 @@ fn a_large_backlog_holds_no_file_descriptor_per_page() {
     let a = paging.address("q").unwrap();
     assert_eq!(fds_under(&pages), 1, "nor after a reopen");
     assert_eq!(a.subscription("s").unwrap().pending().messages, 3000);
+}
+
+#[test]
+fn unsubscribing_is_durable_and_frees_the_pages_only_it_needed() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = common::always_paged();
+    let (paging, _) = common::open(dir.path(), opts.clone());
+    let a = paging.address("q").unwrap();
+    let done = a.subscribe("done").unwrap();
+    let idle = a.subscribe("idle").unwrap();
+    for i in 0..300 {
+        a.send(&msg(i, 1000), None).unwrap();
+    }
+    let seqs: Vec<u64> = std::iter::from_fn(|| done.receive().unwrap().map(|d| d.seq)).collect();
+    done.ack_many(&seqs).unwrap();
+    assert!(a.pages().len() > 3, "the idle subscription keeps every page");
+    a.unsubscribe("idle").unwrap();
+    assert_eq!(a.pages().len(), 1, "pages only the removed subscription needed are deleted");
+    assert!(matches!(idle.receive(), Err(keel_paging::PagingError::NoSuchSubscription { .. })));
+    assert!(matches!(a.unsubscribe("idle"), Err(keel_paging::PagingError::NoSuchSubscription { .. })));
+    drop((done, idle, a, paging));
+    let (paging, _) = common::open(dir.path(), opts);
+    let a = paging.address("q").unwrap();
+    assert!(a.subscription("idle").is_none(), "the removal survived a reopen");
+    assert_eq!(a.subscription("done").unwrap().pending().messages, 0);
 }

@@ -19,31 +19,12 @@ use keel_paging::{PagingOptions, Sent};
 
 const CHILD: &str = "KEEL_PAGING_CHILD";
 
-/// With `KEEL_PAGING_OBJECTS` set (in the child, and by the parent around its checks), complete pages go
-/// to a directory object store there.
-fn options() -> PagingOptions {
-    let remote = std::env::var("KEEL_PAGING_OBJECTS").ok().map(|d| keel_paging::RemotePages {
-        store: keel_paging::ObjectBacking::Dir(keel_s3::dir::DirStore::open(d).unwrap()),
-        prefix: String::new(),
-        cache_pages: 2,
-    });
-    PagingOptions {
-        page_bytes: 64 << 10,
-        max_size_bytes: 0,
-        read_ahead_bytes: 64 << 10,
-        remote,
-        ..PagingOptions::default()
+/// Every message paged; with `objects`, complete pages go to a directory object store there.
+fn options(objects: Option<&Path>) -> PagingOptions {
+    match objects {
+        Some(d) => common::with_objects(keel_s3::dir::DirStore::open(d).unwrap().into()),
+        None => common::always_paged(),
     }
-}
-
-fn options_with(objects: Option<&Path>) -> PagingOptions {
-    let mut o = options();
-    o.remote = objects.map(|d| keel_paging::RemotePages {
-        store: keel_paging::ObjectBacking::Dir(keel_s3::dir::DirStore::open(d).unwrap()),
-        prefix: String::new(),
-        cache_pages: 2,
-    });
-    o
 }
 
 /// Message `i`: i, then filler whose length and bytes follow from i.
@@ -66,7 +47,9 @@ fn index_of(payload: &[u8]) -> u64 {
 fn child_produce_and_consume() {
     let Ok(dir) = std::env::var(CHILD) else { return };
     let first: u64 = std::env::var("KEEL_PAGING_FIRST").unwrap().parse().unwrap();
-    let (paging, _) = common::open(Path::new(&dir), options());
+    // The parent names the object store (if any) in `KEEL_PAGING_OBJECTS`.
+    let objects = std::env::var_os("KEEL_PAGING_OBJECTS").map(std::path::PathBuf::from);
+    let (paging, _) = common::open(Path::new(&dir), options(objects.as_deref()));
     let paging = std::sync::Arc::new(paging);
     let a = paging.address("q").unwrap();
     let sub = a.subscribe("s").unwrap();
@@ -173,7 +156,7 @@ fn run_child(dir: &Path, objects: Option<&Path>, log: &mut Log, crash_at: Option
 
 /// Reopens the store and checks it against what the child was told; consumes nothing.
 fn check(dir: &Path, objects: Option<&Path>, log: &Log, round: &str) {
-    let (paging, _) = common::open(dir, options_with(objects));
+    let (paging, _) = common::open(dir, options(objects));
     let a = paging.address("q").unwrap();
     let Some(sub) = a.subscription("s") else {
         assert!(log.sent.is_empty() && log.acked.is_empty(), "{round}: the subscription is gone");

@@ -6,15 +6,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use keel_paging::{Paging, PagingError, PagingOptions};
-
-fn options() -> PagingOptions {
-    PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, read_ahead_bytes: 64 << 10, ..PagingOptions::default() }
-}
+use keel_paging::{Paging, PagingError};
 
 /// Two addresses, "bad" and "good", each with a subscription and several pages.
 fn setup(dir: &Path) -> Vec<PathBuf> {
-    let (paging, _) = common::open(dir, options());
+    let (paging, _) = common::open(dir, common::always_paged());
     for name in ["bad", "good"] {
         let a = paging.address(name).unwrap();
         a.subscribe("s").unwrap();
@@ -55,7 +51,7 @@ fn a_flipped_byte_in_a_sealed_page_names_address_and_page() {
     let mut b = std::fs::read(&pages[1]).unwrap();
     b[5000] ^= 0x10;
     std::fs::write(&pages[1], &b).unwrap();
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let e = failed(&paging);
     assert!(e.contains("\"bad\"") && e.contains(pages[1].file_name().unwrap().to_str().unwrap()), "{e}");
     assert!(e.contains("checksum"), "{e}");
@@ -67,7 +63,7 @@ fn a_missing_page_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let pages = setup(dir.path());
     std::fs::remove_file(&pages[1]).unwrap();
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let e = failed(&paging);
     assert!(e.contains("page 2 is missing") && e.contains("\"bad\""), "{e}");
     good_still_works(&paging);
@@ -79,7 +75,7 @@ fn a_truncated_header_and_a_foreign_page_are_refused() {
     let pages = setup(dir.path());
     let keep = std::fs::read(&pages[0]).unwrap();
     std::fs::write(&pages[0], &keep[..100]).unwrap();
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let e = failed(&paging);
     assert!(e.contains("shorter than the page header"), "{e}");
     drop(paging);
@@ -87,7 +83,7 @@ fn a_truncated_header_and_a_foreign_page_are_refused() {
     // The good address's first page copied over the bad one's.
     let good_first = dir.path().join("pages/a-00000001").join(pages[0].file_name().unwrap());
     std::fs::copy(good_first, &pages[0]).unwrap();
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let e = failed(&paging);
     assert!(e.contains("another address"), "{e}");
     good_still_works(&paging);
@@ -96,7 +92,7 @@ fn a_truncated_header_and_a_foreign_page_are_refused() {
 #[test]
 fn damage_found_while_reading_names_the_page() {
     let dir = tempfile::tempdir().unwrap();
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let a = paging.address("bad").unwrap();
     let s = a.subscribe("s").unwrap();
     for i in 0..200u32 {
@@ -126,7 +122,7 @@ fn a_torn_tail_of_the_newest_page_is_cut_and_appends_continue() {
     let mut f = std::fs::OpenOptions::new().append(true).open(newest).unwrap();
     std::io::Write::write_all(&mut f, &[0xAB; 700]).unwrap();
     drop(f);
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let a = paging.address("bad").unwrap();
     let s = a.subscription("s").unwrap();
     assert_eq!(s.pending().messages, 200, "nothing answered was lost");
@@ -155,7 +151,7 @@ fn a_tear_in_the_last_page_with_frames_followed_by_an_empty_page_recovers() {
     let f = std::fs::OpenOptions::new().write(true).open(empty).unwrap();
     f.set_len(128).unwrap();
     drop(f);
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     let a = paging.address("bad").unwrap();
     let s = a.subscription("s").unwrap();
     let kept = s.pending().messages;
@@ -165,7 +161,7 @@ fn a_tear_in_the_last_page_with_frames_followed_by_an_empty_page_recovers() {
     let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
     assert_eq!(got, (0..=kept).collect::<Vec<_>>());
     drop((s, a, paging));
-    let (paging, _) = common::open(dir.path(), options());
+    let (paging, _) = common::open(dir.path(), common::always_paged());
     assert_eq!(paging.address("bad").unwrap().subscription("s").unwrap().pending().messages, kept + 1);
     good_still_works(&paging);
 }

@@ -8,7 +8,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use keel_journal::TxId;
-use keel_paging::{Paging, PagingOptions, Sent};
+use keel_paging::{Paging, Sent};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -115,13 +115,9 @@ fn payload(seq_hint: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64 ^ seq_hint.wrapping_mul(0x9E37)) as u8).collect()
 }
 
-fn options() -> PagingOptions {
-    PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, read_ahead_bytes: 64 << 10, ..PagingOptions::default() }
-}
-
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let (mut paging, _): (Paging, _) = common::open(dir.path(), options());
+    let (mut paging, _): (Paging, _) = common::open(dir.path(), common::always_paged());
     let names = ["s0", "s1"];
     {
         let a = paging.address("q").unwrap();
@@ -223,7 +219,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Reopen => {
                 drop(a);
                 drop(paging);
-                let (p, rec) = common::open(dir.path(), options());
+                let (p, rec) = common::open(dir.path(), common::always_paged());
                 paging = p;
                 // Open transactions are rolled back by the journal's recovery; prepared ones stay.
                 for st in m.txs.values_mut() {

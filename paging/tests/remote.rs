@@ -5,26 +5,14 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
-use keel_journal::Journal;
-use keel_paging::{ObjectBacking, Paging, PagingOptions, RemotePages};
+use keel_paging::{Paging, PagingOptions};
 use keel_s3::dir::DirStore;
 use keel_s3::s3::{S3Config, S3Store};
-
-fn options(store: ObjectBacking) -> PagingOptions {
-    PagingOptions {
-        page_bytes: 64 << 10,
-        max_size_bytes: 0,
-        read_ahead_bytes: 64 << 10,
-        remote: Some(RemotePages { store, prefix: "broker-1/pages/".into(), cache_pages: 2 }),
-        ..PagingOptions::default()
-    }
-}
+use keel_s3::AnyStore;
 
 fn open(dir: &Path, opts: PagingOptions) -> Paging {
-    let (journal, rec) = Journal::open(dir.join("journal"), common::journal_options()).unwrap();
-    Paging::open(dir.join("pages"), Arc::new(journal), &rec.prepared, opts).unwrap()
+    common::open(dir, opts).0
 }
 
 fn message(i: u64) -> Vec<u8> {
@@ -38,9 +26,9 @@ fn local_pages(dir: &Path) -> usize {
 }
 
 /// The whole life: upload, read back, reopen from the store, and delete from it.
-fn round_trip(store: ObjectBacking, remote_objects: &dyn Fn() -> usize) {
+fn round_trip(store: AnyStore, remote_objects: &dyn Fn() -> usize) {
     let dir = tempfile::tempdir().unwrap();
-    let opts = options(store);
+    let opts = common::with_objects(store);
     let paging = open(dir.path(), opts.clone());
     let a = paging.address("orders").unwrap();
     let s = a.subscribe("s").unwrap();
@@ -88,7 +76,7 @@ fn pages_round_trip_through_a_directory_store() {
     let objects = tempfile::tempdir().unwrap();
     let store = DirStore::open(objects.path()).unwrap();
     let count = || walk(objects.path());
-    round_trip(ObjectBacking::Dir(store), &count);
+    round_trip(store.into(), &count);
 }
 
 fn walk(p: &Path) -> usize {
@@ -128,14 +116,14 @@ fn pages_round_trip_through_s3() {
     });
     let bucket_dir = root.path().join("pages");
     let count = || walk(&bucket_dir);
-    round_trip(ObjectBacking::S3(Box::new(store)), &count);
+    round_trip(store.into(), &count);
 }
 
 #[test]
 fn a_damaged_object_names_address_and_key_and_spares_other_addresses() {
     let dir = tempfile::tempdir().unwrap();
     let objects = tempfile::tempdir().unwrap();
-    let opts = options(ObjectBacking::Dir(DirStore::open(objects.path()).unwrap()));
+    let opts = common::with_objects(DirStore::open(objects.path()).unwrap().into());
     let paging = open(dir.path(), opts.clone());
     for name in ["bad", "good"] {
         let a = paging.address(name).unwrap();
@@ -184,7 +172,7 @@ fn a_damaged_object_names_address_and_key_and_spares_other_addresses() {
 fn a_store_used_and_dropped_inside_an_async_task_does_not_panic() {
     let dir = tempfile::tempdir().unwrap();
     let objects = tempfile::tempdir().unwrap();
-    let opts = options(ObjectBacking::Dir(DirStore::open(objects.path()).unwrap()));
+    let opts = common::with_objects(DirStore::open(objects.path()).unwrap().into());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let paging = open(dir.path(), opts);

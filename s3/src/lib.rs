@@ -15,6 +15,7 @@
 //!   only because an earlier attempt of the same put landed is recognised as success.
 //! - Large objects stream: a file is uploaded in parts read from disk, a get is read chunk by chunk.
 
+mod any;
 pub mod dir;
 mod error;
 mod key;
@@ -28,6 +29,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
+pub use any::AnyStore;
 pub use error::StoreError;
 
 /// An object's entity tag, as the store gives it. Opaque: only compared.

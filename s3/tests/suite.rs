@@ -7,7 +7,7 @@ mod common;
 use bytes::Bytes;
 use futures::TryStreamExt;
 use keel_s3::dir::DirStore;
-use keel_s3::{ETag, ObjectStore, PutBody, PutCondition, StoreError};
+use keel_s3::{AnyStore, ETag, ObjectStore, PutBody, PutCondition, StoreError};
 
 fn data(n: usize, seed: u8) -> Bytes {
     (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
@@ -96,6 +96,10 @@ async fn directory_backend() {
     let root = tempfile::tempdir().unwrap();
     let store = DirStore::open(root.path().join("store")).unwrap();
     suite(&store, root.path()).await;
+    // The same through `AnyStore`, named as a tool's argument names it.
+    let any = AnyStore::open(root.path().join("any").to_str().unwrap()).await.unwrap();
+    assert!(matches!(any, AnyStore::Dir(_)));
+    suite(&any, root.path()).await;
 }
 
 #[tokio::test]
@@ -111,7 +115,8 @@ async fn s3_backend_in_process_server() {
         c.part_bytes = 5 << 20;
     })
     .await;
-    suite(&store, scratch.path()).await;
+    // Through `AnyStore`, as paging and the tools hold it.
+    suite(&AnyStore::from(store), scratch.path()).await;
 }
 
 #[tokio::test]

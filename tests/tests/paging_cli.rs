@@ -72,3 +72,44 @@ fn stats_print_and_verify_a_paging_store() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/keel"), "{}", stderr(&o));
 }
+
+#[test]
+fn stats_and_verify_read_uploaded_pages_from_the_object_store() {
+    let t = tempfile::tempdir().unwrap();
+    let objects = t.path().join("objects");
+    {
+        let jopts = Options { segment_bytes: 1 << 20, auto_maintenance: false, ..Options::default() };
+        let (journal, rec) = Journal::open(t.path().join("data/journal"), jopts).unwrap();
+        let remote = keel_paging::RemotePages {
+            store: keel_s3::dir::DirStore::open(&objects).unwrap().into(),
+            prefix: "b1/".into(),
+            cache_pages: 2,
+        };
+        let opts =
+            PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, remote: Some(remote), ..PagingOptions::default() };
+        let paging = Paging::open(t.path().join("data/pages"), Arc::new(journal), &rec.prepared, opts).unwrap();
+        let a = paging.address("orders").unwrap();
+        a.subscribe("billing").unwrap();
+        for i in 0..300u32 {
+            a.send(&vec![(i % 250) as u8; 1000], None).unwrap();
+        }
+        paging.wait_uploaded();
+    }
+    let data = t.path().join("data");
+    let (dir, objects) = (data.to_str().unwrap(), objects.to_str().unwrap());
+
+    let o = keel(&["paging", "stats", "--dir", dir, "--objects", objects, "--objects-prefix", "b1/", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let orders = &v["addresses"][0];
+    assert_eq!(orders["subscriptions"][0]["pending_messages"], 300);
+    let pages = orders["per_page"].as_array().unwrap();
+    assert!(pages.len() > 3 && pages.iter().filter(|p| p["local"] == false).count() == pages.len() - 1, "{orders}");
+
+    // Without the object store the uploaded pages are missing: named, exit 1.
+    let o = keel(&["paging", "verify", "--dir", dir]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("orders: ERROR") && stdout(&o).contains("missing"), "{}", stdout(&o));
+    let o = keel(&["paging", "verify", "--dir", dir, "--objects", objects, "--objects-prefix", "b1/"]);
+    assert!(o.status.success() && stdout(&o).contains("verify: ok"), "{}", stdout(&o));
+}

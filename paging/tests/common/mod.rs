@@ -21,6 +21,17 @@ pub fn small_pages() -> PagingOptions {
     }
 }
 
+/// Small pages and no memory mode: every message is paged.
+pub fn always_paged() -> PagingOptions {
+    PagingOptions { max_size_bytes: 0, ..small_pages() }
+}
+
+/// `always_paged`, with complete pages uploaded to `objects` (any keel-s3 store).
+pub fn with_objects(objects: keel_s3::AnyStore) -> PagingOptions {
+    let remote = keel_paging::RemotePages { store: objects, prefix: "broker-1/pages/".into(), cache_pages: 2 };
+    PagingOptions { remote: Some(remote), ..always_paged() }
+}
+
 pub fn open(dir: &Path, opts: PagingOptions) -> (Paging, Recovered) {
     open_with(dir, journal_options(), opts)
 }
