@@ -36,6 +36,7 @@
 mod commit;
 pub mod crypto;
 mod error;
+pub mod export;
 mod format;
 mod index;
 pub mod inspect;
