@@ -1,0 +1,215 @@
+//! The repository lease (docs/BACKUP-FORMAT.md, "The lease"): one object, taken with create-if-absent or,
+//! once expired, with put-if-match; kept alive by a heartbeat; released by deleting it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use keel_s3::{ETag, ObjectStore, PutCondition, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::error::BackupError;
+use crate::repo::Repo;
+
+const NAME: &str = "lease";
+
+/// How long a lease lasts without a heartbeat, and how long to wait for one held by another process.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseOptions {
+    pub ttl: Duration,
+    pub wait: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> LeaseOptions {
+        LeaseOptions { ttl: Duration::from_secs(60), wait: Duration::from_secs(120) }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Holder {
+    owner: String,
+    host: String,
+    pid: u32,
+    op: String,
+    acquired_unix_ms: u64,
+    expires_unix_ms: u64,
+}
+
+impl Holder {
+    fn describe(&self) -> String {
+        format!("{} on {} (pid {}, owner {})", self.op, self.host, self.pid, self.owner)
+    }
+}
+
+/// A held lease. Released on drop (best effort) or by [`Lease::release`].
+pub struct Lease {
+    op: &'static str,
+    lost: Arc<AtomicBool>,
+    etag: Arc<Mutex<ETag>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    store: keel_s3::AnyStore,
+    key: String,
+    handle: tokio::runtime::Handle,
+}
+
+impl Lease {
+    /// Fails if the heartbeat found the lease taken by another process: call before every change.
+    pub fn check(&self) -> Result<(), BackupError> {
+        match self.lost.load(Ordering::Acquire) {
+            true => Err(BackupError::LeaseLost { op: self.op }),
+            false => Ok(()),
+        }
+    }
+
+    pub fn release(mut self) -> Result<(), BackupError> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<(), BackupError> {
+        let Some(stop) = self.stop.take() else { return Ok(()) };
+        let _ = stop.send(());
+        let (heartbeat, store, key, lost) = (self.heartbeat.take(), self.store.clone(), self.key.clone(), self.lost.clone());
+        let etag = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let handle = self.handle.clone();
+        let run = async move {
+            if let Some(h) = heartbeat {
+                let _ = h.await;
+            }
+            // Delete only our own lease: if it was taken over, the new holder's must stay.
+            if lost.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            match store.head(&key).await {
+                Ok(m) if m.etag == etag => store.delete(&key).await,
+                Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        // Released from synchronous code; from inside the runtime (a drop in a task), in the background.
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => {
+                handle.spawn(run);
+                Ok(())
+            }
+            Err(_) => handle.block_on(run).map_err(BackupError::from),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            tracing::warn!(error = %e, "releasing the repository lease failed; it expires on its own");
+        }
+    }
+}
+
+fn owner_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source works");
+    crate::seal::hex(&b)
+}
+
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Repo {
+    /// Takes the repository lease for `op`, waiting up to `opts.wait` for another holder.
+    pub fn lease(&self, op: &'static str, opts: LeaseOptions) -> Result<Lease, BackupError> {
+        let start = std::time::Instant::now();
+        let owner = owner_id();
+        let holder = |now: u64| Holder {
+            owner: owner.clone(),
+            host: hostname(),
+            pid: std::process::id(),
+            op: op.to_owned(),
+            acquired_unix_ms: now,
+            expires_unix_ms: now + opts.ttl.as_millis() as u64,
+        };
+        let encode = |h: &Holder| serde_json::to_vec(h).expect("a lease serialises");
+        let etag = loop {
+            let now = crate::now_ms();
+            match self.block_on(self.put_sealed(NAME, &encode(&holder(now)), PutCondition::IfAbsent)) {
+                Ok(meta) => break meta.etag,
+                Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            let current = match self.block_on(self.get_sealed(NAME)) {
+                Ok((plain, meta)) => Some((plain, meta)),
+                Err(BackupError::Store(StoreError::NotFound { .. })) => None, // released meanwhile: retry
+                Err(e) => return Err(e),
+            };
+            if let Some((plain, meta)) = current {
+                let other: Holder = serde_json::from_slice(&plain)
+                    .map_err(|e| BackupError::damaged(&self.key(NAME), format!("lease is not valid JSON: {e}")))?;
+                if other.expires_unix_ms < now {
+                    tracing::warn!(holder = %other.describe(), "taking over an expired repository lease");
+                    let cond = PutCondition::IfMatch(meta.etag);
+                    match self.block_on(self.put_sealed(NAME, &encode(&holder(now)), cond)) {
+                        Ok(meta) => break meta.etag,
+                        Err(StoreError::PreconditionFailed { .. }) => continue, // another taker won
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if start.elapsed() >= opts.wait {
+                    return Err(BackupError::Leased {
+                        holder: other.describe(),
+                        expires_unix_ms: other.expires_unix_ms,
+                        waited_ms: start.elapsed().as_millis() as u64,
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200).min(opts.ttl / 4));
+        };
+        let lost = Arc::new(AtomicBool::new(false));
+        let etag = Arc::new(Mutex::new(etag));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let heartbeat = {
+            let (lost, etag, store, key, keys) =
+                (lost.clone(), etag.clone(), self.store.clone(), self.key(NAME), self.keys.clone());
+            let acquired = crate::now_ms();
+            let holder = holder(acquired);
+            self.handle().spawn(async move {
+                let period = opts.ttl / 3;
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = tokio::time::sleep(period) => {}
+                    }
+                    let mut h = holder.clone();
+                    h.expires_unix_ms = crate::now_ms() + opts.ttl.as_millis() as u64;
+                    let body = keys.seal(NAME, &serde_json::to_vec(&h).expect("a lease serialises"));
+                    let current = etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    match store.put(&key, keel_s3::PutBody::Bytes(body.into()), PutCondition::IfMatch(current)).await {
+                        Ok(meta) => *etag.lock().unwrap_or_else(|p| p.into_inner()) = meta.etag,
+                        Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {
+                            tracing::error!("the repository lease was taken by another process; stopping");
+                            lost.store(true, Ordering::Release);
+                            return;
+                        }
+                        // A transient error: the next beat retries; the lease lasts 3 periods.
+                        Err(e) => tracing::warn!(error = %e, "lease heartbeat failed; retrying"),
+                    }
+                }
+            })
+        };
+        Ok(Lease {
+            op,
+            lost,
+            etag,
+            stop: Some(stop),
+            heartbeat: Some(heartbeat),
+            store: self.store.clone(),
+            key: self.key(NAME),
+            handle: self.handle(),
+        })
+    }
+}

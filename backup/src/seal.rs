@@ -1,0 +1,200 @@
+//! The repository key: sealing objects (docs/BACKUP-FORMAT.md, "Sealed object envelope") and chunk ids.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use keel_journal::crypto::keys::KeyRing;
+
+use crate::error::BackupError;
+
+const MAGIC: &[u8; 8] = b"KEELBKS1";
+const NONCE: usize = 24;
+const TAG: usize = 16;
+/// Envelope bytes around the ciphertext.
+pub const OVERHEAD: usize = 8 + 4 + NONCE + TAG;
+const ID_CONTEXT: &str = "keel-backup 2026-11-26 chunk id";
+
+/// How a chunk is stored (docs/BACKUP-FORMAT.md, "Chunks").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum ChunkMode {
+    /// Plaintext file bytes, sealed with the repository key.
+    Sealed = 1,
+    /// Bytes the journal already sealed, stored as they are.
+    Raw = 2,
+}
+
+impl From<ChunkMode> for u8 {
+    fn from(m: ChunkMode) -> u8 {
+        m as u8
+    }
+}
+
+impl TryFrom<u8> for ChunkMode {
+    type Error = String;
+    fn try_from(b: u8) -> Result<ChunkMode, String> {
+        match b {
+            1 => Ok(ChunkMode::Sealed),
+            2 => Ok(ChunkMode::Raw),
+            _ => Err(format!("unknown chunk mode {b}")),
+        }
+    }
+}
+
+/// The repository's keys, bound to one repository id.
+#[derive(Clone)]
+pub struct RepoKeys {
+    ring: KeyRing,
+    repo_id: [u8; 16],
+    id_key: [u8; 32],
+}
+
+impl std::fmt::Debug for RepoKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoKeys").field("ids", &self.ring.ids()).finish_non_exhaustive()
+    }
+}
+
+/// Why an envelope did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenFailure {
+    #[error("not a sealed object (bad magic or too short)")]
+    Format,
+    #[error("sealed under key id {0}, which is not in the repository key ring")]
+    UnknownKey(u32),
+    #[error("failed authentication (tampered, truncated, moved from another key or repository, or a wrong key)")]
+    Authentication,
+}
+
+impl RepoKeys {
+    /// `id_key_id`: the key the repository's config names, from which chunk ids derive.
+    pub fn new(ring: KeyRing, repo_id: [u8; 16], id_key_id: u32, location: &str) -> Result<RepoKeys, BackupError> {
+        let master = ring
+            .get(id_key_id)
+            .ok_or_else(|| BackupError::KeyMissing { location: location.to_owned(), key_id: id_key_id })?;
+        let id_key = blake3::derive_key(ID_CONTEXT, master.bytes());
+        Ok(RepoKeys { ring, repo_id, id_key })
+    }
+
+    pub fn repo_id(&self) -> [u8; 16] {
+        self.repo_id
+    }
+
+    pub fn current_id(&self) -> u32 {
+        self.ring.current().0
+    }
+
+    /// The id of a chunk with these bytes stored in `mode`.
+    pub fn chunk_id(&self, mode: ChunkMode, bytes: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(&[mode as u8]);
+        h.update(bytes);
+        *h.finalize().as_bytes()
+    }
+
+    fn aead(&self, key_id: u32) -> Option<XChaCha20Poly1305> {
+        self.ring.get(key_id).map(|k| XChaCha20Poly1305::new(k.bytes().into()))
+    }
+
+    fn ad(&self, key_id: u32, name: &str) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(11 + 16 + 4 + name.len());
+        ad.extend_from_slice(b"keel-backup");
+        ad.extend_from_slice(&self.repo_id);
+        ad.extend_from_slice(&key_id.to_le_bytes());
+        ad.extend_from_slice(name.as_bytes());
+        ad
+    }
+
+    /// Seals `plain` as the object named `name`, under the current key.
+    pub fn seal(&self, name: &str, plain: &[u8]) -> Vec<u8> {
+        self.seal_with(self.current_id(), name, plain)
+    }
+
+    pub(crate) fn seal_with(&self, key_id: u32, name: &str, plain: &[u8]) -> Vec<u8> {
+        let aead = self.aead(key_id).expect("sealing keys come from the ring");
+        let mut nonce = [0u8; NONCE];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&key_id.to_le_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = aead
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.ad(key_id, name), &mut out[8 + 4 + NONCE..])
+            .expect("objects are far below the AEAD's length limit");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Opens the object named `name`.
+    pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
+        if sealed.len() < OVERHEAD || &sealed[..8] != MAGIC {
+            return Err(OpenFailure::Format);
+        }
+        let key_id = u32::from_le_bytes(sealed[8..12].try_into().expect("4 bytes"));
+        let aead = self.aead(key_id).ok_or(OpenFailure::UnknownKey(key_id))?;
+        let nonce = XNonce::from_slice(&sealed[12..12 + NONCE]);
+        let body_end = sealed.len() - TAG;
+        let mut plain = sealed[12 + NONCE..body_end].to_vec();
+        let tag = chacha20poly1305::Tag::from_slice(&sealed[body_end..]);
+        aead.decrypt_in_place_detached(nonce, &self.ad(key_id, name), &mut plain, tag)
+            .map_err(|_| OpenFailure::Authentication)?;
+        Ok(plain)
+    }
+
+    /// The key id an envelope names, if it is one.
+    pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
+        (sealed.len() >= OVERHEAD && &sealed[..8] == MAGIC).then(|| u32::from_le_bytes(sealed[8..12].try_into().unwrap()))
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> RepoKeys {
+        let ring = KeyRing::parse(&format!("1:{}\n2:{}", "11".repeat(32), "22".repeat(32)), "t").unwrap();
+        RepoKeys::new(ring, [7; 16], 1, "t").unwrap()
+    }
+
+    #[test]
+    fn an_envelope_opens_only_under_its_name_repository_and_bytes() {
+        let k = keys();
+        let sealed = k.seal("snapshots/a", b"manifest");
+        assert_eq!(RepoKeys::key_id_of(&sealed), Some(2));
+        assert_eq!(k.open("snapshots/a", &sealed).unwrap(), b"manifest");
+        assert_eq!(k.open("snapshots/b", &sealed), Err(OpenFailure::Authentication));
+        let other = RepoKeys::new(KeyRing::parse(&format!("2:{}", "22".repeat(32)), "t").unwrap(), [8; 16], 2, "t");
+        assert_eq!(other.unwrap().open("snapshots/a", &sealed), Err(OpenFailure::Authentication));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x10;
+            assert!(k.open("snapshots/a", &bad).is_err(), "flip at {i} accepted");
+        }
+        assert!(k.open("snapshots/a", &sealed[..sealed.len() - 1]).is_err());
+        assert_eq!(k.open("x", b"short"), Err(OpenFailure::Format));
+    }
+
+    #[test]
+    fn chunk_ids_depend_on_mode_and_key() {
+        let k = keys();
+        assert_ne!(k.chunk_id(ChunkMode::Sealed, b"x"), k.chunk_id(ChunkMode::Raw, b"x"));
+        let other = RepoKeys::new(KeyRing::parse(&format!("1:{}", "33".repeat(32)), "t").unwrap(), [7; 16], 1, "t");
+        assert_ne!(k.chunk_id(ChunkMode::Raw, b"x"), other.unwrap().chunk_id(ChunkMode::Raw, b"x"));
+        assert_eq!(unhex::<2>(&hex(&[0xab, 0x01])), Some([0xab, 0x01]));
+    }
+}

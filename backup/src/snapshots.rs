@@ -1,0 +1,147 @@
+//! Creating, listing and reading snapshots.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use keel_journal::crypto::keys::KeyRing;
+use keel_s3::PutCondition;
+
+use crate::error::BackupError;
+use crate::lease::{Lease, LeaseOptions};
+use crate::manifest::{parse_snapshot_name, Snapshot, VERSION};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::seal::hex;
+use crate::source::capture_data;
+use crate::upload::store_files;
+
+/// How `create` runs.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// The journal's master keys: needed when its newest segment is encrypted (to find the cut).
+    pub journal_keys: Option<KeyRing>,
+    /// Chunks read, sealed and stored at a time (each holds up to two chunk buffers).
+    pub parallel: usize,
+    pub lease: LeaseOptions,
+}
+
+impl Default for CreateOptions {
+    fn default() -> CreateOptions {
+        CreateOptions { journal_keys: None, parallel: 4, lease: LeaseOptions::default() }
+    }
+}
+
+/// A snapshot's name and summary, as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub name: String,
+    pub created_unix_ms: u64,
+    pub id: String,
+}
+
+impl Repo {
+    /// Takes a consistent snapshot of the data directory `data` (a journal directory, or a directory with
+    /// `journal/` and `pages/`) while its writer keeps writing, storing only chunks the repository lacks.
+    pub fn create(&self, data: &Path, opts: &CreateOptions, progress: &Progress) -> Result<Snapshot, BackupError> {
+        let lease = self.lease("create", opts.lease)?;
+        let snapshot = self.create_leased(data, opts, progress, &lease)?;
+        lease.release()?;
+        Ok(snapshot)
+    }
+
+    pub(crate) fn create_leased(
+        &self,
+        data: &Path,
+        opts: &CreateOptions,
+        progress: &Progress,
+        lease: &Lease,
+    ) -> Result<Snapshot, BackupError> {
+        let created_unix_ms = crate::now_ms();
+        let source = capture_data(data, opts.journal_keys.as_ref())?;
+        // The previous snapshot of the same journal names chunks certainly present: skip checking those.
+        let mut known = HashSet::new();
+        if let Some(prev) = self.latest_of(&source.journal_id)? {
+            known.extend(prev.files.iter().flat_map(|f| f.chunks.iter().filter_map(|c| c.id.clone())));
+        }
+        let files = Arc::new(source.files);
+        let stored = store_files(self, files.clone(), Arc::new(known), opts.parallel, progress, lease)?;
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).expect("the OS random source works");
+        let snapshot = Snapshot {
+            version: VERSION,
+            id: hex(&id),
+            created_unix_ms,
+            finished_unix_ms: crate::now_ms(),
+            cut_unix_ms: source.cut_unix_ms,
+            host: crate::lease::hostname(),
+            journal_id: source.journal_id,
+            journal_dir: source.journal_dir,
+            first_lsn: source.first_lsn,
+            next_lsn: source.next_lsn,
+            frames: source.next_lsn - source.first_lsn,
+            files: stored.entries,
+            total_bytes: stored.total_bytes,
+            new_bytes: stored.new_bytes,
+        };
+        keel_crashpoint::hook("backup-before-manifest");
+        lease.check()?;
+        let body = serde_json::to_vec(&snapshot).expect("a manifest serialises");
+        self.block_on(self.put_sealed(&snapshot.object_name(), &body, PutCondition::IfAbsent))?;
+        keel_crashpoint::hook("backup-manifest-written");
+        Ok(snapshot)
+    }
+
+    /// Every snapshot's name, oldest first (the names alone: no manifest is read).
+    pub fn snapshot_names(&self) -> Result<Vec<Listed>, BackupError> {
+        let names = self.block_on(self.list("snapshots/"))?;
+        Ok(names
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let (created_unix_ms, id) = parse_snapshot_name(&name)?;
+                Some(Listed { name, created_unix_ms, id })
+            })
+            .collect())
+    }
+
+    /// Reads and authenticates a snapshot's manifest.
+    pub fn snapshot(&self, name: &str) -> Result<Snapshot, BackupError> {
+        let (plain, _) = self.block_on(self.get_sealed(name))?;
+        let s: Snapshot = serde_json::from_slice(&plain)
+            .map_err(|e| BackupError::damaged(&self.key(name), format!("manifest is not valid: {e}")))?;
+        if s.version != VERSION {
+            return Err(BackupError::damaged(&self.key(name), format!("manifest version {} (this build reads {VERSION})", s.version)));
+        }
+        if s.object_name() != name {
+            return Err(BackupError::damaged(&self.key(name), "manifest names another snapshot"));
+        }
+        Ok(s)
+    }
+
+    /// `latest`, a snapshot id, or an object name.
+    pub fn find_snapshot(&self, which: &str) -> Result<Snapshot, BackupError> {
+        let names = self.snapshot_names()?;
+        let found = match which {
+            "latest" => names.last(),
+            w => names.iter().find(|l| l.id == w || l.name == w),
+        };
+        let l = found.ok_or_else(|| BackupError::NoSnapshot { what: which.to_owned() })?;
+        self.snapshot(&l.name)
+    }
+
+    /// Every snapshot, read (one manifest at a time in memory besides the result).
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, BackupError> {
+        self.snapshot_names()?.iter().map(|l| self.snapshot(&l.name)).collect()
+    }
+
+    /// The newest snapshot of a journal.
+    pub(crate) fn latest_of(&self, journal_id: &str) -> Result<Option<Snapshot>, BackupError> {
+        for l in self.snapshot_names()?.iter().rev() {
+            let s = self.snapshot(&l.name)?;
+            if s.journal_id == journal_id {
+                return Ok(Some(s));
+            }
+        }
+        Ok(None)
+    }
+}
