@@ -15,25 +15,33 @@
 //! println!("snapshot {} at LSN {}", snap.id, snap.next_lsn);
 //! ```
 
+mod archive;
+mod drill;
 mod error;
 mod lease;
 pub mod manifest;
 mod progress;
+mod prune;
 mod repo;
 mod restore;
 mod seal;
 mod snapshots;
 mod source;
 mod upload;
+mod verify;
 
+pub use archive::{ArchiveOptions, ArchiveRound};
+pub use drill::{write_atomically, DrillFailure, DrillOptions, DrillReport};
 pub use error::BackupError;
 pub use lease::{Lease, LeaseOptions};
 pub use manifest::{ArchiveEntry, ChunkRef, FileEntry, Snapshot};
 pub use progress::Progress;
+pub use prune::{PruneReport, Retention};
 pub use repo::{Config, Create, Repo, CHUNK_BYTES};
 pub use seal::{ChunkMode, RepoKeys};
 pub use restore::{RestoreOptions, RestorePoint, RestoreReport};
 pub use snapshots::{CreateOptions, Listed};
+pub use verify::{VerifyOptions, VerifyReport};
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

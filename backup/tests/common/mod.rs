@@ -34,7 +34,24 @@ pub fn quick_lease() -> LeaseOptions {
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Dir,
+    /// The S3 server this process starts (s3s-fs).
     S3,
+    /// The server `KEEL_S3_TEST_ENDPOINT` names (CI: moto), with the AWS environment's credentials.
+    External,
+}
+
+/// Every backend available here: the external one only when the environment names it.
+pub fn backends() -> Vec<Backend> {
+    let mut b = vec![Backend::Dir, Backend::S3];
+    match external_endpoint() {
+        Some(_) => b.push(Backend::External),
+        None => eprintln!("KEEL_S3_TEST_ENDPOINT not set: the external-server run is skipped (CI sets it)"),
+    }
+    b
+}
+
+pub fn external_endpoint() -> Option<String> {
+    std::env::var("KEEL_S3_TEST_ENDPOINT").ok().filter(|s| !s.is_empty())
 }
 
 struct S3Server {
@@ -56,25 +73,38 @@ fn s3_server() -> &'static S3Server {
     })
 }
 
-/// A store for a new, empty repository.
+fn unique() -> String {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{:x}-{}", t & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A store for a new, empty repository (`dir` is used by the directory backend).
 pub fn store(backend: Backend, dir: &Path) -> AnyStore {
-    match backend {
-        Backend::Dir => AnyStore::Dir(keel_s3::dir::DirStore::open(dir).unwrap()),
+    let (endpoint, keys) = match backend {
+        Backend::Dir => return AnyStore::Dir(keel_s3::dir::DirStore::open(dir).unwrap()),
         Backend::S3 => {
             let s = s3_server();
-            let bucket = format!("b{}", dir.file_name().unwrap().to_string_lossy().to_lowercase().replace(['.', '_'], "-"));
-            let bucket: String = bucket.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(60).collect();
-            std::fs::create_dir_all(s._root.path().join(&bucket)).unwrap();
-            let mut cfg = S3Config::new(bucket);
-            cfg.endpoint = Some(s.endpoint.clone());
-            cfg.path_style = true;
-            cfg.access_key_file = Some(s.ak.clone());
-            cfg.secret_key_file = Some(s.sk.clone());
-            cfg.region = Some("us-east-1".into());
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            AnyStore::S3(Box::new(rt.block_on(S3Store::connect(cfg)).unwrap()))
+            (s.endpoint.clone(), Some((s.ak.clone(), s.sk.clone())))
         }
+        Backend::External => (external_endpoint().unwrap(), None),
+    };
+    let bucket = format!("keel-backup-{}", unique());
+    let mut cfg = S3Config::new(&bucket);
+    cfg.endpoint = Some(endpoint);
+    cfg.path_style = true;
+    cfg.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+    if let Some((a, s)) = keys {
+        cfg.access_key_file = Some(a);
+        cfg.secret_key_file = Some(s);
     }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = S3Store::connect(cfg).await.unwrap();
+        store.client().create_bucket().bucket(&bucket).send().await.unwrap();
+        AnyStore::S3(Box::new(store))
+    })
 }
 
 pub fn open_repo(store: &AnyStore) -> Repo {

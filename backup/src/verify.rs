@@ -1,0 +1,153 @@
+//! Checking a repository: every manifest and archive entry authenticates, every chunk they name exists
+//! with a plausible size, and — with `read_data` — every chunk's bytes match its id. Each chunk is checked
+//! once however many snapshots share it; a cache of chunks already read lets a nightly run read only the
+//! new ones.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+use futures::{StreamExt, TryStreamExt};
+use keel_s3::{ObjectStore, StoreError};
+
+use crate::error::BackupError;
+use crate::manifest::ChunkRef;
+use crate::progress::Progress;
+use crate::repo::Repo;
+use crate::seal::{ChunkMode, OVERHEAD};
+
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Read every chunk and check it against its id (otherwise only existence and size).
+    pub read_data: bool,
+    /// A file listing chunk ids already read and verified: they are skipped, and new ones are added.
+    pub cache: Option<PathBuf>,
+    pub parallel: usize,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct VerifyReport {
+    pub snapshots: usize,
+    pub archive_entries: usize,
+    pub chunks: usize,
+    pub chunks_read: usize,
+    pub chunks_cached: usize,
+    pub bytes_read: u64,
+    /// Every problem found, each naming the object and what needs it. Empty: the repository is sound.
+    pub problems: Vec<String>,
+}
+
+impl Repo {
+    pub fn verify(&self, opts: &VerifyOptions, progress: &Progress) -> Result<VerifyReport, BackupError> {
+        let mut report = VerifyReport::default();
+        // chunk name -> (reference, first thing that needs it)
+        let mut chunks: BTreeMap<String, (ChunkRef, String)> = BTreeMap::new();
+        let mut add = |needed_by: &str, refs: &[ChunkRef]| {
+            for r in refs {
+                if let Some(name) = r.object_name() {
+                    chunks.entry(name).or_insert_with(|| (r.clone(), needed_by.to_owned()));
+                }
+            }
+        };
+        for l in self.snapshot_names()? {
+            report.snapshots += 1;
+            match self.snapshot(&l.name) {
+                Ok(s) => {
+                    for f in &s.files {
+                        add(&format!("snapshot {} file {}", s.id, f.path), &f.chunks);
+                    }
+                }
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+        let names = self.block_on(self.list("archive/"))?;
+        for (name, _) in names {
+            report.archive_entries += 1;
+            match self.archive_entry(&name) {
+                Ok(e) => add(&format!("archive entry {name}"), &e.chunks),
+                Err(e) => report.problems.push(e.to_string()),
+            }
+        }
+        report.chunks = chunks.len();
+        let cached: HashSet<String> = match &opts.cache {
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(s) => s.lines().map(str::to_owned).collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+                Err(e) => return Err(BackupError::io(p, "read")(e)),
+            },
+            None => HashSet::new(),
+        };
+        let total: u64 = chunks.values().map(|(r, _)| u64::from(r.len)).sum();
+        progress.start(if opts.read_data { "reading" } else { "checking" }, total);
+        let results: Vec<(String, Result<u64, String>, bool)> = self.block_on(
+            futures::stream::iter(chunks)
+                .map(|(name, (r, needed_by))| {
+                    let key = self.key(&name);
+                    let id = r.id.clone().expect("named chunks have ids");
+                    let skip_read = cached.contains(&id);
+                    async move {
+                        let checked = self.check_chunk(&name, &key, &r, opts.read_data && !skip_read, &needed_by).await;
+                        progress.advance(u64::from(r.len));
+                        let checked = checked.map_err(|e| match e {
+                            BackupError::Missing { .. } => e.to_string(),
+                            e => format!("{e} (needed by {needed_by})"),
+                        });
+                        Ok::<_, BackupError>((id, checked, skip_read))
+                    }
+                })
+                .buffer_unordered(opts.parallel.max(1))
+                .try_collect(),
+        )?;
+        let mut newly = Vec::new();
+        for (id, r, skipped) in results {
+            match r {
+                Ok(n) => {
+                    if opts.read_data && !skipped {
+                        report.chunks_read += 1;
+                        report.bytes_read += n;
+                        newly.push(id);
+                    } else if skipped && opts.read_data {
+                        report.chunks_cached += 1;
+                    }
+                }
+                Err(p) => report.problems.push(p),
+            }
+        }
+        report.problems.sort();
+        if let (Some(p), false) = (&opts.cache, newly.is_empty()) {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(BackupError::io(p, "open"))?;
+            let mut text = newly.join("\n");
+            text.push('\n');
+            f.write_all(text.as_bytes()).map_err(BackupError::io(p, "write"))?;
+            f.sync_data().map_err(BackupError::io(p, "fsync"))?;
+        }
+        Ok(report)
+    }
+
+    /// Checks one chunk: exists with the size its mode implies; with `read`, its bytes match its id.
+    /// Returns the bytes read.
+    async fn check_chunk(&self, name: &str, key: &str, r: &ChunkRef, read: bool, needed_by: &str) -> Result<u64, BackupError> {
+        let missing = |e: StoreError| match e {
+            StoreError::NotFound { .. } => BackupError::Missing { key: key.to_owned(), needed_by: needed_by.to_owned() },
+            e => e.into(),
+        };
+        let stored_len = match r.mode {
+            Some(ChunkMode::Sealed) => u64::from(r.len) + OVERHEAD as u64,
+            _ => u64::from(r.len),
+        };
+        if !read {
+            let meta = self.store.head(key).await.map_err(missing)?;
+            if meta.size != stored_len {
+                return Err(BackupError::damaged(key, format!("{} bytes stored, expected {stored_len}", meta.size)));
+            }
+            return Ok(0);
+        }
+        let got = self.store.get(key).await.map_err(missing)?.bytes().await?;
+        let (keys, name, key, r) = (self.keys.clone(), name.to_owned(), key.to_owned(), r.clone());
+        let n = got.len() as u64;
+        tokio::task::spawn_blocking(move || crate::restore::open_chunk(&keys, &name, &key, &r, &got))
+            .await
+            .expect("chunk checking does not panic")?;
+        Ok(n)
+    }
+}
