@@ -44,7 +44,12 @@ pub struct ArchiveRound {
 
 impl Repo {
     /// One round of archiving `data`'s journal, under the lease.
-    pub fn archive_once(&self, data: &Path, opts: &ArchiveOptions, progress: &Progress) -> Result<ArchiveRound, BackupError> {
+    pub fn archive_once(
+        &self,
+        data: &Path,
+        opts: &ArchiveOptions,
+        progress: &Progress,
+    ) -> Result<ArchiveRound, BackupError> {
         let lease = self.lease("archive", opts.create.lease)?;
         let mut round = ArchiveRound::default();
         let source = capture_data(data, opts.create.journal_keys.as_ref())?;
@@ -89,7 +94,8 @@ impl Repo {
             todo.push((s.seq, next_lsn, sealed, previous));
         }
         let wanted: HashSet<u64> = todo.iter().map(|t| t.0).collect();
-        let files: Vec<_> = source.files.into_iter().filter(|f| f.segment.is_some_and(|s| wanted.contains(&s.seq))).collect();
+        let files: Vec<_> =
+            source.files.into_iter().filter(|f| f.segment.is_some_and(|s| wanted.contains(&s.seq))).collect();
         let known: HashSet<String> =
             todo.iter().flat_map(|t| t.3.iter().flat_map(|p| p.chunks.iter().filter_map(|c| c.id.clone()))).collect();
         let files = Arc::new(files);

@@ -131,7 +131,9 @@ impl DrillReport {
         let repo = self.repository.replace('\\', "\\\\").replace('"', "\\\"");
         let mut out = String::new();
         let mut metric = |name: &str, help: &str, value: String| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{repository=\"{repo}\"}} {value}\n"
+            ));
         };
         metric("keel_drill_success", "1 if the last restore drill succeeded, else 0.", u8::from(self.ok).to_string());
         metric(
@@ -139,10 +141,22 @@ impl DrillReport {
             "When the last restore drill started (unix seconds).",
             format!("{:.3}", self.started_unix_ms as f64 / 1000.0),
         );
-        metric("keel_drill_duration_seconds", "Wall time of the last restore drill.", format!("{:.3}", self.duration_secs));
-        metric("keel_drill_restore_seconds", "Time the last drill took to restore the snapshot.", format!("{:.3}", self.restore_secs));
+        metric(
+            "keel_drill_duration_seconds",
+            "Wall time of the last restore drill.",
+            format!("{:.3}", self.duration_secs),
+        );
+        metric(
+            "keel_drill_restore_seconds",
+            "Time the last drill took to restore the snapshot.",
+            format!("{:.3}", self.restore_secs),
+        );
         metric("keel_drill_restore_bytes", "Bytes the last drill restored.", self.restore_bytes.to_string());
-        metric("keel_drill_recovery_seconds", "Time the restored journal took to recover.", format!("{:.3}", self.recovery_secs));
+        metric(
+            "keel_drill_recovery_seconds",
+            "Time the restored journal took to recover.",
+            format!("{:.3}", self.recovery_secs),
+        );
         metric("keel_drill_records", "Live records in the restored journal.", self.records.to_string());
         metric("keel_drill_frames", "Frames recovered from the restored journal.", self.frames.to_string());
         metric(
@@ -150,7 +164,9 @@ impl DrillReport {
             "Age of the restored data at the drill: the recovery point an incident would have had.",
             format!("{:.3}", self.data_age_secs),
         );
-        out.push_str("# HELP keel_drill_failure 1 for the reason the last drill failed.\n# TYPE keel_drill_failure gauge\n");
+        out.push_str(
+            "# HELP keel_drill_failure 1 for the reason the last drill failed.\n# TYPE keel_drill_failure gauge\n",
+        );
         for f in DrillFailure::ALL {
             let v = u8::from(self.failure == Some(f));
             out.push_str(&format!("keel_drill_failure{{repository=\"{repo}\",reason=\"{}\"}} {v}\n", f.label()));
@@ -182,8 +198,15 @@ impl Repo {
         report
     }
 
-    fn drill_steps(&self, scratch: &Path, opts: &DrillOptions, progress: &Progress, report: &mut DrillReport) -> Result<(), BackupError> {
-        let ropts = RestoreOptions { parallel: opts.parallel, journal_keys: opts.journal_keys.clone(), ..Default::default() };
+    fn drill_steps(
+        &self,
+        scratch: &Path,
+        opts: &DrillOptions,
+        progress: &Progress,
+        report: &mut DrillReport,
+    ) -> Result<(), BackupError> {
+        let ropts =
+            RestoreOptions { parallel: opts.parallel, journal_keys: opts.journal_keys.clone(), ..Default::default() };
         let restored = self.restore(&RestorePoint::Snapshot(opts.snapshot.clone()), scratch, &ropts, progress)?;
         let s = &restored.snapshot;
         report.snapshot = Some(s.id.clone());
@@ -195,15 +218,26 @@ impl Repo {
         report.next_lsn = s.next_lsn;
         report.data_age_secs = crate::now_ms().saturating_sub(s.cut_unix_ms) as f64 / 1000.0;
         let began = Instant::now();
-        let inspection = keel_journal::inspect::inspect(&restored.journal_dir, RecoveryMode::Strict, opts.journal_keys.as_ref(), &mut |_| {})?;
+        let inspection = keel_journal::inspect::inspect(
+            &restored.journal_dir,
+            RecoveryMode::Strict,
+            opts.journal_keys.as_ref(),
+            &mut |_| {},
+        )?;
         report.recovery_secs = began.elapsed().as_secs_f64();
         let rec = &inspection.recovered;
-        let seals = inspection.segments.iter().filter(|g| matches!(g.end, keel_journal::SegmentEnd::Sealed { .. })).count() as u64;
+        let seals =
+            inspection.segments.iter().filter(|g| matches!(g.end, keel_journal::SegmentEnd::Sealed { .. })).count()
+                as u64;
         report.records = rec.records.len() as u64;
         report.frames = rec.report.frames + seals;
         let mismatch = |why: String| Err(BackupError::Data { path: restored.journal_dir.clone(), why });
         if let Some(t) = &rec.report.torn_tail {
-            return mismatch(format!("recovery found a torn tail in {} at {} (a snapshot ends at a whole frame)", t.path.display(), t.offset));
+            return mismatch(format!(
+                "recovery found a torn tail in {} at {} (a snapshot ends at a whole frame)",
+                t.path.display(),
+                t.offset
+            ));
         }
         let next = rec.report.last_lsn.map_or(s.first_lsn, |l| l.0 + 1);
         if next != s.next_lsn {

@@ -70,7 +70,8 @@ impl Lease {
     fn release_inner(&mut self) -> Result<(), BackupError> {
         let Some(stop) = self.stop.take() else { return Ok(()) };
         let _ = stop.send(());
-        let (heartbeat, store, key, lost) = (self.heartbeat.take(), self.store.clone(), self.key.clone(), self.lost.clone());
+        let (heartbeat, store, key, lost) =
+            (self.heartbeat.take(), self.store.clone(), self.key.clone(), self.lost.clone());
         let etag = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let handle = self.handle.clone();
         let run = async move {

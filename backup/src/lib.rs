@@ -38,8 +38,8 @@ pub use manifest::{ArchiveEntry, ChunkRef, FileEntry, Snapshot};
 pub use progress::Progress;
 pub use prune::{PruneReport, Retention};
 pub use repo::{Config, Create, Repo, CHUNK_BYTES};
-pub use seal::{ChunkMode, RepoKeys};
 pub use restore::{RestoreOptions, RestorePoint, RestoreReport};
+pub use seal::{ChunkMode, RepoKeys};
 pub use snapshots::{CreateOptions, Listed};
 pub use verify::{VerifyOptions, VerifyReport};
 

@@ -76,7 +76,13 @@ pub struct PruneReport {
 const DELETE_BATCH: usize = 500;
 
 impl Repo {
-    pub fn prune(&self, policy: &Retention, lease: LeaseOptions, dry_run: bool, progress: &Progress) -> Result<PruneReport, BackupError> {
+    pub fn prune(
+        &self,
+        policy: &Retention,
+        lease: LeaseOptions,
+        dry_run: bool,
+        progress: &Progress,
+    ) -> Result<PruneReport, BackupError> {
         if policy.is_empty() {
             return Err(BackupError::Invalid {
                 name: "retention",
@@ -170,7 +176,10 @@ mod tests {
         assert_eq!(r(Retention { keep_last: Some(2), ..Default::default() }), vec![0, 1]);
         assert_eq!(r(Retention { keep_daily: Some(2), ..Default::default() }), vec![0, 2]);
         assert_eq!(r(Retention { keep_weekly: Some(5), ..Default::default() }), vec![0, 3]);
-        assert_eq!(r(Retention { keep_within: Some(Duration::from_secs(2 * 86_400)), ..Default::default() }), vec![0, 1, 2]);
+        assert_eq!(
+            r(Retention { keep_within: Some(Duration::from_secs(2 * 86_400)), ..Default::default() }),
+            vec![0, 1, 2]
+        );
         // The newest always stays.
         assert_eq!(r(Retention { keep_last: Some(0), ..Default::default() }), vec![0]);
     }

@@ -175,7 +175,9 @@ impl Repo {
                 match put {
                     Ok(_) => Bytes::from(b),
                     // Another first run won; use its repository.
-                    Err(StoreError::PreconditionFailed { .. }) => rt.block_on(async { store.get(&key).await?.bytes().await })?,
+                    Err(StoreError::PreconditionFailed { .. }) => {
+                        rt.block_on(async { store.get(&key).await?.bytes().await })?
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -228,7 +230,12 @@ impl Repo {
         Ok((plain, meta))
     }
 
-    pub(crate) async fn put_sealed(&self, name: &str, plain: &[u8], cond: PutCondition) -> Result<ObjectMeta, StoreError> {
+    pub(crate) async fn put_sealed(
+        &self,
+        name: &str,
+        plain: &[u8],
+        cond: PutCondition,
+    ) -> Result<ObjectMeta, StoreError> {
         let sealed = self.keys.seal(name, plain);
         self.store.put(&self.key(name), PutBody::Bytes(sealed.into()), cond).await
     }

@@ -156,12 +156,16 @@ impl Repo {
         };
         let newest = base.newest_segment().ok_or_else(|| fail("its base snapshot holds no segment".into()))?;
         let archived = self.archive_index(jid)?;
-        let mut files: Vec<FileEntry> = base.files.iter().filter(|f| f.segment.is_none_or(|s| s.seq < newest.seq)).cloned().collect();
+        let mut files: Vec<FileEntry> =
+            base.files.iter().filter(|f| f.segment.is_none_or(|s| s.seq < newest.seq)).cloned().collect();
         let mut seq = newest.seq;
         let mut reached = base.next_lsn;
         loop {
             let Some(name) = archived.get(&seq) else {
-                return Err(fail(format!("the archive has no segment {seq}: the archived window ends at LSN {}", reached.saturating_sub(1))));
+                return Err(fail(format!(
+                    "the archive has no segment {seq}: the archived window ends at LSN {}",
+                    reached.saturating_sub(1)
+                )));
             };
             let e = self.archive_entry(name)?;
             files.push(FileEntry {
@@ -231,7 +235,9 @@ impl Repo {
         let jobs: Vec<(usize, usize, ChunkRef)> = files
             .iter()
             .enumerate()
-            .flat_map(|(i, f)| f.chunks.iter().enumerate().filter(|(_, c)| c.id.is_some()).map(move |(c, r)| (i, c, r.clone())))
+            .flat_map(|(i, f)| {
+                f.chunks.iter().enumerate().filter(|(_, c)| c.id.is_some()).map(move |(c, r)| (i, c, r.clone()))
+            })
             .collect();
         progress.start("restoring", jobs.iter().map(|(_, _, r)| u64::from(r.len)).sum());
         let handles = Arc::new(handles);
@@ -295,7 +301,10 @@ pub(crate) fn open_chunk(
 fn safe_join(target: &Path, rel: &str) -> Result<PathBuf, BackupError> {
     let ok = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..") && !rel.starts_with('/');
     if !ok {
-        return Err(BackupError::Invalid { name: "manifest path", why: format!("{rel:?} is not a relative path inside the data directory") });
+        return Err(BackupError::Invalid {
+            name: "manifest path",
+            why: format!("{rel:?} is not a relative path inside the data directory"),
+        });
     }
     Ok(target.join(rel))
 }
@@ -308,7 +317,9 @@ fn check_target(target: &Path, force: bool) -> Result<(), BackupError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(target).map_err(BackupError::io(target, "create")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(target).map_err(BackupError::io(target, "create"))
+        }
         Err(e) => Err(BackupError::io(target, "list")(e)),
     }
 }

@@ -143,7 +143,8 @@ impl RepoKeys {
 
     /// The key id an envelope names, if it is one.
     pub fn key_id_of(sealed: &[u8]) -> Option<u32> {
-        (sealed.len() >= OVERHEAD && &sealed[..8] == MAGIC).then(|| u32::from_le_bytes(sealed[8..12].try_into().unwrap()))
+        (sealed.len() >= OVERHEAD && &sealed[..8] == MAGIC)
+            .then(|| u32::from_le_bytes(sealed[8..12].try_into().unwrap()))
     }
 }
 

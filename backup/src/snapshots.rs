@@ -110,7 +110,10 @@ impl Repo {
         let s: Snapshot = serde_json::from_slice(&plain)
             .map_err(|e| BackupError::damaged(&self.key(name), format!("manifest is not valid: {e}")))?;
         if s.version != VERSION {
-            return Err(BackupError::damaged(&self.key(name), format!("manifest version {} (this build reads {VERSION})", s.version)));
+            return Err(BackupError::damaged(
+                &self.key(name),
+                format!("manifest version {} (this build reads {VERSION})", s.version),
+            ));
         }
         if s.object_name() != name {
             return Err(BackupError::damaged(&self.key(name), "manifest names another snapshot"));

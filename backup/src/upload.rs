@@ -54,8 +54,10 @@ pub(crate) fn store_files(
                         let offset = c as u64 * chunk;
                         let len = (file.copy_bytes - offset).min(chunk) as usize;
                         let mut buf = vec![0u8; len];
-                        file.read_at(&mut buf, offset)
-                            .map_err(|e| BackupError::Data { path: file.path.clone().into(), why: format!("read at {offset}: {e}") })?;
+                        file.read_at(&mut buf, offset).map_err(|e| BackupError::Data {
+                            path: file.path.clone().into(),
+                            why: format!("read at {offset}: {e}"),
+                        })?;
                         if buf.iter().all(|b| *b == 0) {
                             return Ok::<_, BackupError>((ChunkRef::zero(len as u32), None));
                         }

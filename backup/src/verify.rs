@@ -115,7 +115,8 @@ impl Repo {
         }
         report.problems.sort();
         if let (Some(p), false) = (&opts.cache, newly.is_empty()) {
-            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(BackupError::io(p, "open"))?;
+            let mut f =
+                std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(BackupError::io(p, "open"))?;
             let mut text = newly.join("\n");
             text.push('\n');
             f.write_all(text.as_bytes()).map_err(BackupError::io(p, "write"))?;
@@ -126,9 +127,18 @@ impl Repo {
 
     /// Checks one chunk: exists with the size its mode implies; with `read`, its bytes match its id.
     /// Returns the bytes read.
-    async fn check_chunk(&self, name: &str, key: &str, r: &ChunkRef, read: bool, needed_by: &str) -> Result<u64, BackupError> {
+    async fn check_chunk(
+        &self,
+        name: &str,
+        key: &str,
+        r: &ChunkRef,
+        read: bool,
+        needed_by: &str,
+    ) -> Result<u64, BackupError> {
         let missing = |e: StoreError| match e {
-            StoreError::NotFound { .. } => BackupError::Missing { key: key.to_owned(), needed_by: needed_by.to_owned() },
+            StoreError::NotFound { .. } => {
+                BackupError::Missing { key: key.to_owned(), needed_by: needed_by.to_owned() }
+            }
             e => e.into(),
         };
         let stored_len = match r.mode {

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use keel_backup::{ArchiveOptions, CreateOptions, Progress, Repo, RestoreOptions, RestorePoint, Retention, VerifyOptions};
+use keel_backup::{
+    ArchiveOptions, CreateOptions, Progress, Repo, RestoreOptions, RestorePoint, Retention, VerifyOptions,
+};
 
 const CHILD: &str = "KEEL_BACKUP_CHILD";
 
@@ -66,7 +68,9 @@ fn run_child(op: &str, data: &Path, repo_dir: &Path, crash_at: &str) -> bool {
 }
 
 fn assert_consistent(repo: &Repo) {
-    let report = repo.verify(&VerifyOptions { read_data: true, parallel: 4, ..Default::default() }, &Progress::default()).unwrap();
+    let report = repo
+        .verify(&VerifyOptions { read_data: true, parallel: 4, ..Default::default() }, &Progress::default())
+        .unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
 }
 
@@ -99,7 +103,14 @@ fn a_killed_create_leaves_the_repository_consistent_and_the_next_run_completes()
         assert!(snap.new_bytes < snap.total_bytes, "{point}: the crashed run's chunks were not reused");
         assert_consistent(&repo);
         let target = tempfile::tempdir().unwrap();
-        let r = repo.restore(&RestorePoint::Snapshot("latest".into()), target.path(), &RestoreOptions::default(), &Progress::default()).unwrap();
+        let r = repo
+            .restore(
+                &RestorePoint::Snapshot("latest".into()),
+                target.path(),
+                &RestoreOptions::default(),
+                &Progress::default(),
+            )
+            .unwrap();
         let (_, rec) = keel_journal::Journal::open(&r.journal_dir, journal_options(None)).unwrap();
         assert_eq!(rec.records.len(), 3500, "{point}");
     }

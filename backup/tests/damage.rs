@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use keel_backup::{
-    BackupError, Create, CreateOptions, DrillFailure, DrillOptions, Progress, Repo, RestoreOptions, RestorePoint, Snapshot,
-    VerifyOptions,
+    BackupError, Create, CreateOptions, DrillFailure, DrillOptions, Progress, Repo, RestoreOptions, RestorePoint,
+    Snapshot, VerifyOptions,
 };
 use keel_s3::{AnyStore, ObjectStore, PutBody, PutCondition};
 
@@ -35,7 +35,12 @@ fn a_chunk(snap: &Snapshot) -> String {
 fn restore_err(repo: &Repo, snap: &Snapshot) -> String {
     let target = tempfile::tempdir().unwrap();
     let e = repo
-        .restore(&RestorePoint::Snapshot(snap.id.clone()), target.path(), &RestoreOptions::default(), &Progress::default())
+        .restore(
+            &RestorePoint::Snapshot(snap.id.clone()),
+            target.path(),
+            &RestoreOptions::default(),
+            &Progress::default(),
+        )
         .unwrap_err();
     e.to_string()
 }
@@ -69,12 +74,16 @@ fn damage_suite(backend: Backend) {
     assert!(e.contains(&key), "{e}");
     let report = repo.drill(&scratch.path().join("drill-missing"), &DrillOptions::default(), &Progress::default());
     assert_eq!(report.failure, Some(DrillFailure::Damaged), "{report:?}");
-    assert!(report.prometheus().contains("keel_drill_success{repository=") && report.prometheus().contains("reason=\"damaged\"} 1"));
+    assert!(
+        report.prometheus().contains("keel_drill_success{repository=")
+            && report.prometheus().contains("reason=\"damaged\"} 1")
+    );
     assert!(report.error.as_deref().unwrap().contains(&key));
 
     // Truncated chunk (rewritten through the store, so that the store's own checksum passes: only
     // the repository's checks can catch it).
-    let put = |bytes: Vec<u8>| rt().block_on(store.put(&key, PutBody::Bytes(bytes.into()), PutCondition::None)).unwrap();
+    let put =
+        |bytes: Vec<u8>| rt().block_on(store.put(&key, PutBody::Bytes(bytes.into()), PutCondition::None)).unwrap();
     put(saved[..saved.len() - 100].to_vec());
     let problems = verify_problems(&repo, false);
     assert!(problems.len() == 1 && problems[0].contains(&key), "{problems:?}");
@@ -86,7 +95,10 @@ fn damage_suite(backend: Backend) {
     put(tampered);
     assert_eq!(verify_problems(&repo, false), Vec::<String>::new(), "existence and size are intact");
     let problems = verify_problems(&repo, true);
-    assert!(problems.len() == 1 && problems[0].contains(&key) && problems[0].contains("authentication"), "{problems:?}");
+    assert!(
+        problems.len() == 1 && problems[0].contains(&key) && problems[0].contains("authentication"),
+        "{problems:?}"
+    );
     let e = restore_err(&repo, &snap);
     assert!(e.contains(&key) && e.contains("authentication"), "{e}");
     put(saved.to_vec());
@@ -114,7 +126,10 @@ fn damage_suite(backend: Backend) {
         Err(BackupError::KeyMissing { key_id: 1, .. }) => {}
         other => panic!("key not in ring: {other:?}"),
     }
-    assert_eq!(DrillFailure::of(&Repo::open_in(store.clone(), "repo", wrong, Create::Never).unwrap_err()), DrillFailure::Key);
+    assert_eq!(
+        DrillFailure::of(&Repo::open_in(store.clone(), "repo", wrong, Create::Never).unwrap_err()),
+        DrillFailure::Key
+    );
     // No repository at all.
     match Repo::open_in(store.clone(), "elsewhere", repo_key(), Create::Never) {
         Err(BackupError::NoRepository { .. }) => {}

@@ -59,7 +59,9 @@ fn point_in_time(backend: Backend, encrypted: bool) {
     };
     let check = |point: RestorePoint, n: u64| {
         let target = tempfile::tempdir().unwrap();
-        let r = repo.restore(&point, target.path(), &ropts, &Progress::default()).unwrap_or_else(|e| panic!("{point:?}: {e}"));
+        let r = repo
+            .restore(&point, target.path(), &ropts, &Progress::default())
+            .unwrap_or_else(|e| panic!("{point:?}: {e}"));
         assert_eq!(r.next_lsn, n + 1, "{point:?}");
         let (j, rec) = keel_journal::Journal::open(&r.journal_dir, journal_options(jkeys.clone())).unwrap();
         let mut got: Vec<u64> = rec.records.keys().copied().filter(|id| *id != 1 << 50).collect();

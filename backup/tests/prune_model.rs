@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use keel_backup::{ArchiveOptions, CreateOptions, Progress, Repo, RestoreOptions, RestorePoint, Retention, VerifyOptions};
+use keel_backup::{
+    ArchiveOptions, CreateOptions, Progress, Repo, RestoreOptions, RestorePoint, Retention, VerifyOptions,
+};
 use keel_journal::{Journal, Options};
 use proptest::prelude::*;
 
@@ -151,9 +153,13 @@ fn prune_removes_old_snapshots_and_the_chunks_only_they_used() {
         repo.create(data.path(), &create_opts(), &Progress::default()).unwrap();
     }
     let before = repo_bytes(repo_dir.path());
-    let dry = repo.prune(&Retention { keep_last: Some(1), ..Default::default() }, quick_lease(), true, &Progress::default()).unwrap();
+    let dry = repo
+        .prune(&Retention { keep_last: Some(1), ..Default::default() }, quick_lease(), true, &Progress::default())
+        .unwrap();
     assert_eq!(repo_bytes(repo_dir.path()), before, "a dry run deletes nothing");
-    let r = repo.prune(&Retention { keep_last: Some(1), ..Default::default() }, quick_lease(), false, &Progress::default()).unwrap();
+    let r = repo
+        .prune(&Retention { keep_last: Some(1), ..Default::default() }, quick_lease(), false, &Progress::default())
+        .unwrap();
     assert_eq!((r.removed_snapshots.len(), r.removed_chunks), (dry.removed_snapshots.len(), dry.removed_chunks));
     assert_eq!(r.removed_snapshots.len(), 2);
     assert!(r.removed_chunks > 0 && r.removed_bytes > 0, "{r:?}");

@@ -25,11 +25,21 @@ fn round_trip_under_load(backend: Backend, encrypted: bool) {
     }
     load.stop();
     // The second and third snapshots store only what changed.
-    assert!(snaps[1].0.new_bytes < snaps[1].0.total_bytes, "no deduplication: {} of {}", snaps[1].0.new_bytes, snaps[1].0.total_bytes);
+    assert!(
+        snaps[1].0.new_bytes < snaps[1].0.total_bytes,
+        "no deduplication: {} of {}",
+        snaps[1].0.new_bytes,
+        snaps[1].0.total_bytes
+    );
     for (s, before) in &snaps {
         let target = tempfile::tempdir().unwrap();
         let r = repo
-            .restore(&RestorePoint::Snapshot(s.id.clone()), target.path(), &RestoreOptions::default(), &Progress::default())
+            .restore(
+                &RestorePoint::Snapshot(s.id.clone()),
+                target.path(),
+                &RestoreOptions::default(),
+                &Progress::default(),
+            )
             .unwrap();
         assert_eq!(r.next_lsn, s.next_lsn);
         let n = check_restored(&r.journal_dir, jkeys.clone(), before, s.next_lsn);

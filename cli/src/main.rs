@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 1 the command ran and found a problem (corruption, a missing acknowledged record,
 //! a failed append); 2 the command could not run (bad arguments, unreadable input).
 
+mod backup;
 mod bench;
 mod journal;
 mod paging;
@@ -26,6 +27,11 @@ enum Command {
     /// Paging data tools (offline, on a broker's data directory).
     #[command(subcommand)]
     Paging(paging::PagingCommand),
+    /// Backups: snapshots, continuous archiving, restore, verify, prune (to a directory or S3).
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// A restore drill: restore a snapshot to scratch, recover it, check it, report JSON and metrics.
+    Drill(backup::DrillArgs),
     /// Benchmarks that print JSON.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -43,6 +49,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Journal(c) => journal::run(c),
         Command::Paging(c) => paging::run(c),
+        Command::Backup(c) => backup::run(c),
+        Command::Drill(a) => backup::drill(a),
         Command::Bench(c) => bench::run(c),
     };
     match result {

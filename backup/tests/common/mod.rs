@@ -166,7 +166,8 @@ impl Load {
 pub fn check_restored(journal_dir: &Path, keys: Option<KeyRing>, must: &BTreeMap<u64, u64>, next_lsn: u64) -> usize {
     let (j, rec) = Journal::open(journal_dir, journal_options(keys)).unwrap();
     for (id, lsn) in must {
-        let r = rec.records.get(id).unwrap_or_else(|| panic!("acknowledged id {id} (LSN {lsn}) missing from the restore"));
+        let r =
+            rec.records.get(id).unwrap_or_else(|| panic!("acknowledged id {id} (LSN {lsn}) missing from the restore"));
         assert_eq!(r.lsn.0, *lsn);
         assert_eq!(j.read(*id).unwrap(), payload(*id), "id {id}");
     }
