@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn retention_rules_select_per_bucket() {
         // Newest first: two today, one yesterday, one 8 days ago.
-        let now = 100 * DAY;
+        let now = 100 * DAY + DAY / 2;
         let created = [now - 1000, now - 2000, now - DAY, now - 8 * DAY];
         let r = |p: Retention| p.select(&created, now).into_iter().collect::<Vec<_>>();
         assert_eq!(r(Retention { keep_last: Some(2), ..Default::default() }), vec![0, 1]);

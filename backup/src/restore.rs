@@ -248,11 +248,14 @@ impl Repo {
                     let name = r.object_name().expect("only stored chunks are fetched");
                     let key = self.key(&name);
                     async move {
-                        let got = self.store.get(&key).await?.bytes().await?;
+                        let mut got = self.store.get(&key).await?.into_vec().await?;
                         let len = tokio::task::spawn_blocking(move || {
-                            let plain = open_chunk(&keys, &name, &key, &r, &got)?;
+                            let range = open_chunk(&keys, &name, &key, &r, &mut got)?;
+                            let plain = &got[range];
                             let (path, file) = &handles[i];
-                            file.write_all_at(&plain, c as u64 * chunk).map_err(BackupError::io(path, "write"))?;
+                            let offset = c as u64 * chunk;
+                            file.write_all_at(plain, offset).map_err(BackupError::io(path, "write"))?;
+                            start_writeback(file, offset, plain.len() as u64);
                             Ok::<_, BackupError>(plain.len() as u64)
                         })
                         .await
@@ -274,27 +277,28 @@ impl Repo {
     }
 }
 
-/// Opens a fetched chunk and checks it against its id.
+/// Opens a fetched chunk (in place) and checks it against its id; returns where its bytes lie in `got`.
 pub(crate) fn open_chunk(
     keys: &crate::seal::RepoKeys,
     name: &str,
     key: &str,
     r: &ChunkRef,
-    got: &[u8],
-) -> Result<Vec<u8>, BackupError> {
+    got: &mut [u8],
+) -> Result<std::ops::Range<usize>, BackupError> {
     let mode = r.mode.ok_or_else(|| BackupError::damaged(key, "manifest names a stored chunk without a mode"))?;
-    let plain = match mode {
-        ChunkMode::Sealed => keys.open(name, got).map_err(|e| BackupError::damaged(key, e.to_string()))?,
-        ChunkMode::Raw => got.to_vec(),
+    let range = match mode {
+        ChunkMode::Sealed => keys.open_in_place(name, got).map_err(|e| BackupError::damaged(key, e.to_string()))?,
+        ChunkMode::Raw => 0..got.len(),
     };
+    let plain = &got[range.clone()];
     if plain.len() != r.len as usize {
         return Err(BackupError::damaged(key, format!("{} bytes, the manifest says {}", plain.len(), r.len)));
     }
-    let id = hex(&keys.chunk_id(mode, &plain));
+    let id = hex(&keys.chunk_id(mode, plain));
     if Some(&id) != r.id.as_ref() {
         return Err(BackupError::damaged(key, format!("content does not match its id (hashes to {id})")));
     }
-    Ok(plain)
+    Ok(range)
 }
 
 /// `target/rel`, refusing a manifest path that would escape the target.
@@ -321,6 +325,17 @@ fn check_target(target: &Path, force: bool) -> Result<(), BackupError> {
             std::fs::create_dir_all(target).map_err(BackupError::io(target, "create"))
         }
         Err(e) => Err(BackupError::io(target, "list")(e)),
+    }
+}
+
+/// Starts writing the range back to the disk now, without waiting, so that the disk works while later
+/// chunks are fetched and the final fsync finds little left to do (a restore otherwise ends with every
+/// byte still dirty in the page cache and one long flush). Only a hint: durability comes from the fsync.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

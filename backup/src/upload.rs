@@ -12,7 +12,7 @@ use crate::lease::Lease;
 use crate::manifest::{chunk_name, ChunkRef, FileEntry};
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::seal::{hex, ChunkMode};
+use crate::seal::{envelope_for, hex, ChunkMode, ENVELOPE_HEADER};
 use crate::source::SourceFile;
 
 /// The stored form of a file.
@@ -53,24 +53,28 @@ pub(crate) fn store_files(
                         let file = &files[f];
                         let offset = c as u64 * chunk;
                         let len = (file.copy_bytes - offset).min(chunk) as usize;
-                        let mut buf = vec![0u8; len];
-                        file.read_at(&mut buf, offset).map_err(|e| BackupError::Data {
+                        // One buffer per chunk: the file's bytes go straight where the envelope wants them.
+                        let (mut buf, at) = match file.mode {
+                            ChunkMode::Sealed => (envelope_for(len), ENVELOPE_HEADER),
+                            ChunkMode::Raw => (vec![0u8; len], 0),
+                        };
+                        file.read_at(&mut buf[at..], offset).map_err(|e| BackupError::Data {
                             path: file.path.clone().into(),
                             why: format!("read at {offset}: {e}"),
                         })?;
-                        if buf.iter().all(|b| *b == 0) {
+                        let plain = &buf[at..];
+                        if plain.iter().all(|b| *b == 0) {
                             return Ok::<_, BackupError>((ChunkRef::zero(len as u32), None));
                         }
-                        let id = hex(&keys.chunk_id(file.mode, &buf));
+                        let id = hex(&keys.chunk_id(file.mode, plain));
                         let r = ChunkRef { id: Some(id.clone()), len: len as u32, mode: Some(file.mode) };
                         if known.contains(&id) {
                             return Ok((r, None));
                         }
-                        let body = match file.mode {
-                            ChunkMode::Sealed => keys.seal(&chunk_name(&id), &buf),
-                            ChunkMode::Raw => buf,
-                        };
-                        Ok((r, Some(body)))
+                        if file.mode == ChunkMode::Sealed {
+                            keys.seal_envelope(&chunk_name(&id), &mut buf);
+                        }
+                        Ok((r, Some(buf)))
                     })
                     .await
                     .expect("chunk preparation does not panic")?;

@@ -152,10 +152,10 @@ impl Repo {
             }
             return Ok(0);
         }
-        let got = self.store.get(key).await.map_err(missing)?.bytes().await?;
+        let mut got = self.store.get(key).await.map_err(missing)?.into_vec().await?;
         let (keys, name, key, r) = (self.keys.clone(), name.to_owned(), key.to_owned(), r.clone());
         let n = got.len() as u64;
-        tokio::task::spawn_blocking(move || crate::restore::open_chunk(&keys, &name, &key, &r, &got))
+        tokio::task::spawn_blocking(move || crate::restore::open_chunk(&keys, &name, &key, &r, &mut got))
             .await
             .expect("chunk checking does not panic")?;
         Ok(n)

@@ -89,6 +89,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 512)]
         backlog_mib: u64,
     },
+    /// Backup and restore of a journal of random records against restic (Debian package `restic`, local
+    /// repositories on the same disk), and the bytes a second backup after 1 % new data stores; with the
+    /// peak RSS of each. Needs `restic` on the PATH; drops the page cache before each step when root.
+    Backup {
+        /// A directory on the disk to measure (a scratch subdirectory is created and removed).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Size of the journal to back up.
+        #[arg(long, default_value_t = 2048)]
+        mib: u64,
+        #[arg(long, default_value_t = 16384)]
+        record_bytes: usize,
+    },
     /// (Used by `restart`.) Open a journal once and print what it cost, as JSON.
     #[command(hide = true)]
     OpenOnce {
@@ -220,6 +233,34 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             }
             let out = serde_json::json!({ "benchmark": "paging", "machine": machine(), "rows": rows });
             println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(Outcome::Ok)
+        }
+        BenchCommand::Backup { dir, mib, record_bytes } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
+            let (_scratch, path) = keel_bench::backup::scratch_in(&dir)?;
+            let exe = std::env::current_exe()?;
+            let r = keel_bench::backup::compare(&path, &exe, mib, record_bytes)?;
+            eprintln!(
+                "backup: {} MiB: keel {:.0} MB/s ({:.0} MiB RSS) vs restic {:.0} MB/s ({:.0} MiB): {:.2}x; restore keel {:.0} MB/s ({:.0} MiB) vs restic {:.0} MB/s ({:.0} MiB): {:.2}x; vs restic+sync {:.0} MB/s: {:.2}x, vs cp+sync {:.0} MB/s: {:.2}x; after 1 % new data keel stored {:.2} %, restic {:.2} % of the full size",
+                r.data_bytes >> 20,
+                r.keel.backup_mb_per_s,
+                r.keel.backup.max_rss_kib as f64 / 1024.0,
+                r.restic.backup_mb_per_s,
+                r.restic.backup.max_rss_kib as f64 / 1024.0,
+                r.backup_ratio,
+                r.keel.restore_mb_per_s,
+                r.keel.restore.max_rss_kib as f64 / 1024.0,
+                r.restic.restore_mb_per_s,
+                r.restic.restore.max_rss_kib as f64 / 1024.0,
+                r.restore_ratio,
+                r.restic_restore_synced_mb_per_s,
+                r.restore_ratio_synced,
+                r.raw_copy_mb_per_s,
+                r.restore_ratio_raw_copy,
+                r.keel.incremental_ratio * 100.0,
+                r.restic.incremental_ratio * 100.0,
+            );
+            println!("{}", serde_json::to_string_pretty(&r)?);
             Ok(Outcome::Ok)
         }
         BenchCommand::OpenOnce { dir, segment_bytes, return_records } => {

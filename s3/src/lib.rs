@@ -102,12 +102,29 @@ impl GetObject {
     }
 
     /// All the bytes, verified. For objects that fit in memory.
-    pub async fn bytes(mut self) -> Result<Bytes, StoreError> {
+    pub async fn bytes(self) -> Result<Bytes, StoreError> {
+        self.into_vec().await.map(Bytes::from)
+    }
+
+    /// All the bytes, verified, in a buffer the caller owns (to decrypt in place, say).
+    pub async fn into_vec(mut self) -> Result<Vec<u8>, StoreError> {
+        // A file body is read with one read into the final buffer rather than piece by piece and copied.
+        if let error::Body::File { file, path, offset, remaining } = &mut self.body {
+            use std::os::unix::fs::FileExt;
+            let mut out = vec![0u8; *remaining as usize];
+            file.read_exact_at(&mut out, *offset).map_err(StoreError::io(path.clone(), "read object"))?;
+            *offset += *remaining;
+            *remaining = 0;
+            self.crc.update(&out);
+            self.read += out.len() as u64;
+            self.next_chunk().await?; // the end: checks the checksum
+            return Ok(out);
+        }
         let mut out = Vec::with_capacity(self.meta.size.min(1 << 30) as usize);
         while let Some(c) = self.next_chunk().await? {
             out.extend_from_slice(&c);
         }
-        Ok(out.into())
+        Ok(out)
     }
 }
 
