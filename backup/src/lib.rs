@@ -46,3 +46,34 @@ pub use verify::{VerifyOptions, VerifyReport};
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
+
+/// Decoders over arbitrary bytes, for the fuzz target (`backup/fuzz`); not a stable API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::manifest::{parse_archive_name, parse_snapshot_name, ArchiveEntry, Snapshot};
+
+    /// Runs every decoder of repository objects over `data`; panics only on an inconsistency.
+    pub fn decoders(data: &[u8]) {
+        if let Ok(c) = crate::repo::Config::decode(data) {
+            assert_eq!(&c.encode()[..], &data[..64]);
+        }
+        let ring = keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "11".repeat(32)), "fuzz").unwrap();
+        let keys = crate::seal::RepoKeys::new(ring, [7; 16], 1, "fuzz").unwrap();
+        let _ = keys.open("snapshots/x", data);
+        let mut copy = data.to_vec();
+        let _ = keys.open_in_place("data/x", &mut copy);
+        if let Ok(s) = serde_json::from_slice::<Snapshot>(data) {
+            for f in &s.files {
+                let _ = crate::restore::safe_join(std::path::Path::new("/target"), &f.path)
+                    .map(|p| assert!(p.starts_with("/target") && !f.path.contains("..")));
+            }
+            let _ = s.newest_segment();
+            let _ = s.object_name();
+        }
+        let _ = serde_json::from_slice::<ArchiveEntry>(data).map(|e| e.object_name());
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = parse_snapshot_name(text);
+            let _ = parse_archive_name(text);
+        }
+    }
+}

@@ -29,7 +29,7 @@ pub struct Config {
 }
 
 impl Config {
-    fn encode(&self) -> [u8; CONFIG_BYTES] {
+    pub(crate) fn encode(&self) -> [u8; CONFIG_BYTES] {
         let mut b = [0u8; CONFIG_BYTES];
         b[0..8].copy_from_slice(CONFIG_MAGIC);
         b[8..12].copy_from_slice(&CONFIG_VERSION.to_le_bytes());
@@ -42,7 +42,7 @@ impl Config {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Config, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Config, String> {
         let b = b.get(..CONFIG_BYTES).ok_or_else(|| format!("{} bytes, expected at least {CONFIG_BYTES}", b.len()))?;
         let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         if &b[0..8] != CONFIG_MAGIC {

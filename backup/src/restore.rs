@@ -302,7 +302,7 @@ pub(crate) fn open_chunk(
 }
 
 /// `target/rel`, refusing a manifest path that would escape the target.
-fn safe_join(target: &Path, rel: &str) -> Result<PathBuf, BackupError> {
+pub(crate) fn safe_join(target: &Path, rel: &str) -> Result<PathBuf, BackupError> {
     let ok = !rel.is_empty() && rel.split('/').all(|p| !p.is_empty() && p != "." && p != "..") && !rel.starts_with('/');
     if !ok {
         return Err(BackupError::Invalid {

@@ -125,8 +125,8 @@ impl RepoKeys {
         out
     }
 
-    /// Seals, in place, an envelope laid out by [`envelope_for`]: `buf` holds the header space and the
-    /// plaintext; the tag is appended. Saves the copy [`RepoKeys::seal`] makes, for chunks.
+    /// Seals, in place, an envelope whose plaintext is already at `buf[ENVELOPE_HEADER..]`; the header is
+    /// filled in and the tag appended. Saves the copy [`RepoKeys::seal`] makes, for chunks.
     pub fn seal_envelope(&self, name: &str, buf: &mut Vec<u8>) {
         let key_id = self.current_id();
         let aead = self.aead(key_id).expect("sealing keys come from the ring");
@@ -182,14 +182,6 @@ impl RepoKeys {
 /// Bytes before the plaintext in an envelope.
 pub const ENVELOPE_HEADER: usize = 8 + 4 + NONCE;
 
-/// A buffer for an envelope of `len` plaintext bytes, to be filled at `[ENVELOPE_HEADER..]` and then sealed
-/// with [`RepoKeys::seal_envelope`].
-pub fn envelope_for(len: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(len + OVERHEAD);
-    v.resize(ENVELOPE_HEADER + len, 0);
-    v
-}
-
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -228,8 +220,8 @@ mod tests {
         let other = RepoKeys::new(KeyRing::parse(&format!("1:{}", "33".repeat(32)), "t").unwrap(), [7; 16], 1, "t");
         assert_ne!(k.chunk_id(ChunkMode::Raw, b"x"), other.unwrap().chunk_id(ChunkMode::Raw, b"x"));
         assert_eq!(hex(&[0xab, 0x01]), "ab01");
-        let mut env = envelope_for(3);
-        env[ENVELOPE_HEADER..].copy_from_slice(b"abc");
+        let mut env = vec![0u8; ENVELOPE_HEADER];
+        env.extend_from_slice(b"abc");
         k.seal_envelope("data/x", &mut env);
         assert_eq!(env.len(), 3 + OVERHEAD);
         assert_eq!(k.open("data/x", &env).unwrap(), b"abc");
