@@ -96,10 +96,15 @@ impl Repo {
         let wanted: HashSet<u64> = todo.iter().map(|t| t.0).collect();
         let files: Vec<_> =
             source.files.into_iter().filter(|f| f.segment.is_some_and(|s| wanted.contains(&s.seq))).collect();
-        let known: HashSet<String> =
-            todo.iter().flat_map(|t| t.3.iter().flat_map(|p| p.chunks.iter().filter_map(|c| c.id.clone()))).collect();
+        let previous = crate::upload::Previous {
+            chunks: todo
+                .iter()
+                .flat_map(|t| t.3.iter().flat_map(|p| p.chunks.iter().filter_map(|c| c.id.clone())))
+                .collect(),
+            files: Default::default(),
+        };
         let files = Arc::new(files);
-        let stored = store_files(self, files.clone(), Arc::new(known), opts.create.parallel, progress, &lease)?;
+        let stored = store_files(self, files.clone(), &previous, opts.create.parallel, progress, &lease)?;
         round.new_bytes += stored.new_bytes;
         let by_seq: BTreeMap<u64, _> =
             stored.entries.into_iter().map(|e| (e.segment.expect("only segments are archived").seq, e)).collect();

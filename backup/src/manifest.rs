@@ -39,6 +39,16 @@ pub struct SegmentInfo {
     pub key_id: u32,
 }
 
+/// What a sealed segment's file looked like when it was read, so that the next snapshot can reuse its
+/// chunks without reading it again: sealed segments never change, and a file replaced since (a rekey
+/// writes a new file) has another inode or modification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStat {
+    pub ino: u64,
+    pub mtime_ns: i64,
+    pub sealed: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileEntry {
     /// Relative to the data directory.
@@ -47,6 +57,8 @@ pub struct FileEntry {
     pub copy_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<SegmentInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat: Option<FileStat>,
     pub chunks: Vec<ChunkRef>,
 }
 

@@ -173,6 +173,7 @@ impl Repo {
                 size: e.size,
                 copy_bytes: e.copy_bytes,
                 segment: Some(crate::manifest::SegmentInfo { seq, first_lsn: e.first_lsn, key_id: e.key_id }),
+                stat: None,
                 chunks: e.chunks,
             });
             reached = e.next_lsn;

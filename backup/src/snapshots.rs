@@ -1,6 +1,5 @@
 //! Creating, listing and reading snapshots.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::seal::hex;
 use crate::source::capture_data;
-use crate::upload::store_files;
+use crate::upload::{store_files, Previous};
 
 /// How `create` runs.
 #[derive(Clone, Debug)]
@@ -24,11 +23,14 @@ pub struct CreateOptions {
     /// Chunks read, sealed and stored at a time (each holds up to two chunk buffers).
     pub parallel: usize,
     pub lease: LeaseOptions,
+    /// Check the existence of every chunk rather than trust that the previous snapshot's chunks are all
+    /// there (after `verify --remove-damaged`, to store the removed ones again).
+    pub check_all: bool,
 }
 
 impl Default for CreateOptions {
     fn default() -> CreateOptions {
-        CreateOptions { journal_keys: None, parallel: 4, lease: LeaseOptions::default() }
+        CreateOptions { journal_keys: None, parallel: 4, lease: LeaseOptions::default(), check_all: false }
     }
 }
 
@@ -59,13 +61,14 @@ impl Repo {
     ) -> Result<Snapshot, BackupError> {
         let created_unix_ms = crate::now_ms();
         let source = capture_data(data, opts.journal_keys.as_ref())?;
-        // The previous snapshot of the same journal names chunks certainly present: skip checking those.
-        let mut known = HashSet::new();
-        if let Some(prev) = self.latest_of(&source.journal_id)? {
-            known.extend(prev.files.iter().flat_map(|f| f.chunks.iter().filter_map(|c| c.id.clone())));
-        }
+        // The previous snapshot of the same journal names chunks certainly present: skip checking those,
+        // and skip reading sealed segments it already read.
+        let previous = match (opts.check_all, self.latest_of(&source.journal_id)?) {
+            (false, Some(prev)) => Previous::of(&prev.files),
+            _ => Previous::default(),
+        };
         let files = Arc::new(source.files);
-        let stored = store_files(self, files.clone(), Arc::new(known), opts.parallel, progress, lease)?;
+        let stored = store_files(self, files.clone(), &previous, opts.parallel, progress, lease)?;
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the OS random source works");
         let snapshot = Snapshot {

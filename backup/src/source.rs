@@ -10,7 +10,7 @@ use keel_journal::crypto::keys::KeyRing;
 use keel_journal::export::{capture, Capture, CapturedSegment};
 
 use crate::error::BackupError;
-use crate::manifest::SegmentInfo;
+use crate::manifest::{FileStat, SegmentInfo};
 use crate::seal::ChunkMode;
 
 /// Where a file's bytes come from.
@@ -28,6 +28,8 @@ pub(crate) struct SourceFile {
     pub copy_bytes: u64,
     pub mode: ChunkMode,
     pub segment: Option<SegmentInfo>,
+    /// For a sealed segment: its file's identity, to skip reading it when the previous snapshot has it.
+    pub stat: Option<FileStat>,
     pub bytes: Bytes,
 }
 
@@ -136,6 +138,7 @@ pub(crate) fn capture_data(data: &Path, keys: Option<&KeyRing>) -> Result<Source
         copy_bytes: b.len() as u64,
         mode: ChunkMode::Sealed,
         segment: None,
+        stat: None,
         bytes: Bytes::Memory(b),
     };
     files.push(small("KEEL-JOURNAL", c.identity));
@@ -143,7 +146,17 @@ pub(crate) fn capture_data(data: &Path, keys: Option<&KeyRing>) -> Result<Source
         files.push(small("RECLAIMED", h));
     }
     for s in c.segments {
+        let stat = match &s.source {
+            keel_journal::export::SegmentSource::Sealed(f) => {
+                use std::os::unix::fs::MetadataExt;
+                let path = journal_path.join(format!("{:020}.kseg", s.seq));
+                let m = f.metadata().map_err(BackupError::io(&path, "stat"))?;
+                Some(FileStat { ino: m.ino(), mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(), sealed: true })
+            }
+            keel_journal::export::SegmentSource::Tail(_) => None,
+        };
         files.push(SourceFile {
+            stat,
             path: join(&journal_dir, &format!("{:020}.kseg", s.seq)),
             size: s.segment_bytes,
             copy_bytes: s.copy_bytes(),
@@ -163,6 +176,7 @@ pub(crate) fn capture_data(data: &Path, keys: Option<&KeyRing>) -> Result<Source
             copy_bytes: size,
             mode: if encrypted { ChunkMode::Raw } else { ChunkMode::Sealed },
             segment: None,
+            stat: None,
             bytes: Bytes::File(file),
         });
     }

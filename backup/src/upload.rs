@@ -1,7 +1,7 @@
 //! Cutting files into chunks and storing the chunks the repository does not hold yet, a bounded number at
 //! a time (docs/BACKUP-FORMAT.md, "Chunks").
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -42,23 +42,52 @@ impl Buffers {
     }
 }
 
-/// Stores the chunks of `files`. `known`: chunk ids the repository certainly holds (those of the
-/// previous snapshot, read under the same lease), which are neither checked nor uploaded.
+/// What the repository certainly holds from the previous snapshot of the same journal (read under the
+/// same lease, so prune cannot have removed it since).
+#[derive(Default)]
+pub(crate) struct Previous {
+    /// Chunk ids: neither checked nor uploaded again.
+    pub chunks: HashSet<String>,
+    /// Files by path: a sealed segment whose file is the same one is not even read.
+    pub files: HashMap<String, FileEntry>,
+}
+
+impl Previous {
+    pub fn of(entries: &[FileEntry]) -> Previous {
+        Previous {
+            chunks: entries.iter().flat_map(|f| f.chunks.iter().filter_map(|c| c.id.clone())).collect(),
+            files: entries.iter().map(|f| (f.path.clone(), f.clone())).collect(),
+        }
+    }
+
+    /// The chunks of `file` if the previous snapshot read this very file, sealed, at this length.
+    fn reusable(&self, file: &SourceFile) -> Option<Vec<ChunkRef>> {
+        let stat = file.stat.filter(|s| s.sealed)?;
+        let p = self.files.get(&file.path)?;
+        (p.stat == Some(stat) && p.size == file.size && p.copy_bytes == file.copy_bytes).then(|| p.chunks.clone())
+    }
+}
+
+/// Stores the chunks of `files` that `previous` does not already account for.
 pub(crate) fn store_files(
     repo: &Repo,
     files: Arc<Vec<SourceFile>>,
-    known: Arc<HashSet<String>>,
+    previous: &Previous,
     parallel: usize,
     progress: &Progress,
     lease: &Lease,
 ) -> Result<Stored, BackupError> {
     let chunk = repo.chunk_bytes();
+    let reused: Vec<Option<Vec<ChunkRef>>> = files.iter().map(|f| previous.reusable(f)).collect();
     let jobs: Vec<(usize, usize)> = files
         .iter()
         .enumerate()
+        .filter(|(f, _)| reused[*f].is_none())
         .flat_map(|(f, file)| (0..file.copy_bytes.div_ceil(chunk) as usize).map(move |c| (f, c)))
         .collect();
     progress.start("storing", files.iter().map(|f| f.copy_bytes).sum());
+    progress.advance(files.iter().zip(&reused).filter(|(_, r)| r.is_some()).map(|(f, _)| f.copy_bytes).sum());
+    let known = Arc::new(previous.chunks.clone());
     let buffers = Arc::new(Buffers(std::sync::Mutex::new(Vec::new())));
     let results: Vec<Done> = repo.block_on(
         futures::stream::iter(jobs)
@@ -116,12 +145,14 @@ pub(crate) fn store_files(
     )?;
     let mut entries: Vec<FileEntry> = files
         .iter()
-        .map(|f| FileEntry {
+        .zip(reused)
+        .map(|(f, reused)| FileEntry {
             path: f.path.clone(),
             size: f.size,
             copy_bytes: f.copy_bytes,
             segment: f.segment,
-            chunks: vec![ChunkRef::zero(0); f.copy_bytes.div_ceil(chunk) as usize],
+            stat: f.stat,
+            chunks: reused.unwrap_or_else(|| vec![ChunkRef::zero(0); f.copy_bytes.div_ceil(chunk) as usize]),
         })
         .collect();
     let mut new_bytes = 0;

@@ -23,6 +23,10 @@ pub struct VerifyOptions {
     /// A file listing chunk ids already read and verified: they are skipped, and new ones are added.
     pub cache: Option<PathBuf>,
     pub parallel: usize,
+    /// With `read_data`: delete chunks whose bytes are damaged (under the lease), so that a later
+    /// `create` with `check_all` stores them again from the data, healing every snapshot that uses them.
+    pub remove_damaged: bool,
+    pub lease: crate::lease::LeaseOptions,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -35,6 +39,8 @@ pub struct VerifyReport {
     pub bytes_read: u64,
     /// Every problem found, each naming the object and what needs it. Empty: the repository is sound.
     pub problems: Vec<String>,
+    /// Damaged chunks deleted (`remove_damaged`).
+    pub removed: Vec<String>,
 }
 
 impl Repo {
@@ -79,7 +85,7 @@ impl Repo {
         };
         let total: u64 = chunks.values().map(|(r, _)| u64::from(r.len)).sum();
         progress.start(if opts.read_data { "reading" } else { "checking" }, total);
-        let results: Vec<(String, Result<u64, String>, bool)> = self.block_on(
+        let results: Vec<(String, Result<u64, (String, bool)>, bool)> = self.block_on(
             futures::stream::iter(chunks)
                 .map(|(name, (r, needed_by))| {
                     let key = self.key(&name);
@@ -89,8 +95,11 @@ impl Repo {
                         let checked = self.check_chunk(&name, &key, &r, opts.read_data && !skip_read, &needed_by).await;
                         progress.advance(u64::from(r.len));
                         let checked = checked.map_err(|e| match e {
-                            BackupError::Missing { .. } => e.to_string(),
-                            e => format!("{e} (needed by {needed_by})"),
+                            BackupError::Missing { .. } => (e.to_string(), false),
+                            e => {
+                                let damaged = is_damage(&e);
+                                (format!("{e} (needed by {needed_by})"), damaged)
+                            }
                         });
                         Ok::<_, BackupError>((id, checked, skip_read))
                     }
@@ -99,6 +108,7 @@ impl Repo {
                 .try_collect(),
         )?;
         let mut newly = Vec::new();
+        let mut damaged = Vec::new();
         for (id, r, skipped) in results {
             match r {
                 Ok(n) => {
@@ -110,10 +120,23 @@ impl Repo {
                         report.chunks_cached += 1;
                     }
                 }
-                Err(p) => report.problems.push(p),
+                Err((p, is_damaged)) => {
+                    report.problems.push(p);
+                    if is_damaged {
+                        damaged.push(crate::manifest::chunk_name(&id));
+                    }
+                }
             }
         }
         report.problems.sort();
+        if opts.remove_damaged && opts.read_data && !damaged.is_empty() {
+            let lease = self.lease("verify --remove-damaged", opts.lease)?;
+            lease.check()?;
+            let keys: Vec<String> = damaged.iter().map(|n| self.key(n)).collect();
+            self.block_on(self.store.delete_many(&keys))?;
+            lease.release()?;
+            report.removed = keys;
+        }
         if let (Some(p), false) = (&opts.cache, newly.is_empty()) {
             let mut f =
                 std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(BackupError::io(p, "open"))?;
@@ -160,4 +183,13 @@ impl Repo {
             .expect("chunk checking does not panic")?;
         Ok(n)
     }
+}
+
+/// Whether a chunk's check failed because its bytes are wrong (rather than absent or unreachable).
+fn is_damage(e: &BackupError) -> bool {
+    matches!(
+        e,
+        BackupError::Damaged { .. }
+            | BackupError::Store(StoreError::ChecksumMismatch { .. } | StoreError::Corrupt { .. })
+    )
 }

@@ -52,7 +52,7 @@ fn verify_problems(repo: &Repo, read_data: bool) -> Vec<String> {
 fn damage_suite(backend: Backend) {
     // Sound: verify finds nothing, a drill succeeds.
     let dir = tempfile::tempdir().unwrap();
-    let (store, repo, snap, _data) = backed_up(backend, dir.path());
+    let (store, repo, snap, data) = backed_up(backend, dir.path());
     assert_eq!(verify_problems(&repo, true), Vec::<String>::new());
     let scratch = tempfile::tempdir().unwrap();
     let report = repo.drill(&scratch.path().join("drill"), &DrillOptions::default(), &Progress::default());
@@ -101,8 +101,30 @@ fn damage_suite(backend: Backend) {
     );
     let e = restore_err(&repo, &snap);
     assert!(e.contains(&key) && e.contains("authentication"), "{e}");
-    put(saved.to_vec());
-    assert_eq!(verify_problems(&repo, true), Vec::<String>::new());
+    // Heal: remove the damaged chunk, then store it again from the data, which still has those bytes.
+    let heal = VerifyOptions {
+        read_data: true,
+        remove_damaged: true,
+        parallel: 4,
+        lease: quick_lease(),
+        ..Default::default()
+    };
+    let r = repo.verify(&heal, &Progress::default()).unwrap();
+    assert_eq!(r.removed, vec![key.clone()]);
+    let problems = verify_problems(&repo, false);
+    assert!(problems.len() == 1 && problems[0].contains("missing"), "{problems:?}");
+    let again = CreateOptions { check_all: true, lease: quick_lease(), ..Default::default() };
+    repo.create(data.path(), &again, &Progress::default()).unwrap();
+    assert_eq!(verify_problems(&repo, true), Vec::<String>::new(), "the first snapshot is whole again");
+    let restored = tempfile::tempdir().unwrap();
+    repo.restore(
+        &RestorePoint::Snapshot(snap.id.clone()),
+        restored.path(),
+        &RestoreOptions::default(),
+        &Progress::default(),
+    )
+    .unwrap();
+    assert_eq!(rt().block_on(async { store.get(&key).await.unwrap().bytes().await.unwrap() }).len(), saved.len());
 
     // Tampered manifest.
     let mkey = format!("repo/{}", snap.object_name());

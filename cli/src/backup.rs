@@ -29,6 +29,10 @@ pub enum BackupCommand {
         repo: RepoArgs,
         #[command(flatten)]
         run: RunArgs,
+        /// Check that every chunk exists instead of trusting the previous snapshot's (after
+        /// `verify --read-data --remove-damaged`: stores the removed chunks again where the data has them).
+        #[arg(long)]
+        check_all: bool,
     },
     /// Continuous archiving: each segment when sealed, and the open one every --interval, for restores to
     /// any LSN or time in the archived window. Takes a base snapshot first when there is none.
@@ -87,6 +91,9 @@ pub enum BackupCommand {
         /// A file of chunk ids already read and verified: skipped, and new ones added (for nightly runs).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// With --read-data: delete damaged chunks, so that `create --check-all` can store them again.
+        #[arg(long, requires = "read_data")]
+        remove_damaged: bool,
         #[command(flatten)]
         run: RunArgs,
     },
@@ -289,10 +296,10 @@ fn mib(b: u64) -> String {
 
 pub fn run(cmd: BackupCommand) -> anyhow::Result<Outcome> {
     match cmd {
-        BackupCommand::Create { data, repo, run } => {
+        BackupCommand::Create { data, repo, run, check_all } => {
             let r = repo.open(Create::IfAbsent)?;
-            let opts =
-                CreateOptions { journal_keys: repo.journal_keys.load()?, parallel: run.parallel, lease: run.lease() };
+            let journal_keys = repo.journal_keys.load()?;
+            let opts = CreateOptions { journal_keys, parallel: run.parallel, lease: run.lease(), check_all };
             let progress = Progress::default();
             let s = with_progress(run.json, &progress, || r.create(&data, &opts, &progress))?;
             if run.json {
@@ -313,8 +320,12 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<Outcome> {
         }
         BackupCommand::Archive { data, repo, run, interval, once } => {
             let r = repo.open(Create::IfAbsent)?;
-            let create =
-                CreateOptions { journal_keys: repo.journal_keys.load()?, parallel: run.parallel, lease: run.lease() };
+            let create = CreateOptions {
+                journal_keys: repo.journal_keys.load()?,
+                parallel: run.parallel,
+                lease: run.lease(),
+                check_all: false,
+            };
             let opts = ArchiveOptions { create, interval };
             let progress = Progress::default();
             let report = |round: &keel_backup::ArchiveRound| {
@@ -406,9 +417,9 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<Outcome> {
                 }
             }
         }
-        BackupCommand::Verify { repo, read_data, cache, run } => {
+        BackupCommand::Verify { repo, read_data, cache, remove_damaged, run } => {
             let r = repo.open(Create::Never)?;
-            let opts = VerifyOptions { read_data, cache, parallel: run.parallel };
+            let opts = VerifyOptions { read_data, cache, parallel: run.parallel, remove_damaged, lease: run.lease() };
             let progress = Progress::default();
             let rep = with_progress(run.json, &progress, || r.verify(&opts, &progress))?;
             if run.json {
@@ -425,6 +436,9 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<Outcome> {
                 );
                 for p in &rep.problems {
                     println!("PROBLEM: {p}");
+                }
+                for k in &rep.removed {
+                    println!("removed damaged chunk {k}; run `keel backup create --check-all` to store it again");
                 }
             }
             if !rep.problems.is_empty() {
