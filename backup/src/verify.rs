@@ -43,6 +43,10 @@ pub struct VerifyReport {
     pub removed: Vec<String>,
 }
 
+/// One chunk's check: its id; bytes read, or the problem and whether its bytes are damaged; whether the
+/// cache let it skip the read.
+type Checked = (String, Result<u64, (String, bool)>, bool);
+
 impl Repo {
     pub fn verify(&self, opts: &VerifyOptions, progress: &Progress) -> Result<VerifyReport, BackupError> {
         let mut report = VerifyReport::default();
@@ -85,7 +89,7 @@ impl Repo {
         };
         let total: u64 = chunks.values().map(|(r, _)| u64::from(r.len)).sum();
         progress.start(if opts.read_data { "reading" } else { "checking" }, total);
-        let results: Vec<(String, Result<u64, (String, bool)>, bool)> = self.block_on(
+        let results: Vec<Checked> = self.block_on(
             futures::stream::iter(chunks)
                 .map(|(name, (r, needed_by))| {
                     let key = self.key(&name);
