@@ -115,12 +115,30 @@ const CAPTURE_ATTEMPTS: u32 = 20;
 /// `keys` must hold the master key of an encrypted newest segment (its cut is found by authenticating
 /// units); sealed segments are not decrypted.
 pub fn capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Capture, ExportError> {
-    for _ in 0..CAPTURE_ATTEMPTS {
-        if let Some(c) = try_capture(dir, keys)? {
-            return Ok(c);
+    let mut last_damage = None;
+    for attempt in 0..CAPTURE_ATTEMPTS {
+        match try_capture(dir, keys)? {
+            Attempt::Done(c) => return Ok(c),
+            Attempt::Changed => {}
+            Attempt::Damaged(e) => last_damage = Some(e),
         }
+        std::thread::sleep(std::time::Duration::from_millis(2 * u64::from(attempt)));
     }
-    Err(ExportError::Unstable { dir: dir.to_path_buf(), attempts: CAPTURE_ATTEMPTS })
+    // Damage seen on every attempt is damage, not a write in flight.
+    Err(last_damage.unwrap_or(ExportError::Unstable { dir: dir.to_path_buf(), attempts: CAPTURE_ATTEMPTS }))
+}
+
+/// How one attempt at a capture ended.
+enum Attempt {
+    Done(Capture),
+    /// A reclaim changed the files under it.
+    Changed,
+    /// The newest segment did not read as a valid prefix. Usually a write in flight: the copy of the
+    /// segment is one long read, and while it moves forward the writer can complete a group behind it and
+    /// the next one ahead of it, so the copy shows a hole followed by a later sync group — which a scan
+    /// rightly calls damage. The next attempt sees the hole filled; only damage that persists is real.
+    /// (An activation in flight — a header half written — looks the same.)
+    Damaged(ExportError),
 }
 
 fn read_file(path: &Path) -> Result<Option<Vec<u8>>, OpenError> {
@@ -131,8 +149,8 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, OpenError> {
     }
 }
 
-/// One attempt; `None` when a concurrent reclaim changed the files under it.
-fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, ExportError> {
+/// One attempt.
+fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Attempt, ExportError> {
     let id_path = dir.join(identity::FILE_NAME);
     let identity_bytes = read_file(&id_path)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
     let identity =
@@ -156,12 +174,12 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, Ex
     let mut opened = Vec::with_capacity(seqs.len());
     for (i, seq) in seqs.iter().enumerate() {
         if *seq != horizon + 1 + i as u64 {
-            return Ok(None); // a reclaim between reading the horizon and listing
+            return Ok(Attempt::Changed); // a reclaim between reading the horizon and listing
         }
         let path = dir.join(crate::segment::file_name(*seq));
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Attempt::Changed),
             Err(e) => return Err(OpenError::io(&path, "open")(e).into()),
         };
         let size = file.metadata().map_err(OpenError::io(&path, "stat"))?.len();
@@ -170,7 +188,10 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, Ex
         match SegmentHeader::decode(&head) {
             // A spare, and every file after it is one too (or an activation in flight, not yet ours).
             Err(HeaderError::Zero) => break,
-            Err(e) => return Err(Corruption { path, offset: 0, what: CorruptionKind::Header(e) }.into()),
+            Err(e) => {
+                let damage = Corruption { path, offset: 0, what: CorruptionKind::Header(e) };
+                return Ok(Attempt::Damaged(damage.into()));
+            }
             Ok(h) => {
                 if let Err((offset, what)) = check_segment_identity(&h, *seq, size, &identity) {
                     return Err(Corruption { path, offset, what }.into());
@@ -180,10 +201,10 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, Ex
         }
     }
     if read_file(&horizon_path)? != horizon_bytes {
-        return Ok(None);
+        return Ok(Attempt::Changed);
     }
     let Some((newest_path, newest_file, newest_header)) = opened.pop() else {
-        return Ok(Some(Capture {
+        return Ok(Attempt::Done(Capture {
             journal_id: identity.journal_id,
             identity: identity_bytes,
             horizon: horizon_bytes,
@@ -203,7 +224,11 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, Ex
         .collect();
     let mut data = vec![0u8; newest_header.segment_bytes as usize];
     newest_file.read_exact_at(&mut data, 0).map_err(OpenError::io(&newest_path, "read"))?;
-    let (copy, next_lsn) = cut_of_newest(&newest_path, &data, &newest_header, identity.journal_id, keys)?;
+    let (copy, next_lsn) = match cut_of_newest(&newest_path, &data, &newest_header, identity.journal_id, keys) {
+        Ok(cut) => cut,
+        Err(e @ OpenError::Corrupt(_)) => return Ok(Attempt::Damaged(e.into())),
+        Err(e) => return Err(e.into()),
+    };
     data.truncate(copy as usize);
     segments.push(CapturedSegment {
         seq: newest_header.segment_seq,
@@ -212,7 +237,7 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Option<Capture>, Ex
         key_id: newest_header.key_id,
         source: SegmentSource::Tail(data),
     });
-    Ok(Some(Capture {
+    Ok(Attempt::Done(Capture {
         journal_id: identity.journal_id,
         identity: identity_bytes,
         horizon: horizon_bytes,

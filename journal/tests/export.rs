@@ -162,3 +162,26 @@ fn truncate_after_keeps_exactly_the_frames_up_to_the_lsn() {
 fn truncate_after_an_encrypted_journal_reseals_the_cut_unit() {
     truncate(Some(keys()));
 }
+
+#[test]
+fn damage_in_the_newest_segment_that_persists_is_reported_not_retried_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path(), options(None)).unwrap();
+    for id in 0..40u64 {
+        journal.add(id, 1, &payload(id)).unwrap();
+    }
+    journal.close().unwrap();
+    // The newest segment: flip a byte of an early frame, before later fdatasynced groups.
+    let newest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "kseg"))
+        .filter(|p| std::fs::read(p).unwrap()[..8] != [0u8; 8])
+        .max()
+        .unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[256 + 60] ^= 0x01;
+    std::fs::write(&newest, bytes).unwrap();
+    let err = capture(dir.path(), None).unwrap_err().to_string();
+    assert!(err.contains(newest.file_name().unwrap().to_str().unwrap()), "{err}");
+}
