@@ -20,8 +20,8 @@ fn child_lease() -> keel_backup::LeaseOptions {
     keel_backup::LeaseOptions { ttl: Duration::from_secs(2), wait: Duration::from_secs(30) }
 }
 
-fn child_repo(repo_dir: &Path) -> Repo {
-    open_repo(&store(Backend::Dir, repo_dir))
+fn child_repo(spec: &StoreSpec) -> Repo {
+    open_repo(&spec.connect())
 }
 
 /// The child: `op data_dir repo_dir` in `KEEL_BACKUP_CHILD`.
@@ -29,8 +29,8 @@ fn child_repo(repo_dir: &Path) -> Repo {
 fn child_operation() {
     let Ok(spec) = std::env::var(CHILD) else { return };
     let mut parts = spec.split('|');
-    let (op, data, repo_dir) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-    let repo = child_repo(Path::new(repo_dir));
+    let (op, data, spec) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+    let repo = child_repo(&StoreSpec::decode(spec));
     let create = CreateOptions { lease: child_lease(), parallel: 2, ..Default::default() };
     match op {
         "create" => {
@@ -50,10 +50,10 @@ fn child_operation() {
 }
 
 /// Runs `op` in a child killed at `crash_at`; returns whether it was killed (rather than finishing).
-fn run_child(op: &str, data: &Path, repo_dir: &Path, crash_at: &str) -> bool {
+fn run_child(op: &str, data: &Path, spec: &StoreSpec, crash_at: &str) -> bool {
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["child_operation", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD, format!("{op}|{}|{}", data.display(), repo_dir.display()))
+        .env(CHILD, format!("{op}|{}|{}", data.display(), spec.encode()))
         .env("KEEL_CRASH_AT", crash_at)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -82,16 +82,16 @@ fn write_some(data: &Path, from: u64, n: u64) {
     j.close().unwrap();
 }
 
-#[test]
-fn a_killed_create_leaves_the_repository_consistent_and_the_next_run_completes() {
+fn killed_create(backend: Backend) {
     for (point, makes_snapshot) in
         [("backup-chunk-stored:2", false), ("backup-before-manifest", false), ("backup-manifest-written", true)]
     {
         let data = tempfile::tempdir().unwrap();
         let repo_dir = tempfile::tempdir().unwrap();
+        let spec = new_store(backend, repo_dir.path());
         write_some(data.path(), 0, 3000);
-        assert!(run_child("create", data.path(), repo_dir.path(), point), "{point}: the child was not killed");
-        let repo = child_repo(repo_dir.path());
+        assert!(run_child("create", data.path(), &spec, point), "{point}: the child was not killed");
+        let repo = child_repo(&spec);
         assert_eq!(repo.snapshot_names().unwrap().len(), usize::from(makes_snapshot), "{point}");
         assert_consistent(&repo);
         // The next run waits out the dead child's lease (2 s), reuses its chunks, and completes.
@@ -117,15 +117,28 @@ fn a_killed_create_leaves_the_repository_consistent_and_the_next_run_completes()
 }
 
 #[test]
+fn a_killed_create_leaves_the_repository_consistent_and_the_next_run_completes() {
+    killed_create(Backend::Dir);
+}
+
+#[test]
+fn a_killed_create_on_s3_leaves_the_repository_consistent_and_the_next_run_completes() {
+    for b in backends().into_iter().skip(1) {
+        killed_create(b);
+    }
+}
+
+#[test]
 fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
     let data = tempfile::tempdir().unwrap();
     let repo_dir = tempfile::tempdir().unwrap();
+    let spec = new_store(Backend::Dir, repo_dir.path());
     write_some(data.path(), 0, 2000);
-    let repo = child_repo(repo_dir.path());
+    let repo = child_repo(&spec);
     let create = CreateOptions { lease: child_lease(), ..Default::default() };
     repo.create(data.path(), &create, &Progress::default()).unwrap();
     write_some(data.path(), 2000, 2000);
-    assert!(run_child("archive", data.path(), repo_dir.path(), "backup-archive-entry-written"));
+    assert!(run_child("archive", data.path(), &spec, "backup-archive-entry-written"));
     assert_consistent(&repo);
     let opts = ArchiveOptions { create: create.clone(), interval: Duration::from_millis(10) };
     repo.archive_once(data.path(), &opts, &Progress::default()).unwrap();
@@ -144,7 +157,7 @@ fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
         write_some(data.path(), 4000 + k * 300, 300);
         repo.create(data.path(), &create, &Progress::default()).unwrap();
     }
-    assert!(run_child("prune", data.path(), repo_dir.path(), "backup-prune-batch-deleted"));
+    assert!(run_child("prune", data.path(), &spec, "backup-prune-batch-deleted"));
     assert_consistent(&repo);
     let keep = Retention { keep_last: Some(1), ..Default::default() };
     repo.prune(&keep, child_lease(), false, &Progress::default()).unwrap();

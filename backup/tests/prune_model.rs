@@ -47,10 +47,10 @@ fn verify(repo: &Repo) {
     assert_eq!(r.problems, Vec::<String>::new());
 }
 
-fn run(ops: Vec<Op>) {
+fn run(ops: Vec<Op>, backend: Backend) {
     let data = tempfile::tempdir().unwrap();
     let repo_dir = tempfile::tempdir().unwrap();
-    let repo = Arc::new(open_repo(&store(Backend::Dir, repo_dir.path())));
+    let repo = Arc::new(open_repo(&store(backend, repo_dir.path())));
     let (journal, _) = Journal::open(data.path(), journal_options(None)).unwrap();
     // The model: live records (id -> payload id) now, and as of each snapshot.
     let mut live = BTreeMap::<u64, ()>::new();
@@ -171,6 +171,17 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 20, ..ProptestConfig::default() })]
     #[test]
     fn prune_never_loses_an_object_of_a_retained_snapshot(ops in proptest::collection::vec(op(), 1..10)) {
-        run(ops);
+        run(ops, Backend::Dir);
+    }
+}
+
+proptest! {
+    // Fewer cases over HTTP: each step is a few hundred requests.
+    #![proptest_config(ProptestConfig { cases: 6, max_shrink_iters: 10, ..ProptestConfig::default() })]
+    #[test]
+    fn prune_never_loses_an_object_on_s3(ops in proptest::collection::vec(op(), 1..8)) {
+        for b in backends().into_iter().skip(1) {
+            run(ops.clone(), b);
+        }
     }
 }

@@ -80,31 +80,77 @@ fn unique() -> String {
     format!("{:x}-{}", t & 0xffff_ffff_ffff, N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// A store for a new, empty repository (`dir` is used by the directory backend).
-pub fn store(backend: Backend, dir: &Path) -> AnyStore {
+/// Where a test repository's store is, in a form a child process can be given (`encode`/`decode`).
+#[derive(Clone, Debug)]
+pub struct StoreSpec {
+    pub dir: Option<std::path::PathBuf>,
+    pub endpoint: String,
+    pub bucket: String,
+    pub keys: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl StoreSpec {
+    pub fn encode(&self) -> String {
+        let p = |o: &Option<std::path::PathBuf>| o.as_ref().map_or(String::new(), |p| p.display().to_string());
+        let (a, k) = self.keys.clone().unzip();
+        [p(&self.dir), self.endpoint.clone(), self.bucket.clone(), p(&a), p(&k)].join("\u{1f}")
+    }
+
+    pub fn decode(s: &str) -> StoreSpec {
+        let f: Vec<&str> = s.split('\u{1f}').collect();
+        let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
+        StoreSpec {
+            dir: path(f[0]),
+            endpoint: f[1].to_owned(),
+            bucket: f[2].to_owned(),
+            keys: path(f[3]).zip(path(f[4])),
+        }
+    }
+
+    pub fn connect(&self) -> AnyStore {
+        if let Some(d) = &self.dir {
+            return AnyStore::Dir(keel_s3::dir::DirStore::open(d).unwrap());
+        }
+        let mut cfg = S3Config::new(&self.bucket);
+        cfg.endpoint = Some(self.endpoint.clone());
+        cfg.path_style = true;
+        cfg.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+        if let Some((a, s)) = &self.keys {
+            cfg.access_key_file = Some(a.clone());
+            cfg.secret_key_file = Some(s.clone());
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        AnyStore::S3(Box::new(rt.block_on(S3Store::connect(cfg)).unwrap()))
+    }
+}
+
+/// A new, empty store for a repository (`dir` is used by the directory backend).
+pub fn new_store(backend: Backend, dir: &Path) -> StoreSpec {
     let (endpoint, keys) = match backend {
-        Backend::Dir => return AnyStore::Dir(keel_s3::dir::DirStore::open(dir).unwrap()),
+        Backend::Dir => {
+            return StoreSpec {
+                dir: Some(dir.to_path_buf()),
+                endpoint: String::new(),
+                bucket: String::new(),
+                keys: None,
+            }
+        }
         Backend::S3 => {
             let s = s3_server();
             (s.endpoint.clone(), Some((s.ak.clone(), s.sk.clone())))
         }
         Backend::External => (external_endpoint().unwrap(), None),
     };
-    let bucket = format!("keel-backup-{}", unique());
-    let mut cfg = S3Config::new(&bucket);
-    cfg.endpoint = Some(endpoint);
-    cfg.path_style = true;
-    cfg.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
-    if let Some((a, s)) = keys {
-        cfg.access_key_file = Some(a);
-        cfg.secret_key_file = Some(s);
-    }
+    let spec = StoreSpec { dir: None, endpoint, bucket: format!("keel-backup-{}", unique()), keys };
+    let AnyStore::S3(store) = spec.connect() else { unreachable!() };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = S3Store::connect(cfg).await.unwrap();
-        store.client().create_bucket().bucket(&bucket).send().await.unwrap();
-        AnyStore::S3(Box::new(store))
-    })
+    rt.block_on(store.client().create_bucket().bucket(&spec.bucket).send()).unwrap();
+    spec
+}
+
+/// A store for a new, empty repository (`dir` is used by the directory backend).
+pub fn store(backend: Backend, dir: &Path) -> AnyStore {
+    new_store(backend, dir).connect()
 }
 
 pub fn open_repo(store: &AnyStore) -> Repo {
