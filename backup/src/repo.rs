@@ -136,7 +136,7 @@ impl Repo {
         let rt = runtime()?;
         let prefix = prefix.trim_matches('/');
         let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-        let location = format!("{store:?}/{prefix}");
+        let location = format!("{}/{prefix}", store.location().trim_end_matches('/'));
         Repo::finish_open(rt, store, prefix, location, ring, create)
     }
 

@@ -146,9 +146,13 @@ impl Repo {
         if snaps.is_empty() {
             return Err(fail("the repository holds no snapshot of that journal".into()));
         }
+        // The journal's files only: pages are restored from snapshots, whose pages match their cut.
+        let journal_files = |s: &Snapshot| -> Vec<FileEntry> {
+            let prefix = if s.journal_dir.is_empty() { String::new() } else { format!("{}/", s.journal_dir) };
+            s.files.iter().filter(|f| f.path.starts_with(&prefix)).cloned().collect()
+        };
         if let Some(s) = snaps.iter().rev().find(|s| s.first_lsn <= n && n < s.next_lsn) {
-            let files = s.files.clone();
-            return Ok((s.clone(), files, Some(n)));
+            return Ok((s.clone(), journal_files(s), Some(n)));
         }
         let Some(base) = snaps.iter().rev().find(|s| s.next_lsn <= n) else {
             let oldest = snaps.iter().map(|s| s.first_lsn).min().unwrap_or(0);
@@ -157,7 +161,7 @@ impl Repo {
         let newest = base.newest_segment().ok_or_else(|| fail("its base snapshot holds no segment".into()))?;
         let archived = self.archive_index(jid)?;
         let mut files: Vec<FileEntry> =
-            base.files.iter().filter(|f| f.segment.is_none_or(|s| s.seq < newest.seq)).cloned().collect();
+            journal_files(base).into_iter().filter(|f| f.segment.is_none_or(|s| s.seq < newest.seq)).collect();
         let mut seq = newest.seq;
         let mut reached = base.next_lsn;
         loop {

@@ -411,8 +411,8 @@ pub fn run(cmd: BackupCommand) -> anyhow::Result<Outcome> {
                     && rep.snapshot.files.iter().any(|f| f.path.starts_with("pages/"))
                 {
                     println!(
-                        "note: page stores are restored as of snapshot {}; see docs/operations.md",
-                        rep.snapshot.id
+                        "note: a point-in-time restore restores the journal only; page stores come back with \
+                         `--snapshot` (see docs/operations.md, Backups)"
                     );
                 }
             }

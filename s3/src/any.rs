@@ -29,6 +29,16 @@ impl AnyStore {
     }
 }
 
+impl AnyStore {
+    /// Where the store is, as `AnyStore::open` takes it: the directory, or `s3://BUCKET`.
+    pub fn location(&self) -> String {
+        match self {
+            AnyStore::Dir(s) => s.root().display().to_string(),
+            AnyStore::S3(s) => format!("s3://{}", s.bucket()),
+        }
+    }
+}
+
 impl From<DirStore> for AnyStore {
     fn from(s: DirStore) -> AnyStore {
         AnyStore::Dir(s)

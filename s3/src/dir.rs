@@ -85,6 +85,11 @@ pub struct DirStore {
 }
 
 impl DirStore {
+    /// The directory the objects are in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// A store rooted at `root`, created (durably) if absent.
     pub fn open(root: impl AsRef<Path>) -> Result<DirStore, StoreError> {
         let root = root.as_ref().to_path_buf();

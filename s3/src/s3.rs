@@ -97,6 +97,13 @@ fn read_secret(path: &PathBuf, what: &str) -> Result<String, StoreError> {
 }
 
 impl S3Store {
+    /// The bucket this store reads and writes.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+}
+
+impl S3Store {
     /// Connects (lazily: no request is made until the first operation).
     pub async fn connect(cfg: S3Config) -> Result<S3Store, StoreError> {
         use aws_smithy_http_client::tls;

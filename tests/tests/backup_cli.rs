@@ -144,6 +144,19 @@ fn a_data_directory_with_page_stores_round_trips() {
     assert!(o.status.success(), "{}", stdout(&o));
     let o = keel(&with_repo_key(&["drill", "--repo", repo_s, "--json"], &key));
     assert!(o.status.success(), "{}", stdout(&o));
+    // A point-in-time restore brings back the journal only, and says so.
+    let o = keel(&with_repo_key(&["backup", "archive", "--data", data_s, "--repo", repo_s, "--once"], &key));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pit = t.path().join("pit");
+    let o = keel(&with_repo_key(
+        &["backup", "restore", "--repo", repo_s, "--to-lsn", "100", "--target", pit.to_str().unwrap()],
+        &key,
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("journal only"), "{}", stdout(&o));
+    assert!(pit.join("journal").join("KEEL-JOURNAL").exists() && !pit.join("pages").exists());
+    let o = keel(&["journal", "verify", "--dir", pit.join("journal").to_str().unwrap()]);
+    assert!(stdout(&o).contains("last LSN 100,"), "{}", stdout(&o));
 }
 
 fn metric(text: &str, line_start: &str) -> String {
