@@ -127,7 +127,7 @@ impl Repo {
                 points,
                 chunks: f.chunks.clone(),
             };
-            lease.check()?;
+            lease.confirm()?;
             let body = serde_json::to_vec(&entry).expect("an archive entry serialises");
             self.block_on(self.put_sealed(&entry.object_name(), &body, PutCondition::IfAbsent))?;
             keel_crashpoint::hook("backup-archive-entry-written");

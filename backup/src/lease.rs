@@ -54,12 +54,37 @@ pub struct Lease {
     handle: tokio::runtime::Handle,
 }
 
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("op", &self.op).field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
 impl Lease {
     /// Fails if the heartbeat found the lease taken by another process: call before every change.
     pub fn check(&self) -> Result<(), BackupError> {
         match self.lost.load(Ordering::Acquire) {
             true => Err(BackupError::LeaseLost { op: self.op }),
             false => Ok(()),
+        }
+    }
+
+    /// Like [`Lease::check`], and also reads the lease object to see that it is still ours: before a step
+    /// that cannot be undone (a manifest written, objects deleted). On a store that honours conditional
+    /// writes the heartbeat alone would do; this also catches one that does not, where another process's
+    /// "create-if-absent" silently replaced ours.
+    pub fn confirm(&self) -> Result<(), BackupError> {
+        self.check()?;
+        let (store, key) = (self.store.clone(), self.key.clone());
+        let ours = self.etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let current = self.handle.block_on(async move { store.head(&key).await });
+        match current {
+            Ok(m) if m.etag == ours => Ok(()),
+            Ok(_) | Err(StoreError::NotFound { .. }) => {
+                self.lost.store(true, Ordering::Release);
+                Err(BackupError::LeaseLost { op: self.op })
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -123,6 +148,28 @@ pub(crate) fn hostname() -> String {
 }
 
 impl Repo {
+    /// Fails unless a second create-if-absent of the lease we just created is refused: a store that
+    /// ignores `If-None-Match` would let two processes both "take" the lease, and prune could then delete
+    /// chunks a concurrent backup relies on. Our lease is removed again before failing.
+    fn require_conditional_writes(&self) -> Result<(), BackupError> {
+        let probe = self.block_on(self.put_sealed(NAME, b"{}", PutCondition::IfAbsent));
+        match probe {
+            Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+            Ok(_) => {
+                let _ = self.block_on(self.delete(NAME));
+                Err(BackupError::Invalid {
+                    name: "repository store",
+                    why: format!(
+                        "{} accepted a create-if-absent put of an existing object: it does not honour conditional \
+                         writes (If-None-Match), which the repository lease needs; use S3 or a store that does",
+                        self.location()
+                    ),
+                })
+            }
+        }
+    }
+
     /// Takes the repository lease for `op`, waiting up to `opts.wait` for another holder.
     pub fn lease(&self, op: &'static str, opts: LeaseOptions) -> Result<Lease, BackupError> {
         let start = std::time::Instant::now();
@@ -139,7 +186,10 @@ impl Repo {
         let etag = loop {
             let now = crate::now_ms();
             match self.block_on(self.put_sealed(NAME, &encode(&holder(now)), PutCondition::IfAbsent)) {
-                Ok(meta) => break meta.etag,
+                Ok(meta) => {
+                    self.require_conditional_writes()?;
+                    break meta.etag;
+                }
                 Err(StoreError::PreconditionFailed { .. }) => {}
                 Err(e) => return Err(e.into()),
             }

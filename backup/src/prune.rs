@@ -149,7 +149,7 @@ impl Repo {
         progress.start("deleting", total);
         for batch in [doomed, doomed_archive, doomed_chunks] {
             for part in batch.chunks(DELETE_BATCH) {
-                lease.check()?;
+                lease.confirm()?;
                 let keys: Vec<String> = part.iter().map(|n| self.key(n)).collect();
                 self.block_on(self.store.delete_many(&keys))?;
                 progress.advance(part.len() as u64);

@@ -88,7 +88,7 @@ impl Repo {
             new_bytes: stored.new_bytes,
         };
         keel_crashpoint::hook("backup-before-manifest");
-        lease.check()?;
+        lease.confirm()?;
         let body = serde_json::to_vec(&snapshot).expect("a manifest serialises");
         self.block_on(self.put_sealed(&snapshot.object_name(), &body, PutCondition::IfAbsent))?;
         keel_crashpoint::hook("backup-manifest-written");

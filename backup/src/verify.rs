@@ -135,7 +135,7 @@ impl Repo {
         report.problems.sort();
         if opts.remove_damaged && opts.read_data && !damaged.is_empty() {
             let lease = self.lease("verify --remove-damaged", opts.lease)?;
-            lease.check()?;
+            lease.confirm()?;
             let keys: Vec<String> = damaged.iter().map(|n| self.key(n)).collect();
             self.block_on(self.store.delete_many(&keys))?;
             lease.release()?;

@@ -1,6 +1,11 @@
 //! An S3 server in this process, for tests and benchmarks: `s3s-fs` (objects as files under a directory)
 //! served over TCP on a loopback port, with request signatures checked against one key pair. Enabled by
 //! the `test-server` feature.
+//!
+//! s3s-fs checks a write's condition (`If-None-Match: *`, `If-Match`) and then writes, as two steps: two
+//! concurrent create-if-absent puts of one key can both succeed, where S3 lets exactly one win. Fencing
+//! (keel-backup's lease) depends on that atomicity, and a test of it found the difference; so this server
+//! runs conditional writes one at a time, as S3 behaves.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,9 +31,26 @@ pub fn start(root: &Path) -> std::io::Result<SocketAddr> {
         rt.block_on(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
             let http = ConnBuilder::new(TokioExecutor::new());
+            let conditional = std::sync::Arc::new(tokio::sync::Mutex::new(()));
             loop {
                 let Ok((socket, _)) = listener.accept().await else { continue };
-                let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+                let (service, conditional) = (service.clone(), conditional.clone());
+                let atomic = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (service, conditional) = (service.clone(), conditional.clone());
+                    async move {
+                        let h = req.headers();
+                        let is_conditional = (h.contains_key(hyper::header::IF_NONE_MATCH)
+                            || h.contains_key(hyper::header::IF_MATCH))
+                            && req.method() != hyper::Method::GET
+                            && req.method() != hyper::Method::HEAD;
+                        let _one_at_a_time = match is_conditional {
+                            true => Some(conditional.lock_owned().await),
+                            false => None,
+                        };
+                        hyper::service::Service::call(&service, req).await
+                    }
+                });
+                let conn = http.serve_connection(TokioIo::new(socket), atomic).into_owned();
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
