@@ -25,6 +25,14 @@ impl ChunkRef {
     pub fn object_name(&self) -> Option<String> {
         self.id.as_deref().map(chunk_name)
     }
+
+    /// Bytes the chunk's object holds in the store: a sealed chunk carries its envelope.
+    pub fn stored_len(&self) -> u64 {
+        match self.mode {
+            Some(ChunkMode::Sealed) => u64::from(self.len) + crate::seal::OVERHEAD as u64,
+            _ => u64::from(self.len),
+        }
+    }
 }
 
 pub fn chunk_name(id: &str) -> String {

@@ -261,6 +261,7 @@ impl Repo {
                             let offset = c as u64 * chunk;
                             file.write_all_at(plain, offset).map_err(BackupError::io(path, "write"))?;
                             start_writeback(file, offset, plain.len() as u64);
+                            keel_crashpoint::hook("backup-restore-chunk-written");
                             Ok::<_, BackupError>(plain.len() as u64)
                         })
                         .await

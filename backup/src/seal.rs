@@ -110,51 +110,39 @@ impl RepoKeys {
     }
 
     pub(crate) fn seal_with(&self, key_id: u32, name: &str, plain: &[u8]) -> Vec<u8> {
-        let aead = self.aead(key_id).expect("sealing keys come from the ring");
-        let mut nonce = [0u8; NONCE];
-        getrandom::fill(&mut nonce).expect("the OS random source works");
-        let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&key_id.to_le_bytes());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plain);
-        let tag = aead
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.ad(key_id, name), &mut out[8 + 4 + NONCE..])
-            .expect("objects are far below the AEAD's length limit");
-        out.extend_from_slice(&tag);
-        out
+        let mut buf = Vec::with_capacity(plain.len() + OVERHEAD);
+        buf.resize(ENVELOPE_HEADER, 0);
+        buf.extend_from_slice(plain);
+        self.seal_envelope_with(key_id, name, &mut buf);
+        buf
     }
 
     /// Seals, in place, an envelope whose plaintext is already at `buf[ENVELOPE_HEADER..]`; the header is
     /// filled in and the tag appended. Saves the copy [`RepoKeys::seal`] makes, for chunks.
     pub fn seal_envelope(&self, name: &str, buf: &mut Vec<u8>) {
-        let key_id = self.current_id();
+        self.seal_envelope_with(self.current_id(), name, buf);
+    }
+
+    fn seal_envelope_with(&self, key_id: u32, name: &str, buf: &mut Vec<u8>) {
         let aead = self.aead(key_id).expect("sealing keys come from the ring");
         let mut nonce = [0u8; NONCE];
         getrandom::fill(&mut nonce).expect("the OS random source works");
         buf[..8].copy_from_slice(MAGIC);
         buf[8..12].copy_from_slice(&key_id.to_le_bytes());
-        buf[12..12 + NONCE].copy_from_slice(&nonce);
+        buf[12..ENVELOPE_HEADER].copy_from_slice(&nonce);
         let tag = aead
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.ad(key_id, name), &mut buf[8 + 4 + NONCE..])
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.ad(key_id, name), &mut buf[ENVELOPE_HEADER..])
             .expect("objects are far below the AEAD's length limit");
         buf.extend_from_slice(&tag);
     }
 
     /// Opens the object named `name`.
     pub fn open(&self, name: &str, sealed: &[u8]) -> Result<Vec<u8>, OpenFailure> {
-        if sealed.len() < OVERHEAD || &sealed[..8] != MAGIC {
-            return Err(OpenFailure::Format);
-        }
-        let key_id = u32::from_le_bytes(sealed[8..12].try_into().expect("4 bytes"));
-        let aead = self.aead(key_id).ok_or(OpenFailure::UnknownKey(key_id))?;
-        let nonce = XNonce::from_slice(&sealed[12..12 + NONCE]);
-        let body_end = sealed.len() - TAG;
-        let mut plain = sealed[12 + NONCE..body_end].to_vec();
-        let tag = chacha20poly1305::Tag::from_slice(&sealed[body_end..]);
-        aead.decrypt_in_place_detached(nonce, &self.ad(key_id, name), &mut plain, tag)
-            .map_err(|_| OpenFailure::Authentication)?;
-        Ok(plain)
+        let mut buf = sealed.to_vec();
+        let plain = self.open_in_place(name, &mut buf)?;
+        buf.truncate(plain.end);
+        buf.drain(..plain.start);
+        Ok(buf)
     }
 
     /// Opens the object named `name` in place; returns where in `sealed` its plaintext now lies.

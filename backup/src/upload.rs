@@ -135,7 +135,7 @@ pub(crate) fn store_files(
                     let Some(body) = body else { return Ok::<Done, BackupError>((f, c, r, 0)) };
                     let key = repo.key(&r.object_name().expect("a stored chunk has an id"));
                     let stored = store_chunk(repo, &key, body, &give_back).await?;
-                    let n = if stored { body_len(&r) } else { 0 };
+                    let n = if stored { r.stored_len() } else { 0 };
                     keel_crashpoint::hook("backup-chunk-stored");
                     Ok((f, c, r, n))
                 }
@@ -167,14 +167,6 @@ pub(crate) fn store_files(
 fn envelope_into(buf: &mut Vec<u8>, len: usize) {
     buf.reserve(len + crate::seal::OVERHEAD);
     buf.resize(len, 0);
-}
-
-/// Bytes a chunk occupies in the store.
-fn body_len(r: &ChunkRef) -> u64 {
-    match r.mode {
-        Some(ChunkMode::Sealed) => u64::from(r.len) + crate::seal::OVERHEAD as u64,
-        _ => u64::from(r.len),
-    }
 }
 
 /// Stores a chunk unless the store already has it (left by an interrupted run); gives its buffer back.

@@ -14,7 +14,6 @@ use crate::error::BackupError;
 use crate::manifest::ChunkRef;
 use crate::progress::Progress;
 use crate::repo::Repo;
-use crate::seal::{ChunkMode, OVERHEAD};
 
 #[derive(Clone, Debug, Default)]
 pub struct VerifyOptions {
@@ -168,10 +167,7 @@ impl Repo {
             }
             e => e.into(),
         };
-        let stored_len = match r.mode {
-            Some(ChunkMode::Sealed) => u64::from(r.len) + OVERHEAD as u64,
-            _ => u64::from(r.len),
-        };
+        let stored_len = r.stored_len();
         if !read {
             let meta = self.store.head(key).await.map_err(missing)?;
             if meta.size != stored_len {

@@ -40,6 +40,11 @@ fn child_operation() {
             let opts = ArchiveOptions { create, interval: Duration::from_millis(10) };
             repo.archive_once(Path::new(data), &opts, &Progress::default()).unwrap();
         }
+        "restore" => {
+            let target = Path::new(data).join("restore");
+            let opts = RestoreOptions { force: true, parallel: 2, ..Default::default() };
+            repo.restore(&RestorePoint::Snapshot("latest".into()), &target, &opts, &Progress::default()).unwrap();
+        }
         "prune" => {
             let keep = Retention { keep_last: Some(1), ..Default::default() };
             repo.prune(&keep, child_lease(), false, &Progress::default()).unwrap();
@@ -163,4 +168,30 @@ fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
     repo.prune(&keep, child_lease(), false, &Progress::default()).unwrap();
     assert_eq!(repo.snapshot_names().unwrap().len(), 1);
     assert_consistent(&repo);
+}
+
+#[test]
+fn a_killed_restore_is_finished_by_running_it_again() {
+    let data = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let spec = new_store(Backend::Dir, repo_dir.path());
+    write_some(data.path(), 0, 3000);
+    let repo = child_repo(&spec);
+    let create = CreateOptions { lease: child_lease(), ..Default::default() };
+    repo.create(data.path(), &create, &Progress::default()).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    assert!(run_child("restore", scratch.path(), &spec, "backup-restore-chunk-written:2"));
+    let target = scratch.path().join("restore");
+    // Half a restore is not a journal the broker should start on...
+    let point = RestorePoint::Snapshot("latest".into());
+    match repo.restore(&point, &target, &RestoreOptions::default(), &Progress::default()) {
+        Err(keel_backup::BackupError::TargetNotEmpty { .. }) => {}
+        other => panic!("a restore into the half-restored target: {other:?}"),
+    }
+    // ...and `--force` finishes it.
+    let forced = RestoreOptions { force: true, ..Default::default() };
+    let r = repo.restore(&point, &target, &forced, &Progress::default()).unwrap();
+    let (j, rec) = keel_journal::Journal::open(&r.journal_dir, journal_options(None)).unwrap();
+    assert_eq!(rec.records.len(), 3000);
+    assert_eq!(j.read(2999).unwrap(), payload(2999));
 }

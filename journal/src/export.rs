@@ -19,14 +19,12 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::keys::KeyRing;
 use crate::error::{Corruption, CorruptionKind, OpenError};
-use crate::format::horizon::{self, Horizon};
-use crate::format::identity::{self, Identity};
 use crate::format::segment_header::{HeaderError, SegmentHeader};
 use crate::format::Binding;
 use crate::limits::SEGMENT_HEADER_BYTES;
 use crate::recovery::scan::{scan_segment, ScanInput, SegmentEnd};
 use crate::recovery::units::{self, UnitEnd, UnitInput};
-use crate::recovery::{check_segment_identity, segment_cipher};
+use crate::recovery::{check_segment_identity, read_horizon, read_identity, segment_cipher};
 use crate::types::{Lsn, RecoveryMode};
 use crate::vfs::{StdVfs, Vfs};
 
@@ -141,33 +139,12 @@ enum Attempt {
     Damaged(ExportError),
 }
 
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>, OpenError> {
-    match std::fs::read(path) {
-        Ok(b) => Ok(Some(b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(OpenError::io(path, "read")(e)),
-    }
-}
-
 /// One attempt.
 fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Attempt, ExportError> {
-    let id_path = dir.join(identity::FILE_NAME);
-    let identity_bytes = read_file(&id_path)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
-    let identity =
-        Identity::decode(&identity_bytes).map_err(|source| OpenError::Identity { path: id_path.clone(), source })?;
-    let horizon_path = dir.join(horizon::FILE_NAME);
-    let horizon_bytes = read_file(&horizon_path)?;
-    let horizon = match &horizon_bytes {
-        None => 0,
-        Some(b) => {
-            let h = Horizon::decode(b).map_err(|source| OpenError::Horizon { path: horizon_path.clone(), source })?;
-            if h.journal_id != identity.journal_id {
-                let source = horizon::HorizonError::Foreign;
-                return Err(OpenError::Horizon { path: horizon_path, source }.into());
-            }
-            h.horizon
-        }
-    };
+    let identity = read_identity(&StdVfs, dir)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;
+    let read_horizon = || read_horizon(&StdVfs, dir, &identity, RecoveryMode::Strict);
+    let first_horizon = read_horizon()?;
+    let horizon = first_horizon.map_or(0, |h| h.horizon);
     let mut seqs = crate::segment::list(&StdVfs, dir).map_err(OpenError::io(dir, "list directory"))?.segments;
     seqs.retain(|s| *s > horizon);
     // Open every segment first: from here on a reclaim cannot take their bytes away.
@@ -200,9 +177,12 @@ fn try_capture(dir: &Path, keys: Option<&KeyRing>) -> Result<Attempt, ExportErro
             }
         }
     }
-    if read_file(&horizon_path)? != horizon_bytes {
+    if read_horizon()? != first_horizon {
         return Ok(Attempt::Changed);
     }
+    // Both files are written once and never change; what a restore writes is their encoding.
+    let identity_bytes = identity.encode().to_vec();
+    let horizon_bytes = first_horizon.map(|h| h.encode().to_vec());
     let Some((newest_path, newest_file, newest_header)) = opened.pop() else {
         return Ok(Attempt::Done(Capture {
             journal_id: identity.journal_id,
@@ -255,18 +235,7 @@ fn cut_of_newest(
     keys: Option<&KeyRing>,
 ) -> Result<(u64, Lsn), OpenError> {
     let binding = Binding { journal_id, segment_seq: header.segment_seq };
-    let input = |data| ScanInput {
-        path,
-        data,
-        binding,
-        first_lsn: header.first_lsn,
-        newest: true,
-        mode: RecoveryMode::Strict,
-        start: SEGMENT_HEADER_BYTES,
-        frames_before: 0,
-        base: 0,
-        partial: false,
-    };
+    let input = |data| whole_segment(path, data, header, binding);
     match segment_cipher(keys, path, header, &binding)? {
         None => {
             let scanned = scan_segment(&input(data), &mut |_, _, _| Ok(()))?;
@@ -316,7 +285,7 @@ pub struct TruncateReport {
 /// up to it), later segments and all checkpoints are deleted. Transactions left unfinished by the cut are
 /// rolled back or reported prepared by the next `open`, as after a crash. For point-in-time restore.
 pub fn truncate_after(dir: &Path, lsn: Lsn, keys: Option<&KeyRing>) -> Result<TruncateReport, ExportError> {
-    let _lock = exclusive_lock(dir)?;
+    let _lock = crate::inspect::lock(dir, crate::inspect::LockMode::Exclusive)?;
     let c = capture(dir, keys)?;
     let (Some(first), last) = (c.segments.first(), c.next_lsn.0.saturating_sub(1)) else {
         return Err(ExportError::Empty { dir: dir.to_path_buf() });
@@ -362,15 +331,14 @@ pub fn truncate_after(dir: &Path, lsn: Lsn, keys: Option<&KeyRing>) -> Result<Tr
             (unit_offset, unit)
         }
     };
-    let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(OpenError::io(&path, "open"))?;
-    let end_offset = start + replacement.len() as u64;
-    let mut tail = replacement;
-    tail.resize((seg.segment_bytes - start) as usize, 0);
-    file.write_all_at(&tail, start).map_err(OpenError::io(&path, "write"))?;
-    file.sync_data().map_err(OpenError::io(&path, "fdatasync"))?;
+    // Later segments and checkpoints go first, newest first, and durably: a crash in between leaves a
+    // journal that still opens (it ends at `seg`'s old end, and a prefix of segments is always
+    // contiguous), and running this again finishes the cut. Zeroing the tail first would leave a segment
+    // without its seal followed by later ones, which recovery rightly calls corruption.
     let listing = crate::segment::list(&StdVfs, dir).map_err(OpenError::io(dir, "list directory"))?;
-    let mut report = TruncateReport { segment_seq: seg.seq, end_offset, segments_deleted: 0, checkpoints_deleted: 0 };
-    for later in listing.segments.iter().filter(|s| **s > seg.seq) {
+    let mut report =
+        TruncateReport { segment_seq: seg.seq, end_offset: 0, segments_deleted: 0, checkpoints_deleted: 0 };
+    for later in listing.segments.iter().rev().filter(|s| **s > seg.seq) {
         let p = dir.join(crate::segment::file_name(*later));
         std::fs::remove_file(&p).map_err(OpenError::io(&p, "delete"))?;
         report.segments_deleted += 1;
@@ -381,13 +349,20 @@ pub fn truncate_after(dir: &Path, lsn: Lsn, keys: Option<&KeyRing>) -> Result<Tr
         report.checkpoints_deleted += 1;
     }
     StdVfs.sync_dir(dir).map_err(OpenError::io(dir, "fsync directory"))?;
+    keel_crashpoint::hook("export-truncate-later-deleted");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(OpenError::io(&path, "open"))?;
+    report.end_offset = start + replacement.len() as u64;
+    let mut tail = replacement;
+    tail.resize((seg.segment_bytes - start) as usize, 0);
+    file.write_all_at(&tail, start).map_err(OpenError::io(&path, "write"))?;
+    file.sync_data().map_err(OpenError::io(&path, "fdatasync"))?;
     Ok(report)
 }
 
-/// The offset (in `data`, a segment's frame stream) just past the frame with LSN `lsn`.
-fn frame_end(path: &Path, data: &[u8], header: &SegmentHeader, binding: Binding, lsn: Lsn) -> Result<u64, OpenError> {
-    let mut end = None;
-    let input = ScanInput {
+/// A strict scan of a whole segment (or its decrypted stream) as the newest one: a cut tail is a torn
+/// tail, not damage.
+fn whole_segment<'a>(path: &'a Path, data: &'a [u8], header: &SegmentHeader, binding: Binding) -> ScanInput<'a> {
+    ScanInput {
         path,
         data,
         binding,
@@ -398,8 +373,13 @@ fn frame_end(path: &Path, data: &[u8], header: &SegmentHeader, binding: Binding,
         frames_before: 0,
         base: 0,
         partial: false,
-    };
-    let scanned = scan_segment(&input, &mut |offset, h, _| {
+    }
+}
+
+/// The offset (in `data`, a segment's frame stream) just past the frame with LSN `lsn`.
+fn frame_end(path: &Path, data: &[u8], header: &SegmentHeader, binding: Binding, lsn: Lsn) -> Result<u64, OpenError> {
+    let mut end = None;
+    let scanned = scan_segment(&whole_segment(path, data, header, binding), &mut |offset, h, _| {
         if h.lsn == lsn {
             end = Some(offset + h.frame_bytes());
         }
@@ -415,19 +395,5 @@ fn frame_end(path: &Path, data: &[u8], header: &SegmentHeader, binding: Binding,
             what: CorruptionKind::LsnGap { expected: lsn, found: scanned.next_lsn },
         }
         .into()),
-    }
-}
-
-fn exclusive_lock(dir: &Path) -> Result<Option<File>, OpenError> {
-    let path = dir.join("LOCK");
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(OpenError::io(&path, "open")(e)),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked { path: dir.to_path_buf() }),
-        Err(std::fs::TryLockError::Error(e)) => Err(OpenError::io(&path, "lock")(e)),
     }
 }

@@ -38,7 +38,7 @@ pub fn inspect(
     keys: Option<&KeyRing>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<Inspection, OpenError> {
-    let _lock = shared_lock(dir)?;
+    let _lock = lock(dir, LockMode::Shared)?;
     let mut dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
     dr.recovered.records = dr.index.records.iter().map(|(id, r)| (*id, *r)).collect();
     let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
@@ -60,14 +60,29 @@ pub fn inspect(
     })
 }
 
-fn shared_lock(dir: &Path) -> Result<Option<File>, OpenError> {
+/// How a tool holds the journal's `LOCK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockMode {
+    /// Readers: refuses a journal open for writing.
+    Shared,
+    /// A tool that changes files: refuses any other user.
+    Exclusive,
+}
+
+/// Takes the journal's `LOCK` without waiting; `None` when the directory has no lock file (no journal
+/// ever opened it).
+pub(crate) fn lock(dir: &Path, mode: LockMode) -> Result<Option<File>, OpenError> {
     let path = dir.join("LOCK");
     let file = match File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(OpenError::io(&path, "open")(e)),
     };
-    match file.try_lock_shared() {
+    let taken = match mode {
+        LockMode::Shared => file.try_lock_shared(),
+        LockMode::Exclusive => file.try_lock(),
+    };
+    match taken {
         Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked { path: dir.to_path_buf() }),
         Err(std::fs::TryLockError::Error(e)) => Err(OpenError::io(&path, "lock")(e)),
@@ -101,7 +116,7 @@ pub fn check_structure(dir: &Path) -> Result<StructureReport, OpenError> {
     use crate::recovery::scan::{scan_segment, ScanInput};
     use crate::vfs::{OpenMode, Vfs};
 
-    let _lock = shared_lock(dir)?;
+    let _lock = lock(dir, LockMode::Shared)?;
     let vfs = StdVfs;
     let identity =
         crate::recovery::read_identity(&vfs, dir)?.ok_or_else(|| OpenError::NotAJournal { dir: dir.to_path_buf() })?;

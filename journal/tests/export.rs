@@ -185,3 +185,41 @@ fn damage_in_the_newest_segment_that_persists_is_reported_not_retried_forever() 
     let err = capture(dir.path(), None).unwrap_err().to_string();
     assert!(err.contains(newest.file_name().unwrap().to_str().unwrap()), "{err}");
 }
+
+/// The child of the test below: cuts the journal named by `KEEL_EXPORT_CHILD` at LSN 150.
+#[test]
+fn child_truncate() {
+    let Ok(dir) = std::env::var("KEEL_EXPORT_CHILD") else { return };
+    truncate_after(Path::new(&dir), Lsn(150), None).unwrap();
+}
+
+#[test]
+fn truncate_after_killed_between_its_steps_leaves_a_journal_that_opens_and_finishes_when_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _) = Journal::open(dir.path(), options(None)).unwrap();
+    let mut lsns = Vec::new();
+    for id in 0..1500u64 {
+        lsns.push((id, journal.add(id, 1, &payload(id)).unwrap().0));
+    }
+    journal.close().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_truncate", "--exact", "--nocapture", "--test-threads", "1"])
+        .env("KEEL_EXPORT_CHILD", dir.path())
+        .env("KEEL_CRASH_AT", "export-truncate-later-deleted")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(9), "the child was not killed at its crash point");
+    // Later segments are gone, the cut segment is whole: the journal opens, ending past LSN 150.
+    {
+        let (_, rec) = Journal::open(dir.path(), options(None)).unwrap();
+        assert!(rec.report.last_lsn.unwrap().0 > 150);
+        assert!(rec.report.last_lsn.unwrap().0 < lsns.last().unwrap().1, "later segments were not deleted");
+    }
+    truncate_after(dir.path(), Lsn(150), None).unwrap();
+    let (_, rec) = Journal::open(dir.path(), options(None)).unwrap();
+    let want: Vec<u64> = lsns.iter().filter(|(_, l)| *l <= 150).map(|(id, _)| *id).collect();
+    assert_eq!(rec.records.keys().copied().collect::<Vec<_>>(), want);
+}
