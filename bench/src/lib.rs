@@ -288,6 +288,45 @@ pub fn okaywal_run(dir: &Path, writers: u32, size: usize, duration: Duration) ->
     Ok(m)
 }
 
+/// surrealkv (an LSM with transparent encryption at rest), one transaction of one key per record,
+/// committed with `Durability::Immediate` (its commit waits for an fsync of its write-ahead log, shared by
+/// concurrent commits). `encrypt`: created with a key manager and XChaCha20-Poly1305, the cipher Keel uses.
+pub fn surrealkv_run(
+    dir: &Path,
+    writers: u32,
+    size: usize,
+    duration: Duration,
+    encrypt: bool,
+) -> io::Result<Measurement> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let to_io = |e: surrealkv::Error| io::Error::other(e.to_string());
+    let tree = {
+        let _entered = rt.enter();
+        let mut builder = surrealkv::TreeBuilder::new().with_path(dir.to_path_buf());
+        if encrypt {
+            let keys = surrealkv::SoftwareKeyManager::from_hex(&"be".repeat(32))
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            builder = builder.with_encryption(Arc::new(keys), surrealkv::CipherSuite::XChaCha20Poly1305);
+        }
+        Arc::new(builder.build().map_err(to_io)?)
+    };
+    let record = vec![0x9Au8; size];
+    let (t, handle) = (tree.clone(), rt.handle().clone());
+    let m = closed_loop(writers, duration, size, move |w, seq| {
+        let key = [w.to_be_bytes().as_slice(), seq.to_be_bytes().as_slice()].concat();
+        handle
+            .block_on(async {
+                let mut tx = t.begin()?;
+                tx.set(&key, &record)?;
+                tx.set_durability(surrealkv::Durability::Immediate);
+                tx.commit().await
+            })
+            .map_err(to_io)
+    })?;
+    rt.block_on(tree.close()).map_err(to_io)?;
+    Ok(m)
+}
+
 /// The `keel bench journal` matrix.
 #[derive(Clone, Debug)]
 pub struct MatrixConfig {
@@ -302,6 +341,8 @@ pub struct MatrixConfig {
     pub segment_bytes: u64,
     /// Also measure an encrypted journal (XChaCha20-Poly1305) beside the plaintext one.
     pub with_encrypted: bool,
+    /// Also measure surrealkv, plaintext and encrypted (with `with_encrypted`), as the encryption peer.
+    pub with_surrealkv: bool,
     /// Idle time before each round, after the spare pool is topped up: the zero-fill of new spares is
     /// still being written back by the device when its fsync returns, and would otherwise slow whichever
     /// system is measured next.
@@ -323,6 +364,12 @@ pub struct Row {
     pub keel_encrypted: Option<Measurement>,
     /// keel_encrypted / keel, both measured in this run.
     pub encrypted_vs_plaintext: Option<f64>,
+    pub surrealkv: Option<Measurement>,
+    pub surrealkv_encrypted: Option<Measurement>,
+    /// surrealkv_encrypted / surrealkv.
+    pub surrealkv_encrypted_vs_plaintext: Option<f64>,
+    /// keel_encrypted / surrealkv_encrypted.
+    pub keel_encrypted_vs_surrealkv_encrypted: Option<f64>,
 }
 
 /// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
@@ -352,7 +399,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
     for &size in &cfg.sizes {
         for &writers in &cfg.writers {
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut enc = Vec::new();
+            let (mut enc, mut skv, mut skv_enc) = (Vec::new(), Vec::new(), Vec::new());
             for round in 0..rounds {
                 // Every system starts a round from the same device state: the pool is full and the zero-fill
                 // it took has drained.
@@ -375,13 +422,35 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     okay.push(okaywal_run(&d, writers, size, slice)?);
                     let _ = std::fs::remove_dir_all(&d);
                 }
+                if cfg.with_surrealkv {
+                    for (encrypt, out) in [(false, &mut skv), (true, &mut skv_enc)] {
+                        if encrypt && !cfg.with_encrypted {
+                            continue;
+                        }
+                        let d = dir.join(format!("surrealkv-{writers}-{size}-{round}-{encrypt}"));
+                        out.push(surrealkv_run(&d, writers, size, slice, encrypt)?);
+                        let _ = std::fs::remove_dir_all(&d);
+                    }
+                }
             }
             let raw_loop = (!raw_loop.is_empty()).then(|| Measurement::merge(&raw_loop, size));
             let raw_group_commit = Measurement::merge(&group, size);
             let keel = Measurement::merge(&keel, size);
             let okaywal = (!okay.is_empty()).then(|| Measurement::merge(&okay, size));
             let keel_encrypted = (!enc.is_empty()).then(|| Measurement::merge(&enc, size));
+            let surrealkv = (!skv.is_empty()).then(|| Measurement::merge(&skv, size));
+            let surrealkv_encrypted = (!skv_enc.is_empty()).then(|| Measurement::merge(&skv_enc, size));
             let row = Row {
+                surrealkv_encrypted_vs_plaintext: surrealkv
+                    .as_ref()
+                    .zip(surrealkv_encrypted.as_ref())
+                    .map(|(p, e)| e.appends_per_sec / p.appends_per_sec),
+                keel_encrypted_vs_surrealkv_encrypted: keel_encrypted
+                    .as_ref()
+                    .zip(surrealkv_encrypted.as_ref())
+                    .map(|(k, e)| k.appends_per_sec / e.appends_per_sec),
+                surrealkv,
+                surrealkv_encrypted,
                 writers,
                 size,
                 keel_vs_raw_loop: raw_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),

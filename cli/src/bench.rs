@@ -150,13 +150,25 @@ pub enum BenchCommand {
         /// Keel's segment size in bytes.
         #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
         segment_bytes: u64,
-        /// Skip the okaywal peer.
+        /// Peer engines to measure in the same rounds (comma-separated): okaywal, surrealkv (plaintext, and
+        /// encrypted with --encrypt; commits with Durability::Immediate). Default: okaywal, or surrealkv
+        /// with --encrypt.
+        #[arg(long, value_delimiter = ',', conflicts_with = "no_peer")]
+        peers: Option<Vec<Peer>>,
+        /// Measure no peer engine.
         #[arg(long)]
         no_peer: bool,
         /// Also measure an encrypted journal beside the plaintext one (ratio encrypted / plaintext).
         #[arg(long)]
         encrypt: bool,
     },
+}
+
+/// A peer engine of `keel bench journal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Peer {
+    Okaywal,
+    Surrealkv,
 }
 
 pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
@@ -292,7 +304,24 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }
-        BenchCommand::Journal { dir, secs, rounds, writers, sizes, settle_ms, segment_bytes, no_peer, encrypt } => {
+        BenchCommand::Journal {
+            dir,
+            secs,
+            rounds,
+            writers,
+            sizes,
+            settle_ms,
+            segment_bytes,
+            peers,
+            no_peer,
+            encrypt,
+        } => {
+            let peers = match (no_peer, peers) {
+                (true, _) => Vec::new(),
+                (false, Some(p)) => p,
+                (false, None) if encrypt => vec![Peer::Surrealkv],
+                (false, None) => vec![Peer::Okaywal],
+            };
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let scratch = tempfile::Builder::new().prefix("keel-bench-").tempdir_in(&dir)?;
             let cfg = MatrixConfig {
@@ -300,7 +329,8 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 sizes,
                 duration: Duration::from_secs_f64(secs),
                 rounds,
-                with_okaywal: !no_peer,
+                with_okaywal: peers.contains(&Peer::Okaywal),
+                with_surrealkv: peers.contains(&Peer::Surrealkv),
                 segment_bytes,
                 with_encrypted: encrypt,
                 settle: Duration::from_millis(settle_ms),
@@ -318,6 +348,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 );
                 if let Some(r) = row.encrypted_vs_plaintext {
                     eprintln!("{:>3} writers × {:>5} B: encrypted ÷ plaintext {r:.2}", row.writers, row.size);
+                }
+                if let Some(s) = &row.surrealkv {
+                    eprintln!(
+                        "{:>3} writers × {:>5} B: surrealkv {:>8.0}/s{}{}",
+                        row.writers,
+                        row.size,
+                        s.appends_per_sec,
+                        row.surrealkv_encrypted_vs_plaintext
+                            .map_or(String::new(), |r| format!("  its encrypted ÷ plaintext {r:.2}")),
+                        row.keel_encrypted_vs_surrealkv_encrypted
+                            .map_or(String::new(), |r| format!("  keel encrypted ÷ surrealkv encrypted {r:.2}")),
+                    );
                 }
             })?;
             let out = serde_json::json!({

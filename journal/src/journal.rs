@@ -26,7 +26,7 @@ use crate::reader::{ReadError, Reader};
 use crate::recovery::{recover_dir, Recovered, Resume};
 use crate::segment::spares::{Spare, SparePool};
 use crate::sync_util::lock;
-use crate::types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
+use crate::types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId, WriteStats};
 use crate::vfs::{OpenMode, StdVfs, Vfs};
 
 /// How a journal is opened and run.
@@ -262,7 +262,7 @@ impl Journal {
                 let capacity = file.size().map_err(OpenError::io(path, "stat"))?;
                 let active = Active {
                     path: path.clone(),
-                    file,
+                    file: Arc::from(file),
                     binding: Binding { journal_id, segment_seq: *seq },
                     offset: *offset,
                     capacity,
@@ -313,12 +313,15 @@ impl Journal {
             spares: spare_pool.clone(),
             policy: options.sync,
             unsynced: false,
+            stats: WriteStats::default(),
             sync_failed: None,
             keys: options.keys.clone(),
             oldest_seq: dr.oldest_seq.unwrap_or(last_seq + 1),
             maintenance: Some(maintenance.clone()),
         };
-        let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
+        let pipelined = options.sync == SyncPolicy::Always;
+        let shared =
+            Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync, pipelined));
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(
@@ -578,6 +581,12 @@ impl Journal {
     /// Bytes of memory the live-record index occupies.
     pub fn index_bytes(&self) -> u64 {
         lock(self.core.shared.writer_mutex()).model.index.table_bytes()
+    }
+
+    /// What the group-commit writer has done since open: how many writes and fdatasyncs the appends took
+    /// (frames ÷ fdatasyncs is the average batch), and how many fdatasyncs overlapped the next write.
+    pub fn write_stats(&self) -> WriteStats {
+        lock(self.core.shared.writer_mutex()).stats
     }
 
     /// The number of live records.

@@ -63,7 +63,7 @@ pub use reader::{ReadError, Reader};
 pub use recovery::replay::{PreparedTx, TxOp, TxRecord};
 pub use recovery::scan::{SegmentEnd, SkippedRange};
 pub use recovery::{Recovered, RecoveryReport, SegmentSummary, TornTail};
-pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId};
+pub use types::{Lsn, RecordId, RecoveryMode, SyncPolicy, TxId, WriteStats};
 
 /// Frame codec, exposed for the fuzz target and tools; not a stable API.
 #[doc(hidden)]

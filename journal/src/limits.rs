@@ -20,6 +20,11 @@ pub const UNIT_OVERHEAD_BYTES: u64 = 48;
 pub const SEAL_FRAME_BYTES: u64 = FRAME_HEADER_BYTES;
 /// Default bound on the bytes one group-commit batch writes.
 pub const BATCH_BYTES_DEFAULT: u64 = 4 * 1024 * 1024;
+/// A batch at least this large has its fdatasync overlapped with the writing (and sealing, if encrypted)
+/// of the next batch (`commit::writer`): that costs more than the two thread wake-ups the overlap adds.
+pub const PIPELINE_MIN_BATCH_BYTES: u64 = 128 * 1024;
+/// Batches one leader chains with overlapped fdatasyncs before it lets go (bounds its own caller's wait).
+pub const PIPELINE_MAX_BATCHES: u32 = 16;
 /// Upper bound on `max_batch_bytes`.
 pub const BATCH_BYTES_MAX: u64 = 256 * 1024 * 1024;
 /// Upper bound on the configurable group-commit wait.

@@ -61,3 +61,16 @@ pub enum RecoveryMode {
     /// Skip damaged ranges and report exactly what was skipped.
     Salvage,
 }
+
+/// Counters of the group-commit writer since the journal was opened (`Journal::write_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Writes of frames (one vectored write each; a batch that spans a roll-over makes two).
+    pub writes: u64,
+    /// Frames written, seals excluded.
+    pub frames: u64,
+    /// fdatasyncs of the active segment, seals' included.
+    pub fdatasyncs: u64,
+    /// Of those, the ones that ran on the helper thread while the leader wrote the next batch.
+    pub overlapped_fdatasyncs: u64,
+}

@@ -10,6 +10,13 @@
 //! blocking caller waiting, or to the journal's writer thread, which leads for async (`.await`) callers
 //! and runs the periodic sync of `SyncPolicy::Interval`.
 //!
+//! Overlap: under `SyncPolicy::Always`, a batch of at least `limits::PIPELINE_MIN_BATCH_BYTES` has its
+//! fdatasync run on a helper thread while the leader takes, seals and writes the next batch
+//! ([`writer::Writer::pipeline`]); a leader that finds enough queued for two such batches takes half, so
+//! that the two halves alternate. Callers are still completed only after an fdatasync that began after
+//! their write returned, in order, and a failed fdatasync poisons the journal before anything written
+//! after it is completed. Small batches (a lone writer) never pay the helper's two wake-ups.
+//!
 //! Order: requests are logged in queue order, so the records of one caller keep the order of its calls.
 //!
 //! All file I/O of a batch happens in [`writer::Writer`], behind the [`crate::vfs`] seam; an io_uring path
@@ -25,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::AppendError;
 use crate::format::frame::FrameType;
+use crate::limits::PIPELINE_MIN_BATCH_BYTES;
 use crate::sync_util::lock;
 use crate::types::{RecordId, SyncPolicy};
 use completion::{Pending, Slot};
@@ -86,6 +94,11 @@ struct Queue {
     lead_requested: bool,
     /// The leader is waiting up to `max_batch_wait` for more requests.
     gathering: bool,
+    /// A pipelining leader waits for the next request or the end of its in-flight fdatasync
+    /// (`writer::Writer::pipeline`).
+    awaiting: bool,
+    /// The outcome of the in-flight fdatasync of a pipelining leader, once it has returned.
+    sync_outcome: Option<std::io::Result<()>>,
     closed: bool,
     shutdown: bool,
 }
@@ -109,10 +122,20 @@ pub(crate) struct Shared {
     max_batch_bytes: u64,
     max_batch_wait: Duration,
     pub policy: SyncPolicy,
+    /// Large batches are written through `writer::Writer::pipeline` (under `SyncPolicy::Always`): a leader
+    /// that finds enough queued for two such batches takes half, so that the other half can be written
+    /// while the first one's fdatasync runs.
+    pipelined: bool,
 }
 
 impl Shared {
-    pub fn new(writer: Writer, max_batch_bytes: u64, max_batch_wait: Duration, policy: SyncPolicy) -> Shared {
+    pub fn new(
+        writer: Writer,
+        max_batch_bytes: u64,
+        max_batch_wait: Duration,
+        policy: SyncPolicy,
+        pipelined: bool,
+    ) -> Shared {
         Shared {
             queue: Mutex::new(Queue::default()),
             writer_cv: Condvar::new(),
@@ -122,6 +145,7 @@ impl Shared {
             max_batch_bytes,
             max_batch_wait,
             policy,
+            pipelined,
         }
     }
 
@@ -147,7 +171,7 @@ impl Shared {
                 q.lead_requested = true;
                 self.writer_cv.notify_one();
             }
-        } else if q.gathering && q.pending_bytes >= self.max_batch_bytes {
+        } else if (q.gathering && q.pending_bytes >= self.max_batch_bytes) || q.awaiting {
             self.gather_cv.notify_one();
         }
         drop(q);
@@ -200,11 +224,31 @@ impl Shared {
             }
             q.gathering = false;
         }
+        let limit = if self.pipelined && q.pending_bytes >= 2 * PIPELINE_MIN_BATCH_BYTES {
+            (q.pending_bytes / 2).min(self.max_batch_bytes)
+        } else {
+            self.max_batch_bytes
+        };
+        let batch = self.pop_batch(&mut q, limit);
+        if batch.is_empty() {
+            q.leader_active = false;
+            return None;
+        }
+        Some(batch)
+    }
+
+    /// Whether any request is queued.
+    fn has_pending(&self) -> bool {
+        !lock(&self.queue).pending.is_empty()
+    }
+
+    /// Takes queued requests, in order, up to `limit` bytes (at least one if any is queued).
+    fn pop_batch(&self, q: &mut Queue, limit: u64) -> Vec<Request> {
         let mut batch = Vec::new();
         let mut bytes = 0u64;
         while let Some(r) = q.pending.front() {
             let b = r.bytes();
-            if !batch.is_empty() && bytes + b > self.max_batch_bytes {
+            if !batch.is_empty() && bytes + b > limit {
                 break;
             }
             bytes += b;
@@ -212,11 +256,44 @@ impl Shared {
         }
         debug_assert!(q.pending_bytes >= bytes);
         q.pending_bytes -= bytes;
-        if batch.is_empty() {
-            q.leader_active = false;
-            return None;
+        batch
+    }
+
+    /// For a leader whose fdatasync runs on a helper thread: waits until `want` bytes are queued or the
+    /// fdatasync has returned, whichever is first. Returns the next batch (possibly empty) and the
+    /// fdatasync's outcome if it has returned. Leadership is unchanged: the caller is still the leader.
+    fn next_while_syncing(&self, want: u64) -> (Vec<Request>, Option<std::io::Result<()>>) {
+        let mut q = lock(&self.queue);
+        q.awaiting = true;
+        while q.sync_outcome.is_none() && q.pending_bytes < want && !q.shutdown {
+            q = self.gather_cv.wait(q).unwrap_or_else(|e| e.into_inner());
         }
-        Some(batch)
+        q.awaiting = false;
+        let outcome = q.sync_outcome.take();
+        let batch = self.pop_batch(&mut q, self.max_batch_bytes);
+        (batch, outcome)
+    }
+
+    /// Waits for the helper's fdatasync to return.
+    fn sync_outcome(&self) -> std::io::Result<()> {
+        let mut q = lock(&self.queue);
+        loop {
+            if let Some(o) = q.sync_outcome.take() {
+                return o;
+            }
+            q.awaiting = true;
+            q = self.gather_cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.awaiting = false;
+        }
+    }
+
+    /// The helper thread reports its fdatasync's outcome.
+    fn report_sync(&self, outcome: std::io::Result<()>) {
+        let mut q = lock(&self.queue);
+        debug_assert!(q.sync_outcome.is_none(), "one fdatasync in flight at a time");
+        q.sync_outcome = Some(outcome);
+        drop(q);
+        self.gather_cv.notify_all();
     }
 }
 
@@ -229,6 +306,7 @@ pub(crate) fn lead(shared: &Arc<Shared>, mine: Option<&Slot>) {
         {
             let mut writer = lock(&shared.writer);
             writer.process(batch, shared);
+            debug_assert!(lock(&shared.queue).sync_outcome.is_none(), "no fdatasync outlives its batch");
         }
         let mut q = lock(&shared.queue);
         if q.pending.is_empty() {

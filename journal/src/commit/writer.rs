@@ -20,6 +20,7 @@ use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::completion::Slot;
 use super::model::{Model, Planned, Undo};
 use super::{Request, RequestOp, Shared};
 use crate::crypto::keys::KeyRing;
@@ -29,16 +30,18 @@ use crate::format::frame::{FrameHeader, FrameType, HEADER_BYTES};
 use crate::format::segment_header::{self, SegmentHeader};
 use crate::format::{unix_ms_now, Binding};
 use crate::index::Location;
-use crate::limits::{FRAME_HEADER_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES};
+use crate::limits::{
+    FRAME_HEADER_BYTES, PIPELINE_MAX_BATCHES, PIPELINE_MIN_BATCH_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::segment::spares::{Spare, SparePool};
-use crate::types::{Lsn, SyncPolicy};
+use crate::types::{Lsn, SyncPolicy, WriteStats};
 use crate::vfs::VfsFile;
 
 /// The segment being appended to.
 #[derive(Debug)]
 pub(crate) struct Active {
     pub path: PathBuf,
-    pub file: Box<dyn VfsFile>,
+    pub file: Arc<dyn VfsFile>,
     pub binding: Binding,
     /// Where the next frame goes.
     pub offset: u64,
@@ -80,6 +83,7 @@ pub(crate) struct Writer {
     pub policy: SyncPolicy,
     /// Bytes were written since the last fdatasync.
     pub unsynced: bool,
+    pub stats: WriteStats,
     /// The fdatasync that failed, if one did. From then on this writer performs no I/O that could make
     /// unknown bytes look durable: every later sync returns this error without touching the file.
     pub sync_failed: Option<AppendError>,
@@ -94,6 +98,42 @@ pub(crate) struct Writer {
 enum Stop {
     Poisoned(AppendError),
     Failed(AppendError),
+}
+
+/// What one run wrote, and what it owes its callers once it is durable.
+struct Run {
+    /// The callers of the run's requests and their LSNs (`None`: a sync or roll request, which is given
+    /// `durable`).
+    done: Vec<(Arc<Slot>, Option<Lsn>)>,
+    /// Everything up to this LSN is durable once the run is.
+    durable: Lsn,
+    want_sync: bool,
+    /// The active segment must be sealed after this run.
+    segment_full: bool,
+    /// Bytes the run wrote.
+    bytes: u64,
+}
+
+impl Run {
+    fn complete(self) {
+        for (slot, lsn) in self.done {
+            slot.complete(Ok(lsn.unwrap_or(self.durable)));
+        }
+    }
+
+    fn fail(self, e: &AppendError) {
+        for (slot, _) in self.done {
+            slot.complete(Err(e.clone()));
+        }
+    }
+}
+
+/// A run whose fdatasync runs on the pipeline's helper thread.
+struct InFlight {
+    run: Run,
+    /// `since_sync` of the active segment when the fdatasync started.
+    frames: u32,
+    seq: u64,
 }
 
 fn poisoned(path: &std::path::Path, op: &'static str, e: io::Error) -> Stop {
@@ -122,9 +162,39 @@ impl Writer {
             fail_all(&mut batch, 0, &p);
             return;
         }
-        let mut next = 0;
-        while next < batch.len() {
-            match self.write_run(&mut batch, &mut next) {
+        self.run_batch(batch, 0, None, shared, true);
+    }
+
+    /// Writes and completes the requests of `batch` from `next` on, starting with `written` (a run of it
+    /// already written) if given.
+    fn run_batch(
+        &mut self,
+        mut batch: Vec<Option<Request>>,
+        mut next: usize,
+        mut written: Option<Result<Run, Stop>>,
+        shared: &Shared,
+        may_pipeline: bool,
+    ) {
+        loop {
+            let result = match written.take() {
+                Some(w) => w,
+                None if next < batch.len() => self.write_run(&mut batch, &mut next),
+                None => break,
+            };
+            let outcome = match result {
+                // Only when another batch is already queued: otherwise nothing could be written during the
+                // fdatasync, and the helper would add two wake-ups for nothing.
+                Ok(run) if may_pipeline && next == batch.len() && self.can_pipeline(&run) && shared.has_pending() => {
+                    match self.pipeline(run, shared) {
+                        Ok(()) => return,
+                        // The helper thread could not be started: finish the run here.
+                        Err(run) => self.finish_run(run),
+                    }
+                }
+                Ok(run) => self.finish_run(run),
+                Err(stop) => Err(stop),
+            };
+            match outcome {
                 Ok(()) => {}
                 Err(Stop::Failed(e)) => {
                     fail_all(&mut batch, next, &e);
@@ -140,19 +210,147 @@ impl Writer {
         debug_assert!(batch.iter().all(Option::is_none), "every request completed");
     }
 
-    /// Writes the requests from `*next` that fit into the active segment (activating or sealing as needed),
-    /// completes them, and advances `*next`.
-    fn write_run(&mut self, batch: &mut [Option<Request>], next: &mut usize) -> Result<(), Stop> {
+    /// fdatasyncs a written run if it needs it, completes its requests, and seals the segment if it is full.
+    fn finish_run(&mut self, run: Run) -> Result<(), Stop> {
+        if run.want_sync && self.unsynced {
+            if let Err(stop) = self.sync_active() {
+                let (Stop::Poisoned(e) | Stop::Failed(e)) = &stop;
+                run.fail(e);
+                return Err(stop);
+            }
+        }
+        let full = run.segment_full;
+        run.complete();
+        if full {
+            self.seal()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the fdatasync of `run` may go to a helper thread while the next batch is written: only for
+    /// batches large enough that the overlap (the next batch's copy into the page cache, and its sealing in
+    /// an encrypted segment) pays for the two thread wake-ups it costs. A lone writer's batch never is.
+    fn can_pipeline(&self, run: &Run) -> bool {
+        run.want_sync
+            && self.unsynced
+            && !run.segment_full
+            && self.sync_failed.is_none()
+            && run.bytes >= PIPELINE_MIN_BATCH_BYTES
+    }
+
+    /// Group commit with one fdatasync in flight on a helper thread: while batch N's fdatasync runs, the
+    /// leader takes batch N+1, seals it (if encrypted) and writes it; then it waits for N's fdatasync, hands
+    /// N+1's to the helper and completes N's callers. Callers are completed only after an fdatasync that
+    /// began after their write, and in order; a failed fdatasync poisons the journal before anything written
+    /// after it is completed. Chains at most `PIPELINE_MAX_BATCHES` batches, so that the leader's own caller
+    /// is not held for long; every fdatasync has returned when this returns.
+    ///
+    /// `Err(first)` if the helper thread could not be started (nothing was done).
+    fn pipeline(&mut self, first: Run, shared: &Shared) -> Result<(), Run> {
+        std::thread::scope(|scope| {
+            let (jobs, inbox) = std::sync::mpsc::channel::<Arc<dyn VfsFile>>();
+            let helper = std::thread::Builder::new().name("keel-fdatasync".into()).spawn_scoped(scope, move || {
+                for file in inbox {
+                    shared.report_sync(file.sync_data());
+                }
+            });
+            if helper.is_err() {
+                return Err(first);
+            }
+            let mut in_flight = self.start_sync(first, &jobs);
+            let mut chained = 0;
+            loop {
+                let (batch, outcome) = if chained < PIPELINE_MAX_BATCHES {
+                    shared.next_while_syncing((in_flight.run.bytes / 2).max(1))
+                } else {
+                    (Vec::new(), None)
+                };
+                if batch.is_empty() {
+                    let outcome = outcome.unwrap_or_else(|| shared.sync_outcome());
+                    match self.end_sync(in_flight, outcome) {
+                        Ok(durable) => durable.complete(),
+                        Err(e) => shared.poison(e),
+                    }
+                    return Ok(());
+                }
+                chained += 1;
+                let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();
+                let mut next = 0;
+                // Sealed and written while the previous batch's fdatasync runs.
+                let written = self.write_run(&mut batch, &mut next);
+                let outcome = outcome.unwrap_or_else(|| shared.sync_outcome());
+                let durable = match self.end_sync(in_flight, outcome) {
+                    Ok(durable) => durable,
+                    Err(e) => {
+                        if let Ok(run) = written {
+                            run.fail(&e);
+                        }
+                        shared.poison(e.clone());
+                        fail_all(&mut batch, 0, &e);
+                        return Ok(());
+                    }
+                };
+                match written {
+                    Ok(run) if next == batch.len() && self.can_pipeline(&run) => {
+                        // The next fdatasync starts before the callers are woken: waking a batch's callers
+                        // takes a while on a busy CPU, and the disk need not wait for it.
+                        in_flight = self.start_sync(run, &jobs);
+                        durable.complete();
+                    }
+                    written => {
+                        durable.complete();
+                        self.run_batch(batch, next, Some(written), shared, false);
+                        return Ok(());
+                    }
+                }
+            }
+        })
+    }
+
+    /// Hands the fdatasync that makes `run` durable to the helper thread.
+    fn start_sync(&mut self, run: Run, jobs: &std::sync::mpsc::Sender<Arc<dyn VfsFile>>) -> InFlight {
+        let active = self.active.as_ref().expect("a run that wants a sync has an active segment");
+        let in_flight = InFlight { run, frames: active.since_sync, seq: active.binding.segment_seq };
+        jobs.send(active.file.clone()).expect("the helper thread lives as long as the pipeline");
+        self.stats.fdatasyncs += 1;
+        self.stats.overlapped_fdatasyncs += 1;
+        // Everything written so far is covered by this fdatasync; what is written next is not.
+        self.unsynced = false;
+        in_flight
+    }
+
+    /// Takes the outcome of an fdatasync started by `start_sync`: returns its run, now durable, for the
+    /// caller to complete; or fails the run and poisons this writer.
+    fn end_sync(&mut self, in_flight: InFlight, outcome: io::Result<()>) -> Result<Run, AppendError> {
+        let active = self.active.as_mut().expect("a segment stays active while its fdatasync is in flight");
+        assert_eq!(active.binding.segment_seq, in_flight.seq, "no roll-over while an fdatasync is in flight");
+        match outcome {
+            Ok(()) => {
+                // Frames written after the fdatasync started may not be covered by it.
+                assert!(active.since_sync >= in_flight.frames, "since_sync only grows while a sync is in flight");
+                active.since_sync -= in_flight.frames;
+                Ok(in_flight.run)
+            }
+            Err(e) => {
+                let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
+                self.sync_failed = Some(err.clone());
+                in_flight.run.fail(&err);
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes the requests from `*next` that fit into the active segment (activating one if needed) and
+    /// advances `*next`. The run's requests are completed by `finish_run` or the pipeline, once durable.
+    fn write_run(&mut self, batch: &mut [Option<Request>], next: &mut usize) -> Result<Run, Stop> {
         let has_frames = batch[*next..].iter().flatten().any(|r| matches!(r.op, RequestOp::Frame { .. }));
         if self.active.is_none() {
             if !has_frames {
                 // Only syncs, nothing unsynced: every earlier segment was sealed and synced.
-                let done = Lsn(self.next_lsn.0 - 1);
-                for r in batch[*next..].iter_mut().filter_map(Option::take) {
-                    r.slot.complete(Ok(done));
-                }
+                let durable = Lsn(self.next_lsn.0 - 1);
+                let done = batch[*next..].iter_mut().filter_map(Option::take).map(|r| (r.slot, None)).collect();
                 *next = batch.len();
-                return Ok(());
+                return Ok(Run { done, durable, want_sync: false, segment_full: false, bytes: 0 });
             }
             let spare = self.spares.take().map_err(|e| match e {
                 AppendError::Poisoned { .. } => Stop::Poisoned(e),
@@ -313,21 +511,13 @@ impl Writer {
             active.frames += headers.len() as u64;
             active.since_sync += headers.len() as u32;
             self.unsynced = true;
-        }
-        if want_sync && self.unsynced {
-            self.sync_active()?;
+            self.stats.writes += 1;
+            self.stats.frames += headers.len() as u64;
         }
         let durable = Lsn(self.next_lsn.0 - 1);
-        for (idx, lsn) in planned {
-            if let Some(r) = batch[idx].take() {
-                r.slot.complete(Ok(lsn.unwrap_or(durable)));
-            }
-        }
+        let done = planned.into_iter().filter_map(|(idx, lsn)| batch[idx].take().map(|r| (r.slot, lsn))).collect();
         *next = i;
-        if segment_full {
-            self.seal()?;
-        }
-        Ok(())
+        Ok(Run { done, durable, want_sync, segment_full, bytes: end - start_offset })
     }
 
     fn sync_active(&mut self) -> Result<(), Stop> {
@@ -345,6 +535,7 @@ impl Writer {
             return Err(Stop::Poisoned(e.clone()));
         }
         let active = self.active.as_ref().expect("sync needs an active segment");
+        self.stats.fdatasyncs += 1;
         if let Err(e) = active.file.sync_data() {
             let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
             self.sync_failed = Some(err.clone());
@@ -377,7 +568,7 @@ impl Writer {
         self.last_seq = spare.seq;
         self.active = Some(Active {
             path: spare.path,
-            file: spare.file,
+            file: Arc::from(spare.file),
             binding,
             offset: SEGMENT_HEADER_BYTES,
             capacity: spare.bytes,

@@ -10,25 +10,23 @@
 //! retried at the same offset, a torn tail sealed over), so a nonce derived from the offset could repeat.
 //! A random 192-bit nonce repeats with probability ~n²/2¹⁹³ for n units under one key: never, in practice.
 
+pub mod aead;
 pub mod keys;
 pub mod unit;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use crate::format::Binding;
+use aead::XChaCha;
+pub use aead::{NONCE_BYTES, TAG_BYTES};
 use keys::{MasterKey, KEY_BYTES};
-
-pub const NONCE_BYTES: usize = 24;
-pub const TAG_BYTES: usize = 16;
 /// A wrapped data key: nonce, ciphertext, tag.
 pub const WRAPPED_KEY_BYTES: usize = NONCE_BYTES + KEY_BYTES + TAG_BYTES;
 
 /// A segment's data key, ready to seal and open units.
 #[derive(Clone)]
 pub struct SegmentCipher {
-    aead: XChaCha20Poly1305,
+    aead: XChaCha,
 }
 
 impl std::fmt::Debug for SegmentCipher {
@@ -58,16 +56,13 @@ impl SegmentCipher {
     pub fn create(master: &MasterKey, key_id: u32, binding: &Binding) -> (SegmentCipher, [u8; WRAPPED_KEY_BYTES]) {
         let data_key = Zeroizing::new(random_bytes::<KEY_BYTES>());
         let nonce = random_bytes::<NONCE_BYTES>();
-        let mut buf = Zeroizing::new(data_key.to_vec());
-        let wrap = XChaCha20Poly1305::new(master.bytes().into());
-        let tag = wrap
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &wrap_ad(binding, key_id), &mut buf)
-            .expect("encrypting 32 bytes cannot fail");
+        let mut buf = Zeroizing::new(*data_key);
+        let tag = XChaCha::new(master.bytes()).seal_in_place(&nonce, &wrap_ad(binding, key_id), &mut *buf);
         let mut wrapped = [0u8; WRAPPED_KEY_BYTES];
         wrapped[..NONCE_BYTES].copy_from_slice(&nonce);
-        wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].copy_from_slice(&buf);
+        wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].copy_from_slice(&*buf);
         wrapped[NONCE_BYTES + KEY_BYTES..].copy_from_slice(&tag);
-        (SegmentCipher { aead: XChaCha20Poly1305::new(data_key.as_ref().into()) }, wrapped)
+        (SegmentCipher { aead: XChaCha::new(&data_key) }, wrapped)
     }
 
     /// Unwraps a segment's data key; `None` if `master` is not the key that wrapped it (or the envelope
@@ -78,17 +73,8 @@ impl SegmentCipher {
         binding: &Binding,
         wrapped: &[u8; WRAPPED_KEY_BYTES],
     ) -> Option<SegmentCipher> {
-        let mut buf = Zeroizing::new(wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].to_vec());
-        let tag = chacha20poly1305::Tag::from_slice(&wrapped[NONCE_BYTES + KEY_BYTES..]);
-        let wrap = XChaCha20Poly1305::new(master.bytes().into());
-        wrap.decrypt_in_place_detached(
-            XNonce::from_slice(&wrapped[..NONCE_BYTES]),
-            &wrap_ad(binding, key_id),
-            &mut buf,
-            tag,
-        )
-        .ok()?;
-        Some(SegmentCipher { aead: XChaCha20Poly1305::new(buf.as_slice().into()) })
+        let key = unwrap_key(master, &wrap_ad(binding, key_id), wrapped)?;
+        Some(SegmentCipher { aead: XChaCha::new(&key) })
     }
 
     /// Re-wraps this segment's data key under another master key (rotation without re-encrypting data).
@@ -100,24 +86,23 @@ impl SegmentCipher {
         binding: &Binding,
         wrapped: &[u8; WRAPPED_KEY_BYTES],
     ) -> Option<[u8; WRAPPED_KEY_BYTES]> {
-        let mut key = Zeroizing::new(wrapped[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].to_vec());
-        let tag = chacha20poly1305::Tag::from_slice(&wrapped[NONCE_BYTES + KEY_BYTES..]);
-        XChaCha20Poly1305::new(old.bytes().into())
-            .decrypt_in_place_detached(
-                XNonce::from_slice(&wrapped[..NONCE_BYTES]),
-                &wrap_ad(binding, old_id),
-                &mut key,
-                tag,
-            )
-            .ok()?;
+        let mut key = unwrap_key(old, &wrap_ad(binding, old_id), wrapped)?;
         let nonce = random_bytes::<NONCE_BYTES>();
-        let tag = XChaCha20Poly1305::new(new.bytes().into())
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &wrap_ad(binding, new_id), &mut key)
-            .ok()?;
+        let tag = XChaCha::new(new.bytes()).seal_in_place(&nonce, &wrap_ad(binding, new_id), &mut *key);
         let mut out = [0u8; WRAPPED_KEY_BYTES];
         out[..NONCE_BYTES].copy_from_slice(&nonce);
-        out[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].copy_from_slice(&key);
+        out[NONCE_BYTES..NONCE_BYTES + KEY_BYTES].copy_from_slice(&*key);
         out[NONCE_BYTES + KEY_BYTES..].copy_from_slice(&tag);
         Some(out)
     }
+}
+
+/// The data key inside a wrapped key; `None` if `master` did not wrap it or the envelope was tampered with.
+fn unwrap_key(master: &MasterKey, ad: &[u8], wrapped: &[u8; WRAPPED_KEY_BYTES]) -> Option<Zeroizing<[u8; KEY_BYTES]>> {
+    let (nonce, rest) = wrapped.split_first_chunk::<NONCE_BYTES>().expect("sized");
+    let (ct, tag) = rest.split_first_chunk::<KEY_BYTES>().expect("sized");
+    let tag: &[u8; TAG_BYTES] = tag.try_into().expect("sized");
+    let mut key = Zeroizing::new(*ct);
+    XChaCha::new(master.bytes()).open_in_place(nonce, ad, &mut *key, tag).ok()?;
+    Some(key)
 }

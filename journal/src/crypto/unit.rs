@@ -8,9 +8,6 @@
 //! ```
 //! Associated data: journal_id ‖ segment_seq ‖ unit offset (u64) ‖ ct_len (u32).
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::XNonce;
-
 use super::{random_bytes, SegmentCipher, NONCE_BYTES, TAG_BYTES};
 use crate::format::{u32_at, Binding};
 
@@ -50,11 +47,13 @@ pub fn seal(
     header[8..].copy_from_slice(&nonce);
     let crc = header_crc(binding, offset, &header);
     header[4..8].copy_from_slice(&crc.to_le_bytes());
-    let tag = cipher
-        .aead
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad(binding, offset, ct_len), frames)
-        .expect("a unit is far below the AEAD's length limit");
-    (header, tag.into())
+    let tag = cipher.aead.seal_in_place(&nonce, &ad(binding, offset, ct_len), frames);
+    (header, tag)
+}
+
+/// A fixed-size field of a unit whose bounds were checked by `peek` or `open_one`.
+fn array<const N: usize>(bytes: &[u8]) -> &[u8; N] {
+    bytes.try_into().expect("field bounds checked against the unit's length")
 }
 
 /// Why the bytes at an offset are not a valid unit.
@@ -101,13 +100,9 @@ pub fn open_into(
     let body = at + UNIT_HEADER_BYTES;
     let start = out.len();
     out.extend_from_slice(&data[body..body + ct_len]);
-    let nonce = XNonce::from_slice(&data[at + 8..at + UNIT_HEADER_BYTES]);
-    let tag = chacha20poly1305::Tag::from_slice(&data[body + ct_len..at + total as usize]);
-    if cipher
-        .aead
-        .decrypt_in_place_detached(nonce, &ad(binding, offset, ct_len as u32), &mut out[start..], tag)
-        .is_err()
-    {
+    let nonce = array(&data[at + 8..at + UNIT_HEADER_BYTES]);
+    let tag = array(&data[body + ct_len..at + total as usize]);
+    if cipher.aead.open_in_place(nonce, &ad(binding, offset, ct_len as u32), &mut out[start..], tag).is_err() {
         out.truncate(start);
         return Err(UnitError::Authentication);
     }
@@ -119,13 +114,13 @@ pub fn open(cipher: &SegmentCipher, binding: &Binding, data: &[u8], offset: u64)
     let total = peek(binding, data, offset)?;
     let at = offset as usize;
     let ct_len = u32_at(data, at);
-    let nonce = XNonce::from_slice(&data[at + 8..at + UNIT_HEADER_BYTES]);
+    let nonce = array(&data[at + 8..at + UNIT_HEADER_BYTES]);
     let body = at + UNIT_HEADER_BYTES;
     let mut plain = data[body..body + ct_len as usize].to_vec();
-    let tag = chacha20poly1305::Tag::from_slice(&data[body + ct_len as usize..at + total as usize]);
+    let tag = array(&data[body + ct_len as usize..at + total as usize]);
     cipher
         .aead
-        .decrypt_in_place_detached(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
+        .open_in_place(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
         .map_err(|_| UnitError::Authentication)?;
     Ok((plain, total))
 }
@@ -141,13 +136,13 @@ pub fn open_one(cipher: &SegmentCipher, binding: &Binding, unit: &[u8], offset: 
     if unit.len() as u64 != UNIT_OVERHEAD_BYTES + u64::from(ct_len) {
         return Err(UnitError::TooLong(ct_len));
     }
-    let nonce = XNonce::from_slice(&header[8..UNIT_HEADER_BYTES]);
+    let nonce = array(&header[8..UNIT_HEADER_BYTES]);
     let body = UNIT_HEADER_BYTES + ct_len as usize;
     let mut plain = unit[UNIT_HEADER_BYTES..body].to_vec();
-    let tag = chacha20poly1305::Tag::from_slice(&unit[body..]);
+    let tag = array(&unit[body..]);
     cipher
         .aead
-        .decrypt_in_place_detached(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
+        .open_in_place(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
         .map_err(|_| UnitError::Authentication)?;
     Ok(plain)
 }
