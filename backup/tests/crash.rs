@@ -133,15 +133,30 @@ fn a_killed_create_on_s3_leaves_the_repository_consistent_and_the_next_run_compl
     }
 }
 
-#[test]
-fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
+/// A data directory of `records` records and a directory repository holding one snapshot of it, made with
+/// the lease the child processes use.
+struct Snapshotted {
+    data: tempfile::TempDir,
+    _repo_dir: tempfile::TempDir,
+    spec: StoreSpec,
+    repo: Repo,
+    create: CreateOptions,
+}
+
+fn snapshotted(records: u64) -> Snapshotted {
     let data = tempfile::tempdir().unwrap();
     let repo_dir = tempfile::tempdir().unwrap();
     let spec = new_store(Backend::Dir, repo_dir.path());
-    write_some(data.path(), 0, 2000);
+    write_some(data.path(), 0, records);
     let repo = child_repo(&spec);
     let create = CreateOptions { lease: child_lease(), ..Default::default() };
     repo.create(data.path(), &create, &Progress::default()).unwrap();
+    Snapshotted { data, _repo_dir: repo_dir, spec, repo, create }
+}
+
+#[test]
+fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
+    let Snapshotted { data, _repo_dir, spec, repo, create } = snapshotted(2000);
     write_some(data.path(), 2000, 2000);
     assert!(run_child("archive", data.path(), &spec, "backup-archive-entry-written"));
     assert_consistent(&repo);
@@ -172,13 +187,7 @@ fn a_killed_archive_or_prune_leaves_the_repository_consistent() {
 
 #[test]
 fn a_killed_restore_is_finished_by_running_it_again() {
-    let data = tempfile::tempdir().unwrap();
-    let repo_dir = tempfile::tempdir().unwrap();
-    let spec = new_store(Backend::Dir, repo_dir.path());
-    write_some(data.path(), 0, 3000);
-    let repo = child_repo(&spec);
-    let create = CreateOptions { lease: child_lease(), ..Default::default() };
-    repo.create(data.path(), &create, &Progress::default()).unwrap();
+    let Snapshotted { data: _data, _repo_dir, spec, repo, .. } = snapshotted(3000);
     let scratch = tempfile::tempdir().unwrap();
     assert!(run_child("restore", scratch.path(), &spec, "backup-restore-chunk-written:2"));
     let target = scratch.path().join("restore");

@@ -319,9 +319,7 @@ impl Journal {
             oldest_seq: dr.oldest_seq.unwrap_or(last_seq + 1),
             maintenance: Some(maintenance.clone()),
         };
-        let pipelined = options.sync == SyncPolicy::Always;
-        let shared =
-            Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync, pipelined));
+        let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
         let mut threads = Vec::new();
         let s = shared.clone();
         threads.push(

@@ -10,6 +10,14 @@ fn payload(id: u64) -> Vec<u8> {
     (0..len).map(|i| (id as usize ^ i) as u8).collect()
 }
 
+/// Segment files in `dir`.
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "kseg"))
+        .count()
+}
+
 fn options(sync: SyncPolicy) -> Options {
     Options { segment_bytes: 256 * 1024, sync, ..Options::default() }
 }
@@ -47,10 +55,7 @@ fn threads_then_reopen(sync: SyncPolicy) {
         assert_eq!(j.read_version(r).unwrap(), want, "record {id}");
         assert_eq!(j.read(*id).unwrap(), want, "record {id} by id");
     }
-    let segments = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "kseg"));
-    assert!(segments.count() > 3, "roll-overs happened");
+    assert!(segment_files(dir.path()) > 3, "roll-overs happened");
 }
 
 #[test]
@@ -148,10 +153,7 @@ fn overlapped_fdatasyncs(keys: Option<keel_journal::crypto::keys::KeyRing>) {
     for (id, r) in &rec.records {
         assert_eq!(j.read_version(r).unwrap(), big(*id), "record {id}");
     }
-    let segments = std::fs::read_dir(dir.path())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "kseg"));
-    assert!(segments.count() > 3, "roll-overs happened");
+    assert!(segment_files(dir.path()) > 3, "roll-overs happened");
 }
 
 #[test]

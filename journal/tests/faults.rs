@@ -160,6 +160,31 @@ fn failed_in_place_write_leaves_no_trace_and_the_next_write_succeeds() {
     assert_eq!(rec.records.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3]);
 }
 
+/// Segments large enough that 32 writers of 16 KiB records make batches that overlap their fdatasync.
+const LARGE_SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+
+fn large_batch_options(faults: &Arc<Faults>) -> Options {
+    Options { segment_bytes: LARGE_SEGMENT_BYTES, ..options(faults) }
+}
+
+fn big(id: u64) -> Vec<u8> {
+    vec![(id % 251) as u8; 16 * 1024]
+}
+
+/// Waits until the writer has overlapped `n` fdatasyncs with the next batch's write.
+fn wait_for_overlaps(j: &Journal, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while j.write_stats().overlapped_fdatasyncs < n {
+        assert!(Instant::now() < deadline, "no overlapped fdatasync: {:?}", j.write_stats());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Reopens without faults, with the large-batch segment size.
+fn reopen_large(dir: &std::path::Path) -> (Journal, keel_journal::Recovered) {
+    Journal::open(dir, Options { segment_bytes: LARGE_SEGMENT_BYTES, ..Options::default() }).unwrap()
+}
+
 /// A failed fdatasync while the leader overlaps it with the next batch's write (large batches): every
 /// caller gets the poison, nothing written after the failure is acknowledged, no fdatasync follows it, and
 /// every acknowledged record survives.
@@ -167,14 +192,7 @@ fn failed_in_place_write_leaves_no_trace_and_the_next_write_succeeds() {
 fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let opts = Options {
-        segment_bytes: 16 * 1024 * 1024,
-        vfs: Arc::new(FaultyVfs::new(faults.clone())),
-        auto_maintenance: false,
-        ..Options::default()
-    };
-    let big = |id: u64| vec![(id % 251) as u8; 16 * 1024];
-    let (j, _) = Journal::open(dir.path(), opts).unwrap();
+    let (j, _) = Journal::open(dir.path(), large_batch_options(&faults)).unwrap();
     assert!(j.wait_for_spares(Duration::from_secs(10)));
     let j = Arc::new(j);
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -193,11 +211,7 @@ fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while j.write_stats().overlapped_fdatasyncs < 5 {
-        assert!(Instant::now() < deadline, "no overlapped fdatasync: {:?}", j.write_stats());
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_overlaps(&j, 5);
     faults.fail_syncs();
     for t in threads {
         t.join().unwrap();
@@ -206,8 +220,7 @@ fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
     assert!(matches!(j.sync(), Err(AppendError::Poisoned { .. })));
     drop(j);
     assert_eq!(faults.syncs(), syncs, "no fdatasync after the failure, not even by close");
-    let (j, rec) =
-        Journal::open(dir.path(), Options { segment_bytes: 16 * 1024 * 1024, ..Options::default() }).unwrap();
+    let (j, rec) = reopen_large(dir.path());
     let acked = acked.lock().unwrap();
     assert!(!acked.is_empty());
     for (id, _) in acked.iter() {
@@ -223,14 +236,7 @@ fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
 fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let opts = || Options {
-        segment_bytes: 16 * 1024 * 1024,
-        vfs: Arc::new(FaultyVfs::new(faults.clone())),
-        auto_maintenance: false,
-        ..Options::default()
-    };
-    let big = |id: u64| vec![(id % 251) as u8; 16 * 1024];
-    let (j, _) = Journal::open(dir.path(), opts()).unwrap();
+    let (j, _) = Journal::open(dir.path(), large_batch_options(&faults)).unwrap();
     assert!(j.wait_for_spares(Duration::from_secs(10)));
     let j = Arc::new(j);
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -252,11 +258,7 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while j.write_stats().overlapped_fdatasyncs < 5 {
-        assert!(Instant::now() < deadline, "no overlapped fdatasync: {:?}", j.write_stats());
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for_overlaps(&j, 5);
     // One: a second failure would hit the zeroing of the first, which stops the journal by design.
     faults.fail_next_writes(1);
     for t in threads {
@@ -265,8 +267,7 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
     assert!(j.poisoned().is_none(), "ENOSPC does not poison");
     assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0, "some appends failed");
     Arc::into_inner(j).unwrap().close().unwrap();
-    let (j, rec) =
-        Journal::open(dir.path(), Options { segment_bytes: 16 * 1024 * 1024, ..Options::default() }).unwrap();
+    let (j, rec) = reopen_large(dir.path());
     let mut acked = acked.lock().unwrap().clone();
     acked.sort();
     let got: Vec<u64> = rec.records.keys().copied().collect();

@@ -122,20 +122,10 @@ pub(crate) struct Shared {
     max_batch_bytes: u64,
     max_batch_wait: Duration,
     pub policy: SyncPolicy,
-    /// Large batches are written through `writer::Writer::pipeline` (under `SyncPolicy::Always`): a leader
-    /// that finds enough queued for two such batches takes half, so that the other half can be written
-    /// while the first one's fdatasync runs.
-    pipelined: bool,
 }
 
 impl Shared {
-    pub fn new(
-        writer: Writer,
-        max_batch_bytes: u64,
-        max_batch_wait: Duration,
-        policy: SyncPolicy,
-        pipelined: bool,
-    ) -> Shared {
+    pub fn new(writer: Writer, max_batch_bytes: u64, max_batch_wait: Duration, policy: SyncPolicy) -> Shared {
         Shared {
             queue: Mutex::new(Queue::default()),
             writer_cv: Condvar::new(),
@@ -145,7 +135,6 @@ impl Shared {
             max_batch_bytes,
             max_batch_wait,
             policy,
-            pipelined,
         }
     }
 
@@ -224,7 +213,10 @@ impl Shared {
             }
             q.gathering = false;
         }
-        let limit = if self.pipelined && q.pending_bytes >= 2 * PIPELINE_MIN_BATCH_BYTES {
+        // Large batches are written through `writer::Writer::pipeline` (under `SyncPolicy::Always`): a
+        // leader that finds enough queued for two such batches takes half, so that the other half can be
+        // written while the first one's fdatasync runs.
+        let limit = if self.policy == SyncPolicy::Always && q.pending_bytes >= 2 * PIPELINE_MIN_BATCH_BYTES {
             (q.pending_bytes / 2).min(self.max_batch_bytes)
         } else {
             self.max_batch_bytes

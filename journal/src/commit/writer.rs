@@ -332,8 +332,7 @@ impl Writer {
                 Ok(in_flight.run)
             }
             Err(e) => {
-                let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
-                self.sync_failed = Some(err.clone());
+                let err = self.sync_failure(e);
                 in_flight.run.fail(&err);
                 Err(err)
             }
@@ -537,11 +536,17 @@ impl Writer {
         let active = self.active.as_ref().expect("sync needs an active segment");
         self.stats.fdatasyncs += 1;
         if let Err(e) = active.file.sync_data() {
-            let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
-            self.sync_failed = Some(err.clone());
-            return Err(Stop::Poisoned(err));
+            return Err(Stop::Poisoned(self.sync_failure(e)));
         }
         Ok(())
+    }
+
+    /// Records that an fdatasync of the active segment failed: from now on this writer never syncs again.
+    fn sync_failure(&mut self, e: io::Error) -> AppendError {
+        let active = self.active.as_ref().expect("only the active segment is fdatasynced");
+        let err = AppendError::Poisoned { path: active.path.clone(), op: "fdatasync", source: Arc::new(e) };
+        self.sync_failed = Some(err.clone());
+        err
     }
 
     fn activate(&mut self, spare: Spare) {
