@@ -248,16 +248,19 @@ fn cut_of_newest(
             Ok((copy, scanned.next_lsn))
         }
         Some(cipher) => {
-            let decrypted = units::decrypt(&UnitInput {
-                path,
-                data,
-                binding,
-                cipher: &cipher,
-                first_lsn: header.first_lsn,
-                newest: true,
-                mode: RecoveryMode::Strict,
-                start: SEGMENT_HEADER_BYTES,
-            })?;
+            let decrypted = units::decrypt(
+                &UnitInput {
+                    path,
+                    data,
+                    binding,
+                    cipher: &cipher,
+                    first_lsn: header.first_lsn,
+                    newest: true,
+                    mode: RecoveryMode::Strict,
+                    start: SEGMENT_HEADER_BYTES,
+                },
+                Vec::new(),
+            )?;
             let scanned = scan_segment(&input(&decrypted.stream), &mut |_, _, _| Ok(()))?;
             let copy = match (scanned.end, decrypted.end) {
                 (SegmentEnd::Sealed { .. }, _) => data.len() as u64,
@@ -310,16 +313,19 @@ pub fn truncate_after(dir: &Path, lsn: Lsn, keys: Option<&KeyRing>) -> Result<Tr
     let (start, replacement) = match &cipher {
         None => (frame_end(&path, &data, &header, binding, lsn)?, Vec::new()),
         Some(cipher) => {
-            let decrypted = units::decrypt(&UnitInput {
-                path: &path,
-                data: &data,
-                binding,
-                cipher,
-                first_lsn: header.first_lsn,
-                newest: target + 1 == c.segments.len(),
-                mode: RecoveryMode::Strict,
-                start: SEGMENT_HEADER_BYTES,
-            })?;
+            let decrypted = units::decrypt(
+                &UnitInput {
+                    path: &path,
+                    data: &data,
+                    binding,
+                    cipher,
+                    first_lsn: header.first_lsn,
+                    newest: target + 1 == c.segments.len(),
+                    mode: RecoveryMode::Strict,
+                    start: SEGMENT_HEADER_BYTES,
+                },
+                Vec::new(),
+            )?;
             let end = frame_end(&path, &decrypted.stream, &header, binding, lsn)?;
             let (unit_offset, inner) = decrypted.locate(end - 1);
             let unit_start = end - 1 - u64::from(inner);

@@ -318,6 +318,7 @@ impl Journal {
             keys: options.keys.clone(),
             oldest_seq: dr.oldest_seq.unwrap_or(last_seq + 1),
             maintenance: Some(maintenance.clone()),
+            unit_buf: Vec::new(),
         };
         let shared = Arc::new(Shared::new(writer, options.max_batch_bytes, options.max_batch_wait, options.sync));
         let mut threads = Vec::new();

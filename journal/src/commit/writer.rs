@@ -93,6 +93,9 @@ pub(crate) struct Writer {
     pub oldest_seq: u64,
     /// Told of every sealed segment.
     pub maintenance: Option<Arc<crate::maintenance::Maintenance>>,
+    /// The buffer a batch is sealed in, kept between batches: a fresh one of a batch's size (up to MiBs)
+    /// costs page faults on the leader, which at 64 writers is the one thread the CPU must not lose.
+    pub unit_buf: Vec<u8>,
 }
 
 enum Stop {
@@ -437,10 +440,12 @@ impl Writer {
 
         if !headers.is_empty() {
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3);
-            let mut sealed: Option<([u8; unit::UNIT_HEADER_BYTES], Vec<u8>, [u8; 16])> = None;
+            let mut sealed: Option<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> = None;
+            let mut plain = std::mem::take(&mut self.unit_buf);
+            plain.clear();
             if let Some(cipher) = &active.cipher {
                 // One sealed unit per write: the frames, encrypted together.
-                let mut plain = Vec::with_capacity((end - start_offset) as usize);
+                plain.reserve((end - start_offset) as usize);
                 let mut h = headers.iter();
                 for (idx, lsn) in &planned {
                     if lsn.is_some() {
@@ -448,8 +453,7 @@ impl Writer {
                         plain.extend_from_slice(&batch[*idx].as_ref().expect("planned").payload);
                     }
                 }
-                let (uh, tag) = unit::seal(cipher, &active.binding, start_offset, &mut plain);
-                sealed = Some((uh, plain, tag));
+                sealed = Some(unit::seal(cipher, &active.binding, start_offset, &mut plain));
             }
             let write_at = match &active.header {
                 Some(h) => {
@@ -459,9 +463,9 @@ impl Writer {
                 None => start_offset,
             };
             match &sealed {
-                Some((uh, ct, tag)) => {
+                Some((uh, tag)) => {
                     slices.push(IoSlice::new(uh));
-                    slices.push(IoSlice::new(ct));
+                    slices.push(IoSlice::new(&plain));
                     slices.push(IoSlice::new(tag));
                 }
                 None => {
@@ -501,6 +505,8 @@ impl Writer {
                     _ => Err(Stop::Failed(err)),
                 };
             }
+            drop(slices);
+            self.unit_buf = plain;
             let active = self.active.as_mut().expect("still active");
             active.header = None;
             active.offset = end;

@@ -109,6 +109,31 @@ pub fn open_into(
     Ok(total)
 }
 
+/// Authenticates and decrypts the unit at `offset` (whose bounds `peek` checked) into `out`, which must be
+/// exactly its ciphertext's length. On failure `out` holds unspecified bytes.
+pub fn open_to(
+    cipher: &SegmentCipher,
+    binding: &Binding,
+    data: &[u8],
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), UnitError> {
+    let at = offset as usize;
+    let ct_len = u32_at(data, at);
+    assert_eq!(out.len(), ct_len as usize, "the output fits the unit's ciphertext exactly");
+    let body = at + UNIT_HEADER_BYTES;
+    let end = body + out.len();
+    let (Some(ct), Some(tag)) = (data.get(body..end), data.get(end..end + TAG_BYTES)) else {
+        return Err(UnitError::TooLong(ct_len));
+    };
+    out.copy_from_slice(ct);
+    let nonce = array(&data[at + 8..body]);
+    cipher
+        .aead
+        .open_in_place(nonce, &ad(binding, offset, ct_len), out, array(tag))
+        .map_err(|_| UnitError::Authentication)
+}
+
 /// Authenticates and decrypts the unit at `offset`; returns its plaintext frames and total length.
 pub fn open(cipher: &SegmentCipher, binding: &Binding, data: &[u8], offset: u64) -> Result<(Vec<u8>, u64), UnitError> {
     let total = peek(binding, data, offset)?;

@@ -379,6 +379,8 @@ fn replay_segments(
     let mut expected: Option<Lsn> = None;
     let mut resume = Resume::New { next_lsn: Lsn(1) };
     let mut prev_seq: Option<u64> = None;
+    // (a segment's bytes, its decrypted stream): see below.
+    let mut reused: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
 
     for (index, (seq, path, file_bytes, header)) in headers.iter().take(active_count).enumerate() {
         let newest = index + 1 == active_count;
@@ -467,19 +469,27 @@ fn replay_segments(
         let cipher = segment_cipher(keys, path, &header, &binding)?;
         // Plaintext segments are read window by window (see `scan_windowed`); an encrypted one whole, since
         // its units are decrypted in parallel.
-        let data = if cipher.is_some() { read_whole(vfs, path, *file_bytes)? } else { Vec::new() };
+        // The buffers are reused from segment to segment: fresh ones of a segment's size cost more in page
+        // faults than decryption does.
+        let mut data = std::mem::take(&mut reused.0);
+        if cipher.is_some() {
+            read_whole_into(vfs, path, *file_bytes, &mut data)?;
+        }
         let decrypted = match &cipher {
             None => None,
-            Some(c) => Some(units::decrypt(&units::UnitInput {
-                path,
-                data: &data,
-                binding,
-                cipher: c,
-                first_lsn: scan_from.1,
-                newest,
-                mode,
-                start: scan_from.0,
-            })?),
+            Some(c) => Some(units::decrypt(
+                &units::UnitInput {
+                    path,
+                    data: &data,
+                    binding,
+                    cipher: c,
+                    first_lsn: scan_from.1,
+                    newest,
+                    mode,
+                    start: scan_from.0,
+                },
+                std::mem::take(&mut reused.1),
+            )?),
         };
         let to_file = |at: u64| decrypted.as_ref().map_or(at, |d| d.file_offset(at));
         let frames_data = decrypted.as_ref().map_or(&data[..], |d| &d.stream[..]);
@@ -571,6 +581,7 @@ fn replay_segments(
             end_offset,
             end: scanned.end,
         });
+        reused = (data, decrypted.map_or_else(Vec::new, |d| d.stream));
     }
 
     let oldest_seq = headers.first().filter(|_| active_count > 0).map(|h| h.0);
@@ -778,8 +789,16 @@ fn zeros_to_end(
 }
 
 fn read_whole(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<Vec<u8>, OpenError> {
-    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
-    let mut data = vec![0u8; bytes as usize];
-    file.read_exact_at(&mut data, 0).map_err(OpenError::io(path, "read"))?;
+    let mut data = Vec::new();
+    read_whole_into(vfs, path, bytes, &mut data)?;
     Ok(data)
+}
+
+/// Reads the first `bytes` of the file into `data`, reusing its allocation (its old contents are
+/// overwritten, so only newly grown capacity is zeroed first).
+fn read_whole_into(vfs: &dyn Vfs, path: &Path, bytes: u64, data: &mut Vec<u8>) -> Result<(), OpenError> {
+    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
+    data.truncate(bytes as usize);
+    data.resize(bytes as usize, 0);
+    file.read_exact_at(data, 0).map_err(OpenError::io(path, "read"))
 }

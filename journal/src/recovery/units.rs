@@ -68,27 +68,31 @@ pub struct UnitInput<'a> {
     pub start: u64,
 }
 
-pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
+/// Decrypts the segment's units into a frame stream. `reuse` is a buffer from an earlier segment, whose
+/// contents do not matter: a recovery that reads many segments allocates, and page-faults, one stream
+/// rather than one per segment.
+pub fn decrypt(input: &UnitInput<'_>, reuse: Vec<u8>) -> Result<Decrypted, Corruption> {
     let data = input.data;
     let len = data.len() as u64;
-    // Sized once: the plaintext is never longer than the segment, and growing a buffer of tens of MiB
-    // step by step costs more in page faults and copies than the decryption saves.
-    let mut stream = Vec::with_capacity(data.len());
-    stream.resize(SEGMENT_HEADER_BYTES as usize, 0);
-    let mut out =
-        Decrypted { stream, units: Vec::new(), end: UnitEnd::Clean { offset: input.start }, skipped: Vec::new() };
+    let mut out = Decrypted {
+        stream: reuse,
+        units: Vec::new(),
+        end: UnitEnd::Clean { offset: input.start },
+        skipped: Vec::new(),
+    };
     let mut offset = input.start.max(SEGMENT_HEADER_BYTES);
     let mut expected = input.first_lsn;
-    // Fast path: decrypt the chain of units whose headers validate on every core, in order; the loop below
-    // takes over at the first unit that does not authenticate (or at the end).
-    for (unit_offset, plain) in decrypt_chain_parallel(input) {
-        let start = out.stream.len();
-        out.stream.extend_from_slice(&plain);
-        let last = last_frame(&out.stream[start..]);
+    // Fast path: the chain of units whose headers validate, decrypted on every core straight into the
+    // stream; the loop below takes over at the first unit that does not authenticate (or at the end).
+    for u in decrypt_chain_parallel(input, &mut out.stream) {
+        let end = u.stream_at + u.len;
+        let last = last_frame(&out.stream[u.stream_at as usize..end as usize]);
         expected = last.map_or(expected, |(l, _)| Lsn(l.0 + 1));
-        out.units.push((start as u64, unit_offset));
-        offset = unit_offset + unit::UNIT_OVERHEAD_BYTES + plain.len() as u64;
+        out.units.push((u.stream_at, u.offset));
+        offset = u.offset + unit::UNIT_OVERHEAD_BYTES + u.len;
         if last.is_some_and(|(_, t)| t == FrameType::Seal) {
+            // Nothing after a seal is ever read (a sealed-over torn tail may follow it).
+            out.stream.truncate(end as usize);
             out.end = UnitEnd::Clean { offset };
             return Ok(out);
         }
@@ -108,7 +112,6 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
                 out.units.push((start as u64, offset));
                 offset += total;
                 if last.is_some_and(|(_, t)| t == FrameType::Seal) {
-                    // Nothing after a seal is ever read (a sealed-over torn tail may follow it).
                     out.end = UnitEnd::Clean { offset };
                     return Ok(out);
                 }
@@ -155,31 +158,85 @@ pub fn decrypt(input: &UnitInput<'_>) -> Result<Decrypted, Corruption> {
     }
 }
 
-/// The longest prefix of the segment's unit chain that authenticates, decrypted on all available cores:
-/// (unit offset, plaintext) in order. Stops before the first unit whose header or tag fails.
-fn decrypt_chain_parallel(input: &UnitInput<'_>) -> Vec<(u64, Vec<u8>)> {
-    let mut offsets = Vec::new();
-    let mut at = input.start.max(SEGMENT_HEADER_BYTES);
-    while let Ok(total) = unit::peek(&input.binding, input.data, at) {
-        offsets.push(at);
-        at += total;
+/// Below this many bytes of ciphertext a segment is decrypted on the calling thread: spawning costs more.
+const PARALLEL_DECRYPT_MIN_BYTES: u64 = 256 * 1024;
+
+/// A unit of a segment's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChainUnit {
+    /// Where its plaintext starts in the stream.
+    stream_at: u64,
+    /// Where it starts in the file.
+    offset: u64,
+    /// Its plaintext (= ciphertext) bytes.
+    len: u64,
+}
+
+/// The longest prefix of the segment's unit chain that authenticates, decrypted on all available cores
+/// into `stream` after a zeroed segment header, which is all `stream` then holds; stops before the first
+/// unit whose header or tag fails. Each unit's ciphertext is copied once, into its place in the stream,
+/// and decrypted there.
+fn decrypt_chain_parallel(input: &UnitInput<'_>, stream: &mut Vec<u8>) -> Vec<ChainUnit> {
+    const HEADER: usize = SEGMENT_HEADER_BYTES as usize;
+    let mut chain = Vec::new();
+    let mut offset = input.start.max(SEGMENT_HEADER_BYTES);
+    let mut stream_at = SEGMENT_HEADER_BYTES;
+    while let Ok(total) = unit::peek(&input.binding, input.data, offset) {
+        let len = total - unit::UNIT_OVERHEAD_BYTES;
+        chain.push(ChainUnit { stream_at, offset, len });
+        offset += total;
+        stream_at += len;
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
-    let chunk = offsets.len().div_ceil(threads).max(1);
-    let results: Vec<Vec<Option<Vec<u8>>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = offsets
-            .chunks(chunk)
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .map(|&o| unit::open(input.cipher, &input.binding, input.data, o).ok().map(|(p, _)| p))
-                        .collect::<Vec<_>>()
-                })
+    // Neither shrinking nor growing rewrites the bytes that stay: only new capacity is zeroed.
+    stream.truncate(stream_at as usize);
+    stream.resize(stream_at as usize, 0);
+    stream[..HEADER].fill(0);
+    let total = stream_at - SEGMENT_HEADER_BYTES;
+    let threads = match total < PARALLEL_DECRYPT_MIN_BYTES {
+        true => 1,
+        false => std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8) as u64,
+    };
+    // Contiguous groups of about equal bytes, at most one per thread, each with its own part of the stream.
+    let share = total.div_ceil(threads).max(1);
+    let group_of = |u: &ChainUnit| (u.stream_at - SEGMENT_HEADER_BYTES) / share;
+    let mut groups: Vec<(&[ChainUnit], &mut [u8])> = Vec::new();
+    let mut rest = &mut stream[HEADER..];
+    for units in chain.chunk_by(|a, b| group_of(a) == group_of(b)) {
+        let bytes: u64 = units.iter().map(|u| u.len).sum();
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(bytes as usize);
+        groups.push((units, part));
+        rest = tail;
+    }
+    // How many of a group's units authenticate before the first that does not.
+    let decrypt_group = |(units, part): (&[ChainUnit], &mut [u8])| -> usize {
+        let base = units.first().map_or(0, |u| u.stream_at);
+        units
+            .iter()
+            .position(|u| {
+                let dst = &mut part[(u.stream_at - base) as usize..(u.stream_at - base + u.len) as usize];
+                unit::open_to(input.cipher, &input.binding, input.data, u.offset, dst).is_err()
             })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
-    });
-    offsets.into_iter().zip(results.into_iter().flatten()).map_while(|(o, p)| p.map(|p| (o, p))).collect()
+            .unwrap_or(units.len())
+    };
+    let lens: Vec<usize> = groups.iter().map(|g| g.0.len()).collect();
+    let authentic: Vec<usize> = match groups.len() {
+        0 | 1 => groups.into_iter().map(decrypt_group).collect(),
+        _ => std::thread::scope(|s| {
+            let handles: Vec<_> = groups.into_iter().map(|g| s.spawn(move || decrypt_group(g))).collect();
+            // A worker that panicked authenticated nothing; the sequential path re-reads its units.
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        }),
+    };
+    let mut good = 0;
+    for (n, ok) in lens.into_iter().zip(authentic) {
+        good += ok;
+        if ok < n {
+            break;
+        }
+    }
+    chain.truncate(good);
+    stream.truncate(chain.last().map_or(HEADER, |u| (u.stream_at + u.len) as usize));
+    chain
 }
 
 /// Whether a sealed unit's header validates anywhere after the unit at the start of the frames — proof,
@@ -225,5 +282,97 @@ fn find_next_unit(input: &UnitInput<'_>, from: u64, min_lsn: Lsn) -> Option<(u64
 impl From<UnitError> for CorruptionKind {
     fn from(e: UnitError) -> CorruptionKind {
         CorruptionKind::Unit(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::keys::KeyRing;
+
+    fn setup() -> (SegmentCipher, Binding) {
+        let ring = KeyRing::parse(&format!("3:{}", "22".repeat(32)), "t").unwrap();
+        let binding = Binding { journal_id: [7; 16], segment_seq: 4 };
+        let (id, key) = ring.current();
+        (SegmentCipher::create(key, id, &binding).0, binding)
+    }
+
+    /// A segment of `sizes.len()` units after the header; unit `i` holds `sizes[i]` bytes of `i as u8 + 1`.
+    fn segment(cipher: &SegmentCipher, binding: &Binding, sizes: &[usize]) -> (Vec<u8>, Vec<u64>) {
+        let mut data = vec![0xEE; SEGMENT_HEADER_BYTES as usize];
+        let mut offsets = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let offset = data.len() as u64;
+            let mut body = vec![i as u8 + 1; n];
+            let (h, t) = unit::seal(cipher, binding, offset, &mut body);
+            data.extend_from_slice(&h);
+            data.extend_from_slice(&body);
+            data.extend_from_slice(&t);
+            offsets.push(offset);
+        }
+        data.resize(data.len() + 4096, 0);
+        (data, offsets)
+    }
+
+    fn input<'a>(cipher: &'a SegmentCipher, binding: Binding, data: &'a [u8]) -> UnitInput<'a> {
+        UnitInput {
+            path: Path::new("test.kseg"),
+            data,
+            binding,
+            cipher,
+            first_lsn: Lsn(1),
+            newest: true,
+            mode: RecoveryMode::Strict,
+            start: SEGMENT_HEADER_BYTES,
+        }
+    }
+
+    /// The parallel chain (sizes past the threshold, uneven units, so groups split mid-segment) decrypts
+    /// every unit into its place, into a reused buffer of any size and contents, and stops exactly before
+    /// a damaged unit wherever that unit falls: first, in either thread's share, or last.
+    #[test]
+    fn parallel_chain_stops_before_the_first_damaged_unit() {
+        let (cipher, binding) = setup();
+        let sizes: Vec<usize> = (0..200).map(|i| 512 + (i * 977) % 4000).collect();
+        assert!(sizes.iter().sum::<usize>() as u64 > PARALLEL_DECRYPT_MIN_BYTES);
+        let (data, offsets) = segment(&cipher, &binding, &sizes);
+        let expected_stream = |n: usize| {
+            let mut s = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+            for (i, &len) in sizes[..n].iter().enumerate() {
+                s.extend(std::iter::repeat_n(i as u8 + 1, len));
+            }
+            s
+        };
+        for reuse in [Vec::new(), vec![0xAB; 100], vec![0xCD; data.len() * 2]] {
+            let mut stream = reuse;
+            let chain = decrypt_chain_parallel(&input(&cipher, binding, &data), &mut stream);
+            assert_eq!(chain.len(), sizes.len());
+            assert_eq!(stream, expected_stream(sizes.len()));
+            for (u, (&o, &n)) in chain.iter().zip(offsets.iter().zip(&sizes)) {
+                assert_eq!((u.offset, u.len), (o, n as u64));
+            }
+        }
+        for damaged in [0, 1, 57, 99, 100, 101, 150, 199] {
+            let mut bad = data.clone();
+            // A ciphertext byte: the header still validates, so the chain reaches it and authentication fails.
+            bad[(offsets[damaged] + unit::UNIT_HEADER_BYTES as u64 + 3) as usize] ^= 0x40;
+            let mut stream = vec![0x11; 7];
+            let chain = decrypt_chain_parallel(&input(&cipher, binding, &bad), &mut stream);
+            assert_eq!(chain.len(), damaged, "damage in unit {damaged}");
+            assert_eq!(stream, expected_stream(damaged), "damage in unit {damaged}");
+        }
+    }
+
+    #[test]
+    fn small_chains_decrypt_on_the_calling_thread_alike() {
+        let (cipher, binding) = setup();
+        let (data, _) = segment(&cipher, &binding, &[10, 0, 300]);
+        let mut stream = vec![0xFF; 50_000];
+        let chain = decrypt_chain_parallel(&input(&cipher, binding, &data), &mut stream);
+        assert_eq!(chain.len(), 3);
+        let mut expected = vec![0u8; SEGMENT_HEADER_BYTES as usize];
+        expected.extend([1u8; 10]);
+        expected.extend([3u8; 300]);
+        assert_eq!(stream, expected);
     }
 }
