@@ -583,7 +583,8 @@ impl Journal {
     }
 
     /// What the group-commit writer has done since open: how many writes and fdatasyncs the appends took
-    /// (frames ÷ fdatasyncs is the average batch), and how many fdatasyncs overlapped the next write.
+    /// (frames ÷ fdatasyncs is the average batch), how many fdatasyncs overlapped the next write, and how
+    /// often, and for how long, a roll-over waited for a spare segment.
     pub fn write_stats(&self) -> WriteStats {
         lock(self.core.shared.writer_mutex()).stats
     }

@@ -73,4 +73,12 @@ pub struct WriteStats {
     pub fdatasyncs: u64,
     /// Of those, the ones that ran on the helper thread while the leader wrote the next batch.
     pub overlapped_fdatasyncs: u64,
+    /// Segments activated for writing (roll-overs, and the first write after open into a new segment).
+    pub activations: u64,
+    /// Of those, the ones that found no spare ready and waited for one to be zero-filled: appends stall
+    /// meanwhile. Many mean the disk cannot write both the appends and the next spare in time; more
+    /// `spare_segments` absorb bursts, larger segments make roll-overs rarer.
+    pub spare_waits: u64,
+    /// Total time spent in those waits.
+    pub spare_wait_time: std::time::Duration,
 }

@@ -276,3 +276,29 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
         assert_eq!(j.read_version(r).unwrap(), big(*id));
     }
 }
+
+/// A disk too slow to zero-fill the next spare in time: roll-overs wait for it (appends stall but none
+/// fails), and `write_stats` says how often and for how long; with a spare ready, an activation waits
+/// for nothing.
+#[test]
+fn roll_overs_that_wait_for_a_spare_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    let j = Journal::open(dir.path(), options(&faults)).unwrap().0;
+    assert!(j.wait_for_spares(Duration::from_secs(30)));
+    j.add(0, 0, &payload(0)).unwrap();
+    let s = j.write_stats();
+    assert_eq!((s.activations, s.spare_waits, s.spare_wait_time), (1, 0, Duration::ZERO));
+
+    // Each spare's zero-fill now takes at least 40 ms; a 64 KiB segment holds ~60 of these records.
+    faults.delay_extending_writes(Duration::from_millis(40));
+    for id in 1..400 {
+        j.add(id, 0, &payload(id)).unwrap();
+    }
+    let s = j.write_stats();
+    assert!(s.activations >= 6, "{s:?}");
+    assert!(s.spare_waits >= 3 && s.spare_waits < s.activations, "{s:?}");
+    assert!(s.spare_wait_time >= Duration::from_millis(10) * s.spare_waits as u32, "{s:?}");
+    j.close().unwrap();
+    assert_eq!(reopen_plain(dir.path()).records.len(), 400);
+}

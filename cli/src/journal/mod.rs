@@ -131,6 +131,10 @@ pub struct WriteArgs {
     /// Size of newly created segment files, in bytes.
     #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
     pub segment_bytes: u64,
+    /// Segments kept pre-allocated and zero-filled ahead of the writer (1..=64): a roll-over that finds
+    /// none ready waits for one.
+    #[arg(long, default_value_t = Options::default().spare_segments)]
+    pub spare_segments: u32,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -140,6 +144,7 @@ impl WriteArgs {
         Ok(Options {
             sync: self.sync,
             segment_bytes: self.segment_bytes,
+            spare_segments: self.spare_segments,
             keys: self.keys.load()?,
             ..Options::default()
         })

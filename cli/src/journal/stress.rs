@@ -249,6 +249,7 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
         return Err(anyhow!("stress: {f}").context(Failed));
     }
     let journal = Arc::try_unwrap(journal).map_err(|_| anyhow!("journal still shared"))?;
+    let stats = journal.write_stats();
     journal.close().map_err(|e| anyhow!(e).context(Failed))?;
     latencies.sort_unstable();
     let n = latencies.len();
@@ -257,21 +258,38 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
     let unit = if args.tx == 0 { "append" } else { "transaction" };
     let pct = |p: f64| if n == 0 { 0.0 } else { f64::from(latencies[((n as f64 * p) as usize).min(n - 1)]) / 1000.0 };
     let line = format!(
-        "stress: {records} records of {} B by {} writers in {elapsed:.2} s: {:.0} records/s, {:.1} MB/s; {unit} latency p50 {:.3} ms, p99 {:.3} ms; sync {:?}; ids {}..{}",
+        "stress: {records} records of {} B by {} writers in {elapsed:.2} s: {:.0} records/s, {:.1} MB/s; {unit} latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; sync {:?}; ids {}..{}",
         args.size,
         args.writers,
         records as f64 / elapsed,
         records as f64 * f64::from(args.size) / elapsed / 1e6,
         pct(0.50),
         pct(0.99),
+        pct(1.0),
         args.write.sync,
         first_id,
         first_id + records,
     );
+    let mut writer = format!(
+        "stress: writer: {} writes, {} fdatasyncs ({} overlapped), {} segments activated, {} waited for a spare ({} ms in all)",
+        stats.writes,
+        stats.fdatasyncs,
+        stats.overlapped_fdatasyncs,
+        stats.activations,
+        stats.spare_waits,
+        stats.spare_wait_time.as_millis(),
+    );
+    if stats.spare_waits > 0 {
+        // An operator reading this wants to know why the p99 is what it is, and what to change.
+        writer.push_str(
+            "; appends stalled at those roll-overs: this disk could not zero-fill the next segment in time \
+             (more --spare-segments absorb bursts, larger --segment-bytes make roll-overs rarer)",
+        );
+    }
     if args.ack_log == "-" {
-        eprintln!("{line}");
+        eprintln!("{line}\n{writer}");
     } else {
-        println!("{line}");
+        println!("{line}\n{writer}");
     }
     Ok(Outcome::Ok)
 }

@@ -354,10 +354,16 @@ impl Writer {
                 *next = batch.len();
                 return Ok(Run { done, durable, want_sync: false, segment_full: false, bytes: 0 });
             }
-            let spare = self.spares.take().map_err(|e| match e {
+            let (spare, waited) = self.spares.take().map_err(|e| match e {
                 AppendError::Poisoned { .. } => Stop::Poisoned(e),
                 e => Stop::Failed(e),
             })?;
+            self.stats.activations += 1;
+            if !waited.is_zero() {
+                self.stats.spare_waits += 1;
+                self.stats.spare_wait_time += waited;
+                tracing::debug!(waited_ms = waited.as_millis() as u64, "roll-over waited for a spare segment");
+            }
             self.activate(spare);
         }
         let active = self.active.as_mut().expect("activated above");

@@ -82,14 +82,17 @@ impl SparePool {
         }
     }
 
-    /// The next spare, waiting only while one is being prepared without error.
-    pub fn take(&self) -> Result<Spare, AppendError> {
+    /// The next spare, waiting only while one is being prepared without error; and how long it waited
+    /// (zero when one was ready).
+    pub fn take(&self) -> Result<(Spare, Duration), AppendError> {
         let mut s = lock(&self.state);
+        let mut waiting_since = None;
         loop {
             if let Some(spare) = s.ready.pop_front() {
                 self.cv.notify_all();
-                return Ok(spare);
+                return Ok((spare, waiting_since.map_or(Duration::ZERO, |t: Instant| t.elapsed())));
             }
+            waiting_since.get_or_insert_with(Instant::now);
             if let Some(e) = &s.error {
                 return Err(e.clone());
             }

@@ -22,6 +22,8 @@ pub struct Faults {
     /// This many upcoming writes fail with ENOSPC even when they overwrite in place.
     writes_to_fail: AtomicU64,
     syncs: AtomicU64,
+    /// Microseconds each write that extends a file sleeps first: a disk too slow to zero-fill spares in time.
+    extend_delay_us: AtomicU64,
 }
 
 impl Faults {
@@ -47,6 +49,11 @@ impl Faults {
 
     pub fn fail_next_writes(&self, n: u64) {
         self.writes_to_fail.store(n, Ordering::SeqCst);
+    }
+
+    /// Every write that extends a file (pre-allocation's zero-fill) sleeps `delay` first.
+    pub fn delay_extending_writes(&self, delay: std::time::Duration) {
+        self.extend_delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     /// How many syncs were attempted so far.
@@ -75,6 +82,10 @@ impl Faults {
         }
         if extends && self.disk_full.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let delay = self.extend_delay_us.load(Ordering::SeqCst);
+        if extends && delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
         }
         Ok(())
     }
