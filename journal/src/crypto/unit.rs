@@ -173,11 +173,12 @@ pub fn open_one(cipher: &SegmentCipher, binding: &Binding, unit: &[u8], offset: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::keys::KeyRing;
     use super::*;
 
-    fn setup() -> (SegmentCipher, Binding) {
+    /// A segment cipher under a fixed master key, and the binding it was created for.
+    pub(crate) fn setup() -> (SegmentCipher, Binding) {
         let ring = KeyRing::parse(&format!("3:{}", "11".repeat(32)), "t").unwrap();
         let binding = Binding { journal_id: [5; 16], segment_seq: 9 };
         let (id, key) = ring.current();

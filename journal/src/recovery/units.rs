@@ -288,14 +288,7 @@ impl From<UnitError> for CorruptionKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::keys::KeyRing;
-
-    fn setup() -> (SegmentCipher, Binding) {
-        let ring = KeyRing::parse(&format!("3:{}", "22".repeat(32)), "t").unwrap();
-        let binding = Binding { journal_id: [7; 16], segment_seq: 4 };
-        let (id, key) = ring.current();
-        (SegmentCipher::create(key, id, &binding).0, binding)
-    }
+    use crate::crypto::unit::tests::setup;
 
     /// A segment of `sizes.len()` units after the header; unit `i` holds `sizes[i]` bytes of `i as u8 + 1`.
     fn segment(cipher: &SegmentCipher, binding: &Binding, sizes: &[usize]) -> (Vec<u8>, Vec<u64>) {
