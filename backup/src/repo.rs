@@ -150,8 +150,8 @@ impl Repo {
     ) -> Result<Repo, BackupError> {
         let key = format!("{prefix}{CONFIG}");
         let existing = rt.block_on(async {
-            match store.get(&key).await {
-                Ok(g) => g.bytes().await.map(Some),
+            match store.get_all(&key).await {
+                Ok((_, b)) => Ok(Some(Bytes::from(b))),
                 Err(StoreError::NotFound { .. }) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -176,7 +176,7 @@ impl Repo {
                     Ok(_) => Bytes::from(b),
                     // Another first run won; use its repository.
                     Err(StoreError::PreconditionFailed { .. }) => {
-                        rt.block_on(async { store.get(&key).await?.bytes().await })?
+                        rt.block_on(store.get_all(&key)).map(|(_, b)| Bytes::from(b))?
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -223,9 +223,7 @@ impl Repo {
     /// Reads and opens the sealed object `name`.
     pub(crate) async fn get_sealed(&self, name: &str) -> Result<(Vec<u8>, ObjectMeta), BackupError> {
         let key = self.key(name);
-        let got = self.store.get(&key).await?;
-        let meta = got.meta.clone();
-        let bytes = got.bytes().await?;
+        let (meta, bytes) = self.store.get_all(&key).await?;
         let plain = self.keys.open(name, &bytes).map_err(|e| BackupError::damaged(&key, e.to_string()))?;
         Ok((plain, meta))
     }

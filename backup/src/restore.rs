@@ -253,7 +253,7 @@ impl Repo {
                     let name = r.object_name().expect("only stored chunks are fetched");
                     let key = self.key(&name);
                     async move {
-                        let mut got = self.store.get(&key).await?.into_vec().await?;
+                        let mut got = self.store.get_all(&key).await?.1;
                         let len = tokio::task::spawn_blocking(move || {
                             let range = open_chunk(&keys, &name, &key, &r, &mut got)?;
                             let plain = &got[range];

@@ -175,7 +175,7 @@ impl Repo {
             }
             return Ok(0);
         }
-        let mut got = self.store.get(key).await.map_err(missing)?.into_vec().await?;
+        let mut got = self.store.get_all(key).await.map_err(missing)?.1;
         let (keys, name, key, r) = (self.keys.clone(), name.to_owned(), key.to_owned(), r.clone());
         let n = got.len() as u64;
         tokio::task::spawn_blocking(move || crate::restore::open_chunk(&keys, &name, &key, &r, &mut got))

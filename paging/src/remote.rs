@@ -86,8 +86,8 @@ impl Remote {
             }
         }
         let (store, k) = (self.cfg.store.clone(), key.to_owned());
-        let r = self.run(async move { store.get(&k).await?.bytes().await });
-        let bytes: PageBytes = PageBytes::from(&r.map_err(|e| remote_error(address, key, e))?[..]);
+        let r = self.run(async move { store.get_all(&k).await });
+        let bytes: PageBytes = PageBytes::from(r.map_err(|e| remote_error(address, key, e))?.1);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.retain(|(k, _)| k != key);
         cache.push_back((key.to_owned(), bytes.clone()));

@@ -34,7 +34,16 @@ pub enum StoreError {
     Service { op: &'static str, key: String, status: Option<u16>, message: String },
 }
 
+/// The `op` of a body that broke off after its response began (a dropped connection).
+pub(crate) const READ_BODY_OP: &str = "read body of";
+
 impl StoreError {
+    /// The response began and its body broke off (a connection dropped mid-transfer): the SDK's retries
+    /// end when the response starts, so a whole-object read retries these itself (`ObjectStore::get_all`).
+    pub fn is_interrupted_body(&self) -> bool {
+        matches!(self, StoreError::Service { op, status: None, .. } if *op == READ_BODY_OP)
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, op, source }
@@ -76,7 +85,7 @@ impl Body {
                         message.push_str(&c.to_string());
                         src = c.source();
                     }
-                    Err(StoreError::Service { op: "read body of", key: key.to_owned(), status: None, message })
+                    Err(StoreError::Service { op: READ_BODY_OP, key: key.to_owned(), status: None, message })
                 }
             },
         }

@@ -137,6 +137,9 @@ pub struct ListPage {
 }
 
 /// An object store. Keys are `/`-separated paths of non-empty segments, without `.` or `..` segments.
+/// Reads of a whole object whose body broke off are attempted this many times in all (`get_all`).
+pub const BODY_READ_ATTEMPTS: u32 = 4;
+
 pub trait ObjectStore: Send + Sync {
     fn put(
         &self,
@@ -159,6 +162,31 @@ pub trait ObjectStore: Send + Sync {
     /// Deletes `key`; deleting an absent object succeeds.
     fn delete(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     fn delete_many(&self, keys: &[String]) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The whole object, verified, with its bytes in a buffer the caller owns. A body that breaks off
+    /// mid-transfer is read again from the start, up to `BODY_READ_ATTEMPTS` times in all: the SDK retries
+    /// a request only until its response begins, and a dropped connection after that is as transient as
+    /// one before. For objects that fit in memory.
+    fn get_all(&self, key: &str) -> impl Future<Output = Result<(ObjectMeta, Vec<u8>), StoreError>> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let mut attempt = 1;
+            loop {
+                let got = self.get(key).await?;
+                let meta = got.meta.clone();
+                match got.into_vec().await {
+                    Err(e) if e.is_interrupted_body() && attempt < BODY_READ_ATTEMPTS => {
+                        tracing::debug!(key, attempt, error = %e, "reading the object again");
+                        tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
+                        attempt += 1;
+                    }
+                    result => return result.map(|bytes| (meta, bytes)),
+                }
+            }
+        }
+    }
 
     /// Every object under `prefix`, page by page (each page fetched only when the previous is consumed).
     fn list(&self, prefix: &str) -> impl futures::Stream<Item = Result<ObjectMeta, StoreError>> + Send + '_

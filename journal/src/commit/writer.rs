@@ -115,6 +115,8 @@ struct Run {
     segment_full: bool,
     /// Bytes the run wrote.
     bytes: u64,
+    /// The run's write also wrote its segment's header (activated it).
+    activated: bool,
 }
 
 impl Run {
@@ -233,8 +235,13 @@ impl Writer {
     /// Whether the fdatasync of `run` may go to a helper thread while the next batch is written: only for
     /// batches large enough that the overlap (the next batch's copy into the page cache, and its sealing in
     /// an encrypted segment) pays for the two thread wake-ups it costs. A lone writer's batch never is.
+    ///
+    /// Never the write that activated its segment: recovery recognises a torn activation of an encrypted
+    /// segment (whose header, and so its data key, did not land) by its being the segment's only unit, so
+    /// nothing more is written into a segment until its activation is durable.
     fn can_pipeline(&self, run: &Run) -> bool {
         run.want_sync
+            && !run.activated
             && self.unsynced
             && !run.segment_full
             && self.sync_failed.is_none()
@@ -352,7 +359,7 @@ impl Writer {
                 let durable = Lsn(self.next_lsn.0 - 1);
                 let done = batch[*next..].iter_mut().filter_map(Option::take).map(|r| (r.slot, None)).collect();
                 *next = batch.len();
-                return Ok(Run { done, durable, want_sync: false, segment_full: false, bytes: 0 });
+                return Ok(Run { done, durable, want_sync: false, segment_full: false, bytes: 0, activated: false });
             }
             let (spare, waited) = self.spares.take().map_err(|e| match e {
                 AppendError::Poisoned { .. } => Stop::Poisoned(e),
@@ -367,6 +374,7 @@ impl Writer {
             self.activate(spare);
         }
         let active = self.active.as_mut().expect("activated above");
+        let activated = active.header.is_some();
         let start_offset = active.offset;
         let start_lsn = self.next_lsn;
         let mut undo: Vec<Undo> = Vec::new();
@@ -381,6 +389,15 @@ impl Writer {
                 .flatten()
                 .any(|r| !matches!(r.op, RequestOp::Frame { frame_type: FrameType::Relocate, .. }));
         let mut segment_full = false;
+        // The write's sealed units, as (file offset, first byte of its frames in the write's plaintext): a
+        // large encrypted write is split into units of about equal size, one per core, sealed in parallel.
+        // The activating write stays one unit: see `can_pipeline`.
+        let unit_target = match &active.cipher {
+            Some(_) if !activated => seal_split_target(batch[*next..].iter().flatten().map(|r| r.payload.len() as u64)),
+            _ => u64::MAX,
+        };
+        let mut units: Vec<(u64, u64)> = vec![(start_offset, 0)];
+        let mut plain_bytes = 0u64;
         let mut i = *next;
         while i < batch.len() {
             let Some(req) = batch[i].as_ref() else {
@@ -403,7 +420,16 @@ impl Writer {
                 }
             };
             let bytes = FRAME_HEADER_BYTES + req.payload.len() as u64;
-            if end + bytes + active.seal_reserve() > active.capacity {
+            let (unit_start, unit_plain) = *units.last().expect("a write has a first unit");
+            // This frame starts a new unit (at `end`, where the current one's tag ends) if the current one
+            // is full and the new unit's overhead fits; only a planned frame makes the split real.
+            let split = plain_bytes - unit_plain >= unit_target
+                && end + unit::UNIT_OVERHEAD_BYTES + bytes + active.seal_reserve() <= active.capacity;
+            let (unit_start, frame_end) = match split {
+                true => (end, end + unit::UNIT_OVERHEAD_BYTES),
+                false => (unit_start, end),
+            };
+            if frame_end + bytes + active.seal_reserve() > active.capacity {
                 assert!(end > SEGMENT_HEADER_BYTES || active.frames > 0, "a frame larger than an empty segment");
                 segment_full = true;
                 break;
@@ -413,8 +439,8 @@ impl Writer {
                 None => Location { seq: active.binding.segment_seq, offset: end, inner: 0, frame_bytes: bytes as u32 },
                 Some(_) => Location {
                     seq: active.binding.segment_seq,
-                    offset: start_offset,
-                    inner: (end - start_offset - active.unit_overhead()) as u32,
+                    offset: unit_start,
+                    inner: (frame_end - unit_start - active.unit_overhead()) as u32,
                     frame_bytes: bytes as u32,
                 },
             };
@@ -433,7 +459,11 @@ impl Writer {
                     headers.push(header.encode(&active.binding, &req.payload_crc));
                     planned.push((i, Some(lsn)));
                     self.next_lsn = Lsn(lsn.0 + 1);
-                    end += bytes;
+                    if split {
+                        units.push((unit_start, plain_bytes));
+                    }
+                    end = frame_end + bytes;
+                    plain_bytes += bytes;
                 }
                 Err(e) => {
                     if let Some(r) = batch[i].take() {
@@ -445,13 +475,13 @@ impl Writer {
         }
 
         if !headers.is_empty() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3);
-            let mut sealed: Option<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> = None;
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3 * units.len());
+            let mut sealed: Vec<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> = Vec::new();
             let mut plain = std::mem::take(&mut self.unit_buf);
             plain.clear();
             if let Some(cipher) = &active.cipher {
-                // One sealed unit per write: the frames, encrypted together.
-                plain.reserve((end - start_offset) as usize);
+                // The write's frames, then sealed unit by unit.
+                plain.reserve(plain_bytes as usize);
                 let mut h = headers.iter();
                 for (idx, lsn) in &planned {
                     if lsn.is_some() {
@@ -459,7 +489,8 @@ impl Writer {
                         plain.extend_from_slice(&batch[*idx].as_ref().expect("planned").payload);
                     }
                 }
-                sealed = Some(unit::seal(cipher, &active.binding, start_offset, &mut plain));
+                debug_assert_eq!(plain.len() as u64, plain_bytes);
+                sealed = seal_units(cipher, &active.binding, &units, &mut plain);
             }
             let write_at = match &active.header {
                 Some(h) => {
@@ -468,11 +499,14 @@ impl Writer {
                 }
                 None => start_offset,
             };
-            match &sealed {
-                Some((uh, tag)) => {
-                    slices.push(IoSlice::new(uh));
-                    slices.push(IoSlice::new(&plain));
-                    slices.push(IoSlice::new(tag));
+            match active.cipher {
+                Some(_) => {
+                    for (u, (uh, tag)) in sealed.iter().enumerate() {
+                        let to = units.get(u + 1).map_or(plain.len(), |next| next.1 as usize);
+                        slices.push(IoSlice::new(uh));
+                        slices.push(IoSlice::new(&plain[units[u].1 as usize..to]));
+                        slices.push(IoSlice::new(tag));
+                    }
                 }
                 None => {
                     let mut h = headers.iter();
@@ -528,7 +562,7 @@ impl Writer {
         let durable = Lsn(self.next_lsn.0 - 1);
         let done = planned.into_iter().filter_map(|(idx, lsn)| batch[idx].take().map(|r| (r.slot, lsn))).collect();
         *next = i;
-        Ok(Run { done, durable, want_sync, segment_full, bytes: end - start_offset })
+        Ok(Run { done, durable, want_sync, segment_full, bytes: end - start_offset, activated })
     }
 
     fn sync_active(&mut self) -> Result<(), Stop> {
@@ -631,6 +665,64 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Below this many bytes of frames per core a write stays one sealed unit: a thread costs more.
+const SEAL_SPLIT_MIN_BYTES: u64 = 128 * 1024;
+
+/// The frame bytes per sealed unit for a write of frames with these payload sizes: one unit per core,
+/// each at least `SEAL_SPLIT_MIN_BYTES`.
+fn seal_split_target(payloads: impl Iterator<Item = u64>) -> u64 {
+    static CORES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64));
+    let total: u64 = payloads.map(|p| FRAME_HEADER_BYTES + p).sum();
+    total.div_ceil(cores).max(SEAL_SPLIT_MIN_BYTES)
+}
+
+/// Seals `plain` as the units `units` ((file offset, first byte), in order), each in place; returns
+/// each unit's header and tag. Units after the first are sealed on scoped threads while this one seals
+/// the first; a unit whose thread cannot be started is sealed here afterwards.
+fn seal_units(
+    cipher: &SegmentCipher,
+    binding: &Binding,
+    units: &[(u64, u64)],
+    plain: &mut [u8],
+) -> Vec<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> {
+    let range = |u: usize| units[u].1 as usize..units.get(u + 1).map_or(plain.len(), |next| next.1 as usize);
+    let ranges: Vec<_> = (0..units.len()).map(range).collect();
+    if units.len() == 1 {
+        return vec![unit::seal(cipher, binding, units[0].0, plain)];
+    }
+    let mut parts: Vec<&mut [u8]> = Vec::with_capacity(units.len());
+    let mut rest = &mut plain[..];
+    for r in &ranges {
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
+        parts.push(part);
+        rest = tail;
+    }
+    let mut sealed: Vec<Option<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])>> = std::thread::scope(|scope| {
+        let mut parts = parts.into_iter().zip(units);
+        let (first, &(first_offset, _)) = parts.next().expect("a write has a first unit");
+        let spawned: Vec<_> = parts
+            .map(|(part, &(offset, _))| {
+                std::thread::Builder::new()
+                    .name("keel-seal".into())
+                    .spawn_scoped(scope, move || unit::seal(cipher, binding, offset, part))
+                    .ok()
+            })
+            .collect();
+        let mut sealed = vec![Some(unit::seal(cipher, binding, first_offset, first))];
+        for job in spawned {
+            sealed.push(job.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
+        }
+        sealed
+    });
+    for (u, s) in sealed.iter_mut().enumerate() {
+        if s.is_none() {
+            *s = Some(unit::seal(cipher, binding, units[u].0, &mut plain[ranges[u].clone()]));
+        }
+    }
+    sealed.into_iter().map(|s| s.expect("every unit sealed")).collect()
 }
 
 /// The bytes that seal a segment at `offset`: the seal frame, in a sealed unit if the segment is encrypted.
