@@ -95,16 +95,11 @@ pub fn open_into(
     out: &mut Vec<u8>,
 ) -> Result<u64, UnitError> {
     let total = peek(binding, data, offset)?;
-    let at = offset as usize;
-    let ct_len = u32_at(data, at) as usize;
-    let body = at + UNIT_HEADER_BYTES;
     let start = out.len();
-    out.extend_from_slice(&data[body..body + ct_len]);
-    let nonce = array(&data[at + 8..at + UNIT_HEADER_BYTES]);
-    let tag = array(&data[body + ct_len..at + total as usize]);
-    if cipher.aead.open_in_place(nonce, &ad(binding, offset, ct_len as u32), &mut out[start..], tag).is_err() {
+    out.resize(start + (total - UNIT_OVERHEAD_BYTES) as usize, 0);
+    if let Err(e) = open_to(cipher, binding, data, offset, &mut out[start..]) {
         out.truncate(start);
-        return Err(UnitError::Authentication);
+        return Err(e);
     }
     Ok(total)
 }
@@ -136,17 +131,8 @@ pub fn open_to(
 
 /// Authenticates and decrypts the unit at `offset`; returns its plaintext frames and total length.
 pub fn open(cipher: &SegmentCipher, binding: &Binding, data: &[u8], offset: u64) -> Result<(Vec<u8>, u64), UnitError> {
-    let total = peek(binding, data, offset)?;
-    let at = offset as usize;
-    let ct_len = u32_at(data, at);
-    let nonce = array(&data[at + 8..at + UNIT_HEADER_BYTES]);
-    let body = at + UNIT_HEADER_BYTES;
-    let mut plain = data[body..body + ct_len as usize].to_vec();
-    let tag = array(&data[body + ct_len as usize..at + total as usize]);
-    cipher
-        .aead
-        .open_in_place(nonce, &ad(binding, offset, ct_len), &mut plain, tag)
-        .map_err(|_| UnitError::Authentication)?;
+    let mut plain = Vec::new();
+    let total = open_into(cipher, binding, data, offset, &mut plain)?;
     Ok((plain, total))
 }
 
