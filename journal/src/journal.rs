@@ -329,7 +329,7 @@ impl Journal {
         );
         let (pool, s) = (spare_pool.clone(), shared.clone());
         threads.push(
-            spawn("keel-journal-spares", move || pool.run(&|e| s.poison(e)))
+            spawn("keel-journal-spares", move || pool.run(&|e| s.poison(e), &|| s.poisoned().is_some()))
                 .map_err(OpenError::io(&dir, "spawn spare thread"))?,
         );
         let reader = Reader::new(vfs.clone(), &dir, journal_id, options.keys.clone());

@@ -149,7 +149,7 @@ fn failed_in_place_write_leaves_no_trace_and_the_next_write_succeeds() {
     let faults = Faults::new();
     let (j, _) = Journal::open(dir.path(), options(&faults)).unwrap();
     j.add(1, 0, &payload(1)).unwrap();
-    faults.fail_next_writes(1);
+    faults.fail_next_in_place_writes(1);
     assert!(matches!(j.add(2, 0, &payload(2)), Err(AppendError::NoSpace { .. })));
     // The failed add left no trace in the writer's model either: the same id can be added now.
     let lsn3 = j.add(3, 0, &payload(3)).unwrap();
@@ -241,11 +241,16 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
     let j = Arc::new(j);
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
     let failed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // Writers go on until told to stop, so the fault always meets appends however fast the disk is.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let threads: Vec<_> = (0..32u64)
         .map(|t| {
-            let (j, acked, failed) = (j.clone(), acked.clone(), failed.clone());
+            let (j, acked, failed, stop) = (j.clone(), acked.clone(), failed.clone(), stop.clone());
             std::thread::spawn(move || {
-                for k in 0..80 {
+                for k in 0..2_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
                     let id = t * 1_000_000 + k;
                     match j.add(id, 0, &big(id)) {
                         Ok(_) => acked.lock().unwrap().push(id),
@@ -260,11 +265,22 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
         .collect();
     wait_for_overlaps(&j, 5);
     // One: a second failure would hit the zeroing of the first, which stops the journal by design.
-    faults.fail_next_writes(1);
+    faults.fail_next_in_place_writes(1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while failed.load(std::sync::atomic::Ordering::Relaxed) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Some more batches after the failed one, to show that writing goes on.
+    let acked_at_failure = acked.lock().unwrap().len();
+    while acked.lock().unwrap().len() < acked_at_failure + 64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
     assert!(j.poisoned().is_none(), "ENOSPC does not poison");
+    assert!(acked.lock().unwrap().len() >= acked_at_failure + 64, "writing went on after the failure");
     assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0, "some appends failed");
     Arc::into_inner(j).unwrap().close().unwrap();
     let (j, rec) = reopen_large(dir.path());

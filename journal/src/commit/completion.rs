@@ -18,6 +18,11 @@ enum State {
     Waiting(Option<Waker>),
     /// The previous leader handed leadership to this (blocking) caller.
     Lead,
+    /// Leadership was handed to this caller and then its request was completed before it woke: a
+    /// concurrent poison (a failed fsync on the spare or maintenance thread) drained the queue in between.
+    /// The caller still leads once, since the previous leader left `leader_active` set for it, and then
+    /// returns the outcome.
+    LeadThenDone(Outcome),
     Done(Outcome),
     Taken,
 }
@@ -43,9 +48,13 @@ impl Slot {
             let mut s = lock(&self.state);
             match std::mem::replace(&mut *s, State::Done(outcome)) {
                 State::Waiting(w) => w,
+                State::Lead => {
+                    let State::Done(outcome) = std::mem::replace(&mut *s, State::Taken) else { unreachable!() };
+                    *s = State::LeadThenDone(outcome);
+                    None
+                }
                 other => {
-                    // A second completion or a completion of a designated leader is a bug in the
-                    // group-commit protocol; keep the first outcome.
+                    // A second completion is a bug in the group-commit protocol; keep the first outcome.
                     debug_assert!(false, "slot completed in state {other:?}");
                     *s = other;
                     None
@@ -82,6 +91,13 @@ impl Slot {
                     *s = State::Waiting(None);
                     return Wake::Lead;
                 }
+                State::LeadThenDone(_) => match std::mem::replace(&mut *s, State::Taken) {
+                    State::LeadThenDone(o) => {
+                        *s = State::Done(o);
+                        return Wake::Lead;
+                    }
+                    _ => unreachable!(),
+                },
                 State::Taken => return Wake::Done(Err(AppendError::Closed)),
                 State::Waiting(_) => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
             }
@@ -99,7 +115,7 @@ impl Slot {
                 *w = Some(cx.waker().clone());
                 Poll::Pending
             }
-            State::Lead => unreachable!("async requests are never designated leader"),
+            State::Lead | State::LeadThenDone(_) => unreachable!("async requests are never designated leader"),
             State::Taken => Poll::Ready(Err(AppendError::Closed)),
         }
     }
@@ -164,5 +180,40 @@ impl Future for Pending {
                 slot.poll(cx)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poisoned() -> AppendError {
+        AppendError::Poisoned {
+            path: std::path::PathBuf::from("seg"),
+            op: "fdatasync",
+            source: Arc::new(std::io::Error::other("test")),
+        }
+    }
+
+    /// A caller handed leadership whose request a concurrent poison then completes: it still wakes as
+    /// leader once (the previous leader left leadership to it), and then gets its outcome. Before this
+    /// state existed, the completion was dropped and the caller waited forever.
+    #[test]
+    fn a_designated_leader_completed_before_it_wakes_leads_once_then_gets_its_outcome() {
+        let slot = Slot::new();
+        slot.designate_leader();
+        slot.complete(Err(poisoned()));
+        assert!(!slot.is_done(), "leadership is taken up before the outcome");
+        assert!(matches!(slot.wait(), Wake::Lead));
+        assert!(slot.is_done());
+        assert!(matches!(slot.wait(), Wake::Done(Err(AppendError::Poisoned { .. }))));
+    }
+
+    #[test]
+    fn a_completed_slot_returns_its_outcome_once() {
+        let slot = Slot::new();
+        slot.complete(Ok(Lsn(7)));
+        assert!(matches!(slot.wait(), Wake::Done(Ok(Lsn(7)))));
+        assert!(matches!(slot.wait(), Wake::Done(Err(AppendError::Closed))));
     }
 }

@@ -53,6 +53,9 @@ pub struct SparePool {
 enum PrepareError {
     Transient(AppendError),
     Fatal(AppendError),
+    /// The journal was poisoned or is closing while this spare was prepared: it is abandoned before its
+    /// next write or fsync, so that no fsync is issued on this disk after one has failed.
+    Stopped,
 }
 
 impl SparePool {
@@ -124,12 +127,13 @@ impl SparePool {
         self.cv.notify_all();
     }
 
-    /// The preparer thread's body. `poison` is called once if an fsync fails.
+    /// The preparer thread's body. `poison` is called once if an fsync fails; `poisoned` says whether the
+    /// journal has been poisoned (by this thread or the writer), after which nothing more is prepared.
     ///
     /// Refills in bursts: it starts once the pool is down to half its target (a pool of one refills at
     /// once) and goes on up to the target, so that a burst of roll-overs is not slowed by zero-filling that
     /// competes for the disk.
-    pub fn run(&self, poison: &dyn Fn(AppendError)) {
+    pub fn run(&self, poison: &dyn Fn(AppendError), poisoned: &dyn Fn() -> bool) {
         let mut refilling = false;
         loop {
             let seq = {
@@ -138,6 +142,7 @@ impl SparePool {
                     if s.shutdown {
                         return;
                     }
+                    s.fatal |= poisoned();
                     if s.ready.len() >= self.target {
                         refilling = false;
                     } else if s.ready.len() <= self.target / 2 || s.fill_requested {
@@ -151,7 +156,8 @@ impl SparePool {
                 }
                 s.next_seq
             };
-            match self.prepare(seq) {
+            let stopping = || poisoned() || lock(&self.state).shutdown;
+            match self.prepare(seq, &stopping) {
                 Ok(spare) => {
                     let mut s = lock(&self.state);
                     s.ready.push_back(spare);
@@ -173,11 +179,15 @@ impl SparePool {
                     s.fatal = true;
                     self.cv.notify_all();
                 }
+                Err(PrepareError::Stopped) => {
+                    // Shutdown is seen at the top of the loop; a poisoned journal makes the pool fatal there.
+                    self.cv.notify_all();
+                }
             }
         }
     }
 
-    fn prepare(&self, seq: u64) -> Result<Spare, PrepareError> {
+    fn prepare(&self, seq: u64, stopping: &dyn Fn() -> bool) -> Result<Spare, PrepareError> {
         let tmp = self.dir.join(super::tmp_name(seq));
         let path = self.dir.join(super::file_name(seq));
         let transient = |e: io::Error, p: &PathBuf, op: &'static str| {
@@ -195,7 +205,12 @@ impl SparePool {
         let file = self.vfs.open(&tmp, OpenMode::CreateNew).map_err(|e| transient(e, &tmp, "create"))?;
         let zeros = vec![0u8; ZERO_FILL_CHUNK_BYTES];
         let mut written = 0u64;
+        // An abandoned `.tmp` is deleted here on the next attempt or by recovery on the next open; it is
+        // not removed now because a poisoned journal touches the disk no more.
         while written < self.segment_bytes {
+            if stopping() {
+                return Err(PrepareError::Stopped);
+            }
             let n = (self.segment_bytes - written).min(zeros.len() as u64) as usize;
             if let Err(e) = file.write_all_at(&[IoSlice::new(&zeros[..n])], written) {
                 drop(file);
@@ -204,8 +219,16 @@ impl SparePool {
             }
             written += n as u64;
         }
+        if stopping() {
+            return Err(PrepareError::Stopped);
+        }
         file.sync_all().map_err(|e| fatal(e, &tmp, "fsync"))?;
         self.vfs.rename(&tmp, &path).map_err(|e| transient(e, &tmp, "rename"))?;
+        if stopping() {
+            // A renamed but not yet directory-fsynced spare: recovery keeps it if the rename survived (its
+            // contents are fsynced zeros) and otherwise deletes the `.tmp`. Either is a valid spare state.
+            return Err(PrepareError::Stopped);
+        }
         self.vfs.sync_dir(&self.dir).map_err(|e| fatal(e, &self.dir, "fsync directory"))?;
         Ok(Spare { seq, path, file, bytes: self.segment_bytes })
     }

@@ -19,8 +19,10 @@ pub struct Faults {
     syncs_until_failure: AtomicU64,
     /// While set, a write that extends a file fails with ENOSPC (pre-allocation hits this).
     disk_full: AtomicBool,
-    /// This many upcoming writes fail with ENOSPC even when they overwrite in place.
-    writes_to_fail: AtomicU64,
+    /// This many upcoming writes into space the file already has (appends into a pre-allocated segment)
+    /// fail with ENOSPC. Writes that extend a file (a spare's zero-fill, which runs concurrently) are not
+    /// counted, so the fault lands on the writer's path and nowhere else.
+    in_place_writes_to_fail: AtomicU64,
     syncs: AtomicU64,
     /// Microseconds each write that extends a file sleeps first: a disk too slow to zero-fill spares in time.
     extend_delay_us: AtomicU64,
@@ -47,8 +49,10 @@ impl Faults {
         self.disk_full.store(full, Ordering::SeqCst);
     }
 
-    pub fn fail_next_writes(&self, n: u64) {
-        self.writes_to_fail.store(n, Ordering::SeqCst);
+    /// The next `n` writes into space a file already has fail with ENOSPC (a thin-provisioned or
+    /// copy-on-write volume can refuse even these).
+    pub fn fail_next_in_place_writes(&self, n: u64) {
+        self.in_place_writes_to_fail.store(n, Ordering::SeqCst);
     }
 
     /// Every write that extends a file (pre-allocation's zero-fill) sleeps `delay` first.
@@ -75,9 +79,14 @@ impl Faults {
     }
 
     fn check_write(&self, extends: bool) -> io::Result<()> {
-        let n = self.writes_to_fail.load(Ordering::SeqCst);
-        if n > 0 {
-            self.writes_to_fail.store(n - 1, Ordering::SeqCst);
+        // One decrement per failed write even when writers race: a load-then-store would let two
+        // concurrent writes both take the last failure.
+        if !extends
+            && self
+                .in_place_writes_to_fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         if extends && self.disk_full.load(Ordering::SeqCst) {
