@@ -249,6 +249,76 @@ fn torn_activation_of_a_new_segment_loses_nothing_acknowledged() {
     assert_eq!(ids(dir.path(), RecoveryMode::Strict).unwrap().len() as u64, n);
 }
 
+/// How many records (one fdatasync each, from id 0) fill the first segment.
+fn records_in_first_segment() -> u64 {
+    let probe = tempfile::tempdir().unwrap();
+    let all = build(probe.path(), 1200);
+    all.iter().filter(|f| f.0 == all[0].0).count() as u64
+}
+
+/// A power loss can land the later sectors of an activation write without the header's: the newest file
+/// then has an all-zero header, like a spare, but holds the batch's frames. They bind the segment's
+/// sequence number, which the next activation reuses, so kept as a spare they could line up behind new
+/// frames and come back (replayed after records written since, over newer versions). Recovery reads the
+/// spare after the active segments whole and treats such a file as a torn activation: deleted, nothing
+/// resurrected, however the new frames line up.
+#[test]
+fn torn_activation_that_lost_only_its_header_never_comes_back() {
+    let n1 = records_in_first_segment();
+    let dir = tempfile::tempdir().unwrap();
+    let batch: Vec<u64> = (n1..n1 + 6).collect();
+    build(dir.path(), n1);
+    {
+        let opts = Options { max_batch_wait: std::time::Duration::from_millis(100), ..options() };
+        let (j, _) = Journal::open(dir.path(), opts).unwrap();
+        // Submitted together, they form one batch, which does not fit in the first segment: it activates
+        // the second one in a single write and one sync group.
+        let pending: Vec<_> = batch.iter().map(|id| j.add_async(*id, 1, &payload(*id))).collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
+    }
+    let all = frames(dir.path());
+    let second = all.last().unwrap().0.clone();
+    let in_second: Vec<u64> = all.iter().filter(|f| f.0 == second).map(|f| f.3).collect();
+    assert_eq!(in_second, batch, "the batch alone activated the second segment");
+    assert_eq!(all.iter().filter(|f| f.0 == second).map(|f| f.1).min(), Some(256));
+    // The header's sector never landed.
+    edit(&second, |b| b[..256].fill(0));
+
+    let (j, rec) = Journal::open(dir.path(), options()).unwrap();
+    assert_eq!(rec.report.torn_activation.as_deref(), Some(second.as_path()));
+    assert_eq!(rec.records.len() as u64, n1, "nothing of the torn batch");
+    // A new record whose frame is exactly as long as the torn batch's first: the next frame expected after
+    // it is where the torn batch's second frame lies, with the LSN that frame had.
+    let newer = n1 + 70 * 1000;
+    assert_eq!(payload(newer).len(), payload(n1).len());
+    j.add(newer, 1, &payload(newer)).unwrap();
+    drop(j);
+    let mut want: Vec<u64> = (0..n1).chain([newer]).collect();
+    want.sort();
+    assert_eq!(ids(dir.path(), RecoveryMode::Strict).unwrap(), want);
+}
+
+/// The same zero header on a segment that went on to take later batches (one fdatasync each): its
+/// activation was durable before they were written, so the header was lost afterwards. That is
+/// corruption of acknowledged data, named, not a torn write to drop.
+#[test]
+fn zero_header_on_a_segment_with_later_sync_groups_is_corruption() {
+    let n1 = records_in_first_segment();
+    let dir = tempfile::tempdir().unwrap();
+    let all = build(dir.path(), n1 + 3);
+    let second = all.last().unwrap().0.clone();
+    assert_eq!(all.iter().filter(|f| f.0 == second).count(), 3);
+    edit(&second, |b| b[..256].fill(0));
+    let c = corruption(ids(dir.path(), RecoveryMode::Strict));
+    assert_eq!((c.path.as_path(), c.offset), (second.as_path(), 0));
+    assert!(c.to_string().contains("all zero but the segment holds data"), "{c}");
+    // Salvage reads on, past the damaged header, and reports it.
+    let i = inspect(dir.path(), RecoveryMode::Salvage, None, &mut |_| {}).unwrap();
+    assert!(i.recovered.records.len() as u64 >= n1, "the first segment's records survive a salvage");
+}
+
 #[test]
 fn missing_segment_in_the_middle_is_corruption() {
     let dir = tempfile::tempdir().unwrap();

@@ -360,3 +360,61 @@ fn structure_check_without_keys_reports_what_it_can_and_finds_header_damage() {
         other => panic!("expected corruption, got {other:?}"),
     }
 }
+
+/// The write that activates a segment stays one sealed unit even when it is large enough to be split for
+/// sealing on several cores: a torn activation has lost the header that held its data key, so recovery can
+/// only tell it from damage by its being the segment's single unit. Here the header's sector is lost while
+/// the rest of the write landed (the file looks like a spare): recovery deletes it as a torn activation,
+/// nothing of it comes back, and the same batch written later, not activating, is split.
+#[test]
+fn a_large_activation_is_one_unit_and_a_torn_one_is_dropped_whole() {
+    use keel_journal::SyncPolicy;
+    use std::time::Duration;
+    let keys = ring(&[(1, 0x42)]);
+    let dir = tempfile::tempdir().unwrap();
+    // `interval`, so that the six requests form one batch (under `always` a large queue is taken in halves
+    // to overlap fdatasyncs); the activation is made durable before anything else either way.
+    let opts = || Options {
+        segment_bytes: 1 << 20,
+        max_batch_wait: Duration::from_millis(100),
+        sync: SyncPolicy::Interval(Duration::from_secs(1)),
+        ..options(Some(keys.clone()))
+    };
+    let big = |id: u64| vec![(id % 251) as u8; 64 * 1024];
+    let batch = |j: &Journal, ids: std::ops::Range<u64>| {
+        let pending: Vec<_> = ids.map(|id| j.add_async(id, 1, &big(id))).collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
+    };
+    {
+        let (j, _) = Journal::open(dir.path(), opts()).unwrap();
+        batch(&j, 0..6);
+        let s = j.write_stats();
+        assert_eq!((s.activations, s.writes, s.sealed_units), (1, 1, 1), "one activating write, one unit: {s:?}");
+    }
+    let seg = segments(dir.path())[0].clone();
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(unit_offsets(&bytes).len(), 1);
+    std::fs::write(&seg, [&[0u8; 256][..], &bytes[256..]].concat()).unwrap();
+
+    let (j, rec) = Journal::open(dir.path(), opts()).unwrap();
+    assert_eq!(rec.report.torn_activation.as_deref(), Some(seg.as_path()));
+    assert!(rec.records.is_empty());
+    j.add(100, 1, &big(100)).unwrap();
+    let before = j.write_stats();
+    batch(&j, 10..16);
+    let s = j.write_stats();
+    assert_eq!(s.writes - before.writes, 1, "{s:?}");
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(s.sealed_units - before.sealed_units > 1, "the same batch, not activating, is split: {s:?}");
+    }
+    drop(j);
+    let (j, rec) = Journal::open(dir.path(), opts()).unwrap();
+    let mut got: Vec<u64> = rec.records.keys().copied().collect();
+    got.sort();
+    assert_eq!(got, [10, 11, 12, 13, 14, 15, 100]);
+    for (id, r) in &rec.records {
+        assert_eq!(j.read_version(r).unwrap(), big(*id));
+    }
+}

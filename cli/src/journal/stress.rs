@@ -279,6 +279,9 @@ pub fn run(args: &StressArgs) -> anyhow::Result<Outcome> {
         stats.spare_waits,
         stats.spare_wait_time.as_millis(),
     );
+    if stats.sealed_units > 0 {
+        writer.push_str(&format!(", {} sealed units", stats.sealed_units));
+    }
     if stats.spare_waits > 0 {
         // An operator reading this wants to know why the p99 is what it is, and what to change.
         writer.push_str(

@@ -558,6 +558,7 @@ impl Writer {
             self.unsynced = true;
             self.stats.writes += 1;
             self.stats.frames += headers.len() as u64;
+            self.stats.sealed_units += sealed.len() as u64;
         }
         let durable = Lsn(self.next_lsn.0 - 1);
         let done = planned.into_iter().filter_map(|(idx, lsn)| batch[idx].take().map(|r| (r.slot, lsn))).collect();

@@ -32,6 +32,10 @@ pub enum HeaderError {
     Truncated(usize),
     #[error("header is all zero (an unused spare segment)")]
     Zero,
+    /// Set by recovery, never by `decode`: the spare after the active segments has a zero header but bytes
+    /// past it (an activation whose later sectors landed without the header's, or damage).
+    #[error("header is all zero but the segment holds data past it (an activation torn before its header landed)")]
+    ZeroButWritten,
     #[error("bad magic (not a Keel segment)")]
     Magic,
     #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]

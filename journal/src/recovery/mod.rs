@@ -185,7 +185,18 @@ pub(crate) fn recover_dir(
         file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
         headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
     }
-    let active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
+    let mut active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
+    // The spare right after the active segments is the one the next activation went into. An activation is
+    // one write of header and first frames, and a power loss can land its later sectors without the
+    // header's: the file then looks like a spare but holds frames bound to its sequence number, which the
+    // next activation reuses, so they could line up behind new frames and come back. Such a file is judged
+    // like any damaged header of the newest segment (torn activation, or corruption if it was durable).
+    if let Some(next) = headers.get_mut(active_count) {
+        if !zero_past_header(vfs, &next.1, next.2)? {
+            next.3 = Err(HeaderError::ZeroButWritten);
+            active_count += 1;
+        }
+    }
     let ctx = Ctx { vfs, mode, keys, identity: &identity, headers: &headers, active_count, tmps: &tmps, horizon };
 
     let mut rejected = Vec::new();
@@ -409,7 +420,7 @@ fn replay_segments(
                     let min = expected.unwrap_or(Lsn(1));
                     let torn = match scan::find_next_valid(&binding, &data, SEGMENT_HEADER_BYTES, min) {
                         None => !units::later_unit_exists(&binding, &data),
-                        Some((_, h)) => h.lsn.0.saturating_sub(u64::from(h.since_sync)) <= min.0,
+                        Some(_) => !scan::later_sync_group_exists(&binding, &data, min),
                     };
                     if torn {
                         // Header and first batch went down in one write that never completed: nothing in it
@@ -786,6 +797,30 @@ fn zeros_to_end(
         at += n as u64;
     }
     Ok(true)
+}
+
+/// Whether every byte of the file after the segment header is zero (read a chunk at a time: this is a whole
+/// spare segment).
+fn zero_past_header(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<bool, OpenError> {
+    const CHUNK: u64 = 1 << 20;
+    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
+    let mut buf = vec![0u8; CHUNK.min(bytes) as usize];
+    let mut at = SEGMENT_HEADER_BYTES.min(bytes);
+    while at < bytes {
+        let n = (bytes - at).min(CHUNK) as usize;
+        file.read_exact_at(&mut buf[..n], at).map_err(OpenError::io(path, "read"))?;
+        if !is_zero(&buf[..n]) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // An OR over the whole chunk rather than `all`: it has no early exit, so it compiles to wide vector
+    // ORs, and this runs over a whole segment at every open.
+    b.iter().fold(0u8, |acc, &x| acc | x) == 0
 }
 
 fn read_whole(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<Vec<u8>, OpenError> {

@@ -174,6 +174,20 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
     }
 }
 
+/// Whether a frame that validates past the segment header, with an LSN of at least `min_lsn`, belongs to a
+/// sync group that began after `min_lsn`: proof that the segment's first write had been fdatasynced before
+/// later frames were written, so that damage to it is not a torn activation.
+pub fn later_sync_group_exists(binding: &Binding, data: &[u8], min_lsn: Lsn) -> bool {
+    let mut at = SEGMENT_HEADER_BYTES;
+    while let Some((offset, h)) = find_next_valid(binding, data, at, min_lsn) {
+        if h.lsn.0.saturating_sub(u64::from(h.since_sync)) > min_lsn.0 {
+            return true;
+        }
+        at = offset + h.frame_bytes();
+    }
+    false
+}
+
 /// The first offset at or after `from` holding a frame that validates with an LSN of at least `min_lsn`.
 /// Bounded by the segment: at most one decode attempt per byte, most rejected by cheap field checks.
 pub fn find_next_valid(binding: &Binding, data: &[u8], from: u64, min_lsn: Lsn) -> Option<(u64, FrameHeader)> {
