@@ -185,18 +185,7 @@ pub(crate) fn recover_dir(
         file.read_exact_at(&mut buf, 0).map_err(OpenError::io(&path, "read"))?;
         headers.push((seq, path, file_bytes, SegmentHeader::decode(&buf)));
     }
-    let mut active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
-    // The spare right after the active segments is the one the next activation went into. An activation is
-    // one write of header and first frames, and a power loss can land its later sectors without the
-    // header's: the file then looks like a spare but holds frames bound to its sequence number, which the
-    // next activation reuses, so they could line up behind new frames and come back. Such a file is judged
-    // like any damaged header of the newest segment (torn activation, or corruption if it was durable).
-    if let Some(next) = headers.get_mut(active_count) {
-        if !zero_past_header(vfs, &next.1, next.2)? {
-            next.3 = Err(HeaderError::ZeroButWritten);
-            active_count += 1;
-        }
-    }
+    let active_count = headers.iter().rposition(|h| !matches!(h.3, Err(HeaderError::Zero))).map_or(0, |i| i + 1);
     let ctx = Ctx { vfs, mode, keys, identity: &identity, headers: &headers, active_count, tmps: &tmps, horizon };
 
     let mut rejected = Vec::new();
@@ -243,7 +232,8 @@ struct Ctx<'a> {
     identity: &'a Identity,
     /// (seq, path, file bytes, decoded header) of every segment file, in order.
     headers: &'a [(u64, PathBuf, u64, Result<SegmentHeader, HeaderError>)],
-    /// Segments before this index are in use; the rest are spares.
+    /// Segments before this index are in use; the rest are spares (but see `replay_segments` on the
+    /// first spare).
     active_count: usize,
     tmps: &'a [PathBuf],
     horizon: Option<Horizon>,
@@ -357,7 +347,7 @@ fn replay_segments(
     start: Option<Start>,
     visit: &mut dyn FnMut(&FrameEvent<'_>),
 ) -> Result<DirRecovery, OpenError> {
-    let Ctx { vfs, mode, keys, identity, headers, active_count, horizon, .. } = *ctx;
+    let Ctx { vfs, mode, keys, identity, headers, mut active_count, horizon, .. } = *ctx;
     let corrupt = |path: &Path, offset: u64, what| Corruption { path: path.to_path_buf(), offset, what };
     let mut report = RecoveryReport::default();
     let mut delete: Vec<PathBuf> = ctx.tmps.to_vec();
@@ -393,8 +383,37 @@ fn replay_segments(
     // (a segment's bytes, its decrypted stream): see below.
     let mut reused: (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
 
-    for (index, (seq, path, file_bytes, header)) in headers.iter().take(active_count).enumerate() {
+    let mut index = 0;
+    loop {
+        if index == active_count {
+            // The spare right after the active segments is the one the next activation went into. An
+            // activation is one write of header and first frames, and a power loss can land its later
+            // sectors without the header's: the file then looks like a spare but holds frames bound to its
+            // sequence number, which the next activation reuses, so they could line up behind new frames
+            // and come back. Such a file is judged below like any damaged header of the newest segment
+            // (torn activation, or corruption if it had been durable). Only when the activation can have
+            // happened is the spare read (whole): the writer seals a segment durably before it activates
+            // the next, so after a newest segment that is not sealed the spare was never written.
+            let newest_unsealed = segments
+                .last()
+                .filter(|l| active_count > 0 && l.seq == headers[active_count - 1].0)
+                .is_some_and(|l| !matches!(l.end, SegmentEnd::Sealed { .. }));
+            match headers.get(active_count) {
+                Some((_, path, bytes, _)) if !newest_unsealed && !zero_past_header(vfs, path, *bytes)? => {
+                    spares.remove(0);
+                    report.spare_segments -= 1;
+                    active_count += 1;
+                }
+                _ => break,
+            }
+        }
+        let (seq, path, file_bytes, header) = &headers[index];
+        let header = match header {
+            Err(HeaderError::Zero) if index >= ctx.active_count => &Err(HeaderError::ZeroButWritten),
+            h => h,
+        };
         let newest = index + 1 == active_count;
+        index += 1;
         if let Some(p) = prev_seq {
             if *seq != p + 1 {
                 let what = CorruptionKind::MissingSegment { expected: p + 1, found: *seq };
