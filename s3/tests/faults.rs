@@ -88,6 +88,51 @@ async fn retries_lose_and_duplicate_nothing() {
     assert!(matches!(lost, Err(StoreError::PreconditionFailed { .. })), "{lost:?}");
 }
 
+/// A response whose body breaks off after it began (the SDK's own retries have ended by then): a plain
+/// streamed read reports it as an interrupted body, `get_all` reads the object again and returns it whole,
+/// and a body that keeps breaking off ends, after a bounded number of attempts, in that same error. A CI
+/// run once failed on exactly this, from the in-process server under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_breaks_off_is_read_again_whole() {
+    let server = common::start_in_process();
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = common::key_files(scratch.path());
+    let direct = common::bucket_store(&format!("http://{}", server.addr), Some(keys.clone()), |_| {}).await;
+    let (addr, faults) = proxy::start(server.addr).await;
+    let data = body(2 << 20, 7);
+    direct.put("obj", PutBody::Bytes(data.clone()), PutCondition::None).await.unwrap();
+    let cut = Fault::DropAfterResponseBytes(300_000);
+
+    // Without a retry: the error says what happened.
+    let store = store_via(addr, &direct, keys.clone()).await;
+    faults.push(cut);
+    let e = store.get("obj").await.unwrap().bytes().await.unwrap_err();
+    assert!(e.is_interrupted_body(), "{e}");
+    assert!(e.to_string().contains("obj"), "names the object: {e}");
+    assert_eq!(faults.pending(), 0);
+
+    // `get_all`: cut twice, then whole.
+    let store = store_via(addr, &direct, keys.clone()).await;
+    let before = faults.connections();
+    faults.push(cut);
+    faults.push(cut);
+    let (meta, got) = store.get_all("obj").await.unwrap();
+    assert_eq!(faults.pending(), 0, "both cuts were hit");
+    assert!(faults.connections() - before >= 3, "read again on new connections");
+    assert_eq!(meta.size, data.len() as u64);
+    assert!(got == data, "the object is whole");
+
+    // Cut every time: a bounded number of attempts, then the error.
+    let store = store_via(addr, &direct, keys.clone()).await;
+    for _ in 0..8 {
+        faults.push(cut);
+    }
+    let e = store.get_all("obj").await.unwrap_err();
+    assert!(e.is_interrupted_body(), "{e}");
+    let left = faults.pending();
+    assert!(left > 0 && left < 8, "gave up after a few attempts ({} of 8 cuts used)", 8 - left);
+}
+
 async fn direct_bucket(s: &S3Store) -> String {
     let b = s.client().list_buckets().send().await.unwrap();
     b.buckets().last().and_then(|b| b.name()).unwrap().to_owned()

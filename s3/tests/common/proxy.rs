@@ -16,6 +16,9 @@ pub enum Fault {
     /// Forward the whole request, let the server act on it, then drop the connection instead of
     /// returning the response: the client cannot know its request succeeded.
     DropResponse,
+    /// Forward the whole request, then only this many bytes of the response (head included), then drop
+    /// the connection: a body that breaks off after the response has begun.
+    DropAfterResponseBytes(usize),
     /// Answer with this HTTP status without forwarding anything.
     Status(u16),
     /// Accept, then say nothing for this long.
@@ -96,6 +99,29 @@ async fn handle(mut client: TcpStream, upstream: SocketAddr, fault: Option<Fault
                 left -= k;
             }
             // Both sides just go away.
+        }
+        Some(Fault::DropAfterResponseBytes(n)) => {
+            let Ok(server) = TcpStream::connect(upstream).await else { return };
+            let (mut sr, mut sw) = server.into_split();
+            let (mut cr, mut cw) = client.into_split();
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            });
+            let mut left = n;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                match sr.read(&mut buf[..left.min(64 * 1024)]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => {
+                        if cw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        left -= k;
+                    }
+                }
+            }
+            up.abort();
+            // Dropping both halves closes the client's connection mid-body.
         }
         Some(Fault::DropResponse) => {
             let Ok(server) = TcpStream::connect(upstream).await else { return };
