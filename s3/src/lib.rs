@@ -136,10 +136,10 @@ pub struct ListPage {
     pub next: Option<String>,
 }
 
-/// An object store. Keys are `/`-separated paths of non-empty segments, without `.` or `..` segments.
 /// Reads of a whole object whose body broke off are attempted this many times in all (`get_all`).
 pub const BODY_READ_ATTEMPTS: u32 = 4;
 
+/// An object store. Keys are `/`-separated paths of non-empty segments, without `.` or `..` segments.
 pub trait ObjectStore: Send + Sync {
     fn put(
         &self,

@@ -30,17 +30,33 @@ async fn store_via(
     S3Store::connect(cfg).await.unwrap()
 }
 
+/// The in-process server, a store on a fresh bucket that reaches it directly, and the fault proxy in front
+/// of it (clients through the proxy come from `store_via`).
+struct Proxied {
+    _server: common::InProcess,
+    scratch: tempfile::TempDir,
+    keys: (std::path::PathBuf, std::path::PathBuf),
+    direct: S3Store,
+    addr: std::net::SocketAddr,
+    faults: proxy::Faults,
+}
+
+async fn proxied() -> Proxied {
+    let server = common::start_in_process();
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = common::key_files(scratch.path());
+    let direct = common::bucket_store(&format!("http://{}", server.addr), Some(keys.clone()), |_| {}).await;
+    let (addr, faults) = proxy::start(server.addr).await;
+    Proxied { _server: server, scratch, keys, direct, addr, faults }
+}
+
 fn body(n: usize, seed: u8) -> Bytes {
     (0..n).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>().into()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_lose_and_duplicate_nothing() {
-    let server = common::start_in_process();
-    let scratch = tempfile::tempdir().unwrap();
-    let keys = common::key_files(scratch.path());
-    let direct = common::bucket_store(&format!("http://{}", server.addr), Some(keys.clone()), |_| {}).await;
-    let (addr, faults) = proxy::start(server.addr).await;
+    let Proxied { _server, scratch, keys, direct, addr, faults } = proxied().await;
 
     let cases: Vec<(&str, Vec<Fault>)> = vec![
         ("503 slow down", vec![Fault::Status(503), Fault::Status(503)]),
@@ -94,11 +110,7 @@ async fn retries_lose_and_duplicate_nothing() {
 /// run once failed on exactly this, from the in-process server under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_breaks_off_is_read_again_whole() {
-    let server = common::start_in_process();
-    let scratch = tempfile::tempdir().unwrap();
-    let keys = common::key_files(scratch.path());
-    let direct = common::bucket_store(&format!("http://{}", server.addr), Some(keys.clone()), |_| {}).await;
-    let (addr, faults) = proxy::start(server.addr).await;
+    let Proxied { _server, scratch: _scratch, keys, direct, addr, faults } = proxied().await;
     let data = body(2 << 20, 7);
     direct.put("obj", PutBody::Bytes(data.clone()), PutCondition::None).await.unwrap();
     let cut = Fault::DropAfterResponseBytes(300_000);

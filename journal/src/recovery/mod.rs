@@ -399,7 +399,7 @@ fn replay_segments(
                 .filter(|l| active_count > 0 && l.seq == headers[active_count - 1].0)
                 .is_some_and(|l| !matches!(l.end, SegmentEnd::Sealed { .. }));
             match headers.get(active_count) {
-                Some((_, path, bytes, _)) if !newest_unsealed && !zero_past_header(vfs, path, *bytes)? => {
+                Some((_, path, bytes, _)) if !newest_unsealed && !spare_is_zero(vfs, path, *bytes)? => {
                     spares.remove(0);
                     report.spare_segments -= 1;
                     active_count += 1;
@@ -797,6 +797,12 @@ fn scan_windowed(
     }
 }
 
+/// Whether everything past a spare's (all-zero) header is zero too.
+fn spare_is_zero(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<bool, OpenError> {
+    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
+    zeros_to_end(file.as_ref(), path, SEGMENT_HEADER_BYTES, bytes, &mut Vec::new())
+}
+
 /// Whether `from..end` of the file holds only zeros, read a window at a time.
 fn zeros_to_end(
     file: &dyn crate::vfs::VfsFile,
@@ -816,30 +822,6 @@ fn zeros_to_end(
         at += n as u64;
     }
     Ok(true)
-}
-
-/// Whether every byte of the file after the segment header is zero (read a chunk at a time: this is a whole
-/// spare segment).
-fn zero_past_header(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<bool, OpenError> {
-    const CHUNK: u64 = 1 << 20;
-    let file = vfs.open(path, OpenMode::Read).map_err(OpenError::io(path, "open"))?;
-    let mut buf = vec![0u8; CHUNK.min(bytes) as usize];
-    let mut at = SEGMENT_HEADER_BYTES.min(bytes);
-    while at < bytes {
-        let n = (bytes - at).min(CHUNK) as usize;
-        file.read_exact_at(&mut buf[..n], at).map_err(OpenError::io(path, "read"))?;
-        if !is_zero(&buf[..n]) {
-            return Ok(false);
-        }
-        at += n as u64;
-    }
-    Ok(true)
-}
-
-fn is_zero(b: &[u8]) -> bool {
-    // An OR over the whole chunk rather than `all`: it has no early exit, so it compiles to wide vector
-    // ORs, and this runs over a whole segment at every open.
-    b.iter().fold(0u8, |acc, &x| acc | x) == 0
 }
 
 fn read_whole(vfs: &dyn Vfs, path: &Path, bytes: u64) -> Result<Vec<u8>, OpenError> {
