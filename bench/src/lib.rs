@@ -372,6 +372,17 @@ pub struct Row {
     pub keel_encrypted_vs_surrealkv_encrypted: Option<f64>,
 }
 
+/// The systems a round of the matrix measures, in their default order.
+#[derive(Clone, Copy, Debug)]
+enum System {
+    RawLoop,
+    RawGroupCommit,
+    Keel,
+    KeelEncrypted,
+    Okaywal,
+    Surrealkv,
+}
+
 /// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
 pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)) -> io::Result<Vec<Row>> {
     let journal_dir = dir.join("keel");
@@ -409,27 +420,48 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     }
                 }
                 std::thread::sleep(cfg.settle);
+                // Each round starts with a different system, so that no system always runs first on the
+                // settled disk or always follows the heaviest writer.
+                let mut order = vec![System::RawGroupCommit, System::Keel];
                 if writers == 1 {
-                    raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?);
+                    order.insert(0, System::RawLoop);
                 }
-                group.push(raw_group_commit(&raw, writers, size, slice)?);
-                keel.push(journal_on(journal.clone(), writers, size, slice)?);
-                if let Some(e) = &encrypted {
-                    enc.push(journal_on(e.clone(), writers, size, slice)?);
+                if encrypted.is_some() {
+                    order.push(System::KeelEncrypted);
                 }
                 if cfg.with_okaywal {
-                    let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
-                    okay.push(okaywal_run(&d, writers, size, slice)?);
-                    let _ = std::fs::remove_dir_all(&d);
+                    order.push(System::Okaywal);
                 }
                 if cfg.with_surrealkv {
-                    for (encrypt, out) in [(false, &mut skv), (true, &mut skv_enc)] {
-                        if encrypt && !cfg.with_encrypted {
-                            continue;
+                    order.push(System::Surrealkv);
+                }
+                let first = round as usize % order.len();
+                order.rotate_left(first);
+                for system in order {
+                    match system {
+                        System::RawLoop => raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?),
+                        System::RawGroupCommit => group.push(raw_group_commit(&raw, writers, size, slice)?),
+                        System::Keel => keel.push(journal_on(journal.clone(), writers, size, slice)?),
+                        System::KeelEncrypted => {
+                            if let Some(e) = &encrypted {
+                                enc.push(journal_on(e.clone(), writers, size, slice)?);
+                            }
                         }
-                        let d = dir.join(format!("surrealkv-{writers}-{size}-{round}-{encrypt}"));
-                        out.push(surrealkv_run(&d, writers, size, slice, encrypt)?);
-                        let _ = std::fs::remove_dir_all(&d);
+                        System::Okaywal => {
+                            let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
+                            okay.push(okaywal_run(&d, writers, size, slice)?);
+                            let _ = std::fs::remove_dir_all(&d);
+                        }
+                        System::Surrealkv => {
+                            for (encrypt, out) in [(false, &mut skv), (true, &mut skv_enc)] {
+                                if encrypt && !cfg.with_encrypted {
+                                    continue;
+                                }
+                                let d = dir.join(format!("surrealkv-{writers}-{size}-{round}-{encrypt}"));
+                                out.push(surrealkv_run(&d, writers, size, slice, encrypt)?);
+                                let _ = std::fs::remove_dir_all(&d);
+                            }
+                        }
                     }
                 }
             }

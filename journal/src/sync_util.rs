@@ -1,8 +1,71 @@
-//! Locking that survives a panicked holder: the journal's invariants are guarded by poisoning the journal,
-//! not by cascading panics through every thread that touches a mutex afterwards.
+//! Locks and scoped threads that survive failures: the journal's invariants are guarded by poisoning the
+//! journal, not by cascading panics through every thread that touches a mutex afterwards, and work that
+//! could use more cores still gets done, on the calling thread, when no thread can be started.
 
 use std::sync::{Mutex, MutexGuard};
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `f` applied to every item, in order: the first on the calling thread, each other on a scoped thread
+/// named `name`, all at once. An item whose thread cannot be started (the process is out of threads or
+/// memory) is done on the calling thread afterwards: a starved process gets slower, never fails. An item
+/// whose `f` panicked on its own thread gives the panic's payload; a panic on the calling thread unwinds.
+pub(crate) fn map_scoped<T: Send, R: Send>(
+    name: &str,
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<std::thread::Result<R>> {
+    // Each item waits in a slot that its thread empties; a thread that never starts leaves it full, which
+    // is how the caller finds what is left to do.
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let take = |i: usize| lock(&slots[i]).take();
+    let mut out: Vec<Option<std::thread::Result<R>>> = std::thread::scope(|scope| {
+        let (f, take) = (&f, &take);
+        let spawned: Vec<_> = (1..slots.len())
+            .map(|i| std::thread::Builder::new().name(name.into()).spawn_scoped(scope, move || take(i).map(f)).ok())
+            .collect();
+        let mut out = Vec::with_capacity(slots.len());
+        out.push(take(0).map(|t| Ok(f(t))));
+        for job in spawned {
+            out.push(job.and_then(|h| h.join().map_or_else(|p| Some(Err(p)), |r| r.map(Ok))));
+        }
+        out
+    });
+    for (i, r) in out.iter_mut().enumerate() {
+        if r.is_none() {
+            *r = take(i).map(|t| Ok(f(t)));
+        }
+    }
+    out.into_iter().map(|r| r.expect("every item is taken exactly once, by its thread or by the caller")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_back_in_item_order() {
+        let out = map_scoped("test", (0..9u64).collect(), |x| x * x);
+        let got: Vec<u64> = out.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, (0..9u64).map(|x| x * x).collect::<Vec<_>>());
+        assert!(map_scoped("test", Vec::<u8>::new(), |x| x).is_empty());
+    }
+
+    #[test]
+    fn a_panic_on_a_helper_thread_is_that_item_s_error_only() {
+        let out = map_scoped("test", vec![1, 2, 3], |x| {
+            if x == 2 {
+                panic!("item 2");
+            }
+            x
+        });
+        assert!(matches!(out[0], Ok(1)));
+        assert!(out[1].is_err());
+        assert!(matches!(out[2], Ok(3)));
+    }
 }

@@ -34,6 +34,7 @@ use crate::limits::{
     FRAME_HEADER_BYTES, PIPELINE_MAX_BATCHES, PIPELINE_MIN_BATCH_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::segment::spares::{Spare, SparePool};
+use crate::sync_util::map_scoped;
 use crate::types::{Lsn, SyncPolicy, WriteStats};
 use crate::vfs::VfsFile;
 
@@ -682,48 +683,28 @@ fn seal_split_target(payloads: impl Iterator<Item = u64>) -> u64 {
 
 /// Seals `plain` as the units `units` ((file offset, first byte), in order), each in place; returns
 /// each unit's header and tag. Units after the first are sealed on scoped threads while this one seals
-/// the first; a unit whose thread cannot be started is sealed here afterwards.
+/// the first (`map_scoped`: a unit whose thread cannot be started is sealed here afterwards).
 fn seal_units(
     cipher: &SegmentCipher,
     binding: &Binding,
     units: &[(u64, u64)],
     plain: &mut [u8],
 ) -> Vec<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> {
-    let range = |u: usize| units[u].1 as usize..units.get(u + 1).map_or(plain.len(), |next| next.1 as usize);
-    let ranges: Vec<_> = (0..units.len()).map(range).collect();
     if units.len() == 1 {
         return vec![unit::seal(cipher, binding, units[0].0, plain)];
     }
-    let mut parts: Vec<&mut [u8]> = Vec::with_capacity(units.len());
+    let mut parts: Vec<(u64, &mut [u8])> = Vec::with_capacity(units.len());
     let mut rest = &mut plain[..];
-    for r in &ranges {
-        let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len());
-        parts.push(part);
+    for (u, &(offset, first)) in units.iter().enumerate() {
+        let end = units.get(u + 1).map_or(first as usize + rest.len(), |next| next.1 as usize);
+        let (part, tail) = std::mem::take(&mut rest).split_at_mut(end - first as usize);
+        parts.push((offset, part));
         rest = tail;
     }
-    let mut sealed: Vec<Option<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])>> = std::thread::scope(|scope| {
-        let mut parts = parts.into_iter().zip(units);
-        let (first, &(first_offset, _)) = parts.next().expect("a write has a first unit");
-        let spawned: Vec<_> = parts
-            .map(|(part, &(offset, _))| {
-                std::thread::Builder::new()
-                    .name("keel-seal".into())
-                    .spawn_scoped(scope, move || unit::seal(cipher, binding, offset, part))
-                    .ok()
-            })
-            .collect();
-        let mut sealed = vec![Some(unit::seal(cipher, binding, first_offset, first))];
-        for job in spawned {
-            sealed.push(job.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
-        }
-        sealed
-    });
-    for (u, s) in sealed.iter_mut().enumerate() {
-        if s.is_none() {
-            *s = Some(unit::seal(cipher, binding, units[u].0, &mut plain[ranges[u].clone()]));
-        }
-    }
-    sealed.into_iter().map(|s| s.expect("every unit sealed")).collect()
+    map_scoped("keel-seal", parts, |(offset, part)| unit::seal(cipher, binding, offset, part))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        .collect()
 }
 
 /// The bytes that seal a segment at `offset`: the seal frame, in a sealed unit if the segment is encrypted.

@@ -10,6 +10,7 @@ use crate::error::{Corruption, CorruptionKind};
 use crate::format::frame::{decode_frame, FrameType, HEADER_BYTES};
 use crate::format::Binding;
 use crate::limits::SEGMENT_HEADER_BYTES;
+use crate::sync_util::map_scoped;
 use crate::types::{Lsn, RecoveryMode};
 
 use super::scan::SkippedRange;
@@ -219,14 +220,9 @@ fn decrypt_chain_parallel(input: &UnitInput<'_>, stream: &mut Vec<u8>) -> Vec<Ch
             .unwrap_or(units.len())
     };
     let lens: Vec<usize> = groups.iter().map(|g| g.0.len()).collect();
-    let authentic: Vec<usize> = match groups.len() {
-        0 | 1 => groups.into_iter().map(decrypt_group).collect(),
-        _ => std::thread::scope(|s| {
-            let handles: Vec<_> = groups.into_iter().map(|g| s.spawn(move || decrypt_group(g))).collect();
-            // A worker that panicked authenticated nothing; the sequential path re-reads its units.
-            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
-        }),
-    };
+    // A group whose worker panicked authenticated nothing; the sequential path re-reads its units.
+    let authentic: Vec<usize> =
+        map_scoped("keel-decrypt", groups, decrypt_group).into_iter().map(|r| r.unwrap_or(0)).collect();
     let mut good = 0;
     for (n, ok) in lens.into_iter().zip(authentic) {
         good += ok;
