@@ -14,7 +14,7 @@ use keel_s3::{AnyStore, ObjectStore, PutBody, PutCondition};
 fn backed_up(backend: Backend, dir: &std::path::Path) -> (AnyStore, Repo, Snapshot, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let load = Load::start(data.path(), None, 2);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    load.wait_for_sealed_segments(1);
     load.stop();
     let store = store(backend, dir);
     let repo = open_repo(&store);

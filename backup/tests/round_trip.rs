@@ -13,7 +13,7 @@ fn round_trip_under_load(backend: Backend, encrypted: bool) {
     let repo = open_repo(&store);
     let jkeys = encrypted.then(journal_key);
     let load = Load::start(data.path(), jkeys.clone(), 3);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    load.wait_for_sealed_segments(1);
     let opts = CreateOptions { journal_keys: jkeys.clone(), lease: quick_lease(), ..Default::default() };
     let mut snaps = Vec::new();
     for _ in 0..3 {

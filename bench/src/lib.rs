@@ -356,12 +356,15 @@ pub struct Row {
     pub raw_loop: Option<Measurement>,
     pub raw_group_commit: Measurement,
     pub keel: Measurement,
+    /// Frames ÷ fdatasyncs is Keel's average batch.
+    pub keel_writer: WriterCounts,
     pub okaywal: Option<Measurement>,
     /// keel / raw_loop (1 writer only).
     pub keel_vs_raw_loop: Option<f64>,
     pub keel_vs_raw_group_commit: f64,
     pub okaywal_vs_raw_group_commit: Option<f64>,
     pub keel_encrypted: Option<Measurement>,
+    pub keel_encrypted_writer: Option<WriterCounts>,
     /// keel_encrypted / keel, both measured in this run.
     pub encrypted_vs_plaintext: Option<f64>,
     pub surrealkv: Option<Measurement>,
@@ -370,6 +373,40 @@ pub struct Row {
     pub surrealkv_encrypted_vs_plaintext: Option<f64>,
     /// keel_encrypted / surrealkv_encrypted.
     pub keel_encrypted_vs_surrealkv_encrypted: Option<f64>,
+}
+
+/// What Keel's group-commit writer did during a row's measurements (deltas of `Journal::write_stats`).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct WriterCounts {
+    pub writes: u64,
+    pub frames: u64,
+    pub fdatasyncs: u64,
+    pub overlapped_fdatasyncs: u64,
+    pub sealed_units: u64,
+}
+
+impl WriterCounts {
+    fn add_delta(&mut self, before: &keel_journal::WriteStats, after: &keel_journal::WriteStats) {
+        self.writes += after.writes - before.writes;
+        self.frames += after.frames - before.frames;
+        self.fdatasyncs += after.fdatasyncs - before.fdatasyncs;
+        self.overlapped_fdatasyncs += after.overlapped_fdatasyncs - before.overlapped_fdatasyncs;
+        self.sealed_units += after.sealed_units - before.sealed_units;
+    }
+}
+
+/// Measures `journal` like [`journal_on`], adding what its writer did to `counts`.
+fn journal_counted(
+    journal: &Arc<Journal>,
+    writers: u32,
+    size: usize,
+    duration: Duration,
+    counts: &mut WriterCounts,
+) -> io::Result<Measurement> {
+    let before = journal.write_stats();
+    let m = journal_on(journal.clone(), writers, size, duration)?;
+    counts.add_delta(&before, &journal.write_stats());
+    Ok(m)
 }
 
 /// The systems a round of the matrix measures, in their default order.
@@ -411,6 +448,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
         for &writers in &cfg.writers {
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut enc, mut skv, mut skv_enc) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut keel_writer, mut enc_writer) = (WriterCounts::default(), WriterCounts::default());
             for round in 0..rounds {
                 // Every system starts a round from the same device state: the pool is full and the zero-fill
                 // it took has drained.
@@ -441,10 +479,10 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     match system {
                         System::RawLoop => raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?),
                         System::RawGroupCommit => group.push(raw_group_commit(&raw, writers, size, slice)?),
-                        System::Keel => keel.push(journal_on(journal.clone(), writers, size, slice)?),
+                        System::Keel => keel.push(journal_counted(&journal, writers, size, slice, &mut keel_writer)?),
                         System::KeelEncrypted => {
                             if let Some(e) = &encrypted {
-                                enc.push(journal_on(e.clone(), writers, size, slice)?);
+                                enc.push(journal_counted(e, writers, size, slice, &mut enc_writer)?);
                             }
                         }
                         System::Okaywal => {
@@ -491,7 +529,9 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     .as_ref()
                     .map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),
                 encrypted_vs_plaintext: keel_encrypted.as_ref().map(|e| e.appends_per_sec / keel.appends_per_sec),
+                keel_encrypted_writer: keel_encrypted.is_some().then_some(enc_writer),
                 keel_encrypted,
+                keel_writer,
                 raw_loop,
                 raw_group_commit,
                 keel,

@@ -346,8 +346,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                     row.keel_vs_raw_loop.map_or(String::new(), |r| format!("  vs raw loop {r:.2}")),
                     row.okaywal_vs_raw_group_commit.map_or(String::new(), |r| format!("  okaywal {r:.2}")),
                 );
+                let batch = |w: &keel_bench::WriterCounts| {
+                    format!(
+                        "{:.1} records per fdatasync ({} of {} overlapped)",
+                        w.frames as f64 / w.fdatasyncs.max(1) as f64,
+                        w.overlapped_fdatasyncs,
+                        w.fdatasyncs
+                    )
+                };
+                eprintln!("{:>3} writers × {:>5} B: keel {}", row.writers, row.size, batch(&row.keel_writer));
                 if let Some(r) = row.encrypted_vs_plaintext {
-                    eprintln!("{:>3} writers × {:>5} B: encrypted ÷ plaintext {r:.2}", row.writers, row.size);
+                    let w = row.keel_encrypted_writer.as_ref().map_or(String::new(), |w| format!("; {}", batch(w)));
+                    eprintln!("{:>3} writers × {:>5} B: encrypted ÷ plaintext {r:.2}{w}", row.writers, row.size);
                 }
                 if let Some(s) = &row.surrealkv {
                     eprintln!(

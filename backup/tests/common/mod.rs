@@ -194,6 +194,17 @@ impl Load {
         Load { journal, acked, stop, threads }
     }
 
+    /// Waits until the journal has sealed at least `n` segments, so that a backup taken now holds
+    /// immutable segments that a later one can share. A fixed sleep is not enough on a busy disk.
+    pub fn wait_for_sealed_segments(&self, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        // The first activation opens segment 1; each later one seals the segment before it.
+        while self.journal.write_stats().activations < n + 1 {
+            assert!(std::time::Instant::now() < deadline, "the load sealed fewer than {n} segments in 120 s");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     pub fn snapshot_of_acked(&self) -> BTreeMap<u64, u64> {
         self.acked.lock().unwrap().clone()
     }
