@@ -2,10 +2,18 @@
 //! served over TCP on a loopback port, with request signatures checked against one key pair. Enabled by
 //! the `test-server` feature.
 //!
-//! s3s-fs checks a write's condition (`If-None-Match: *`, `If-Match`) and then writes, as two steps: two
-//! concurrent create-if-absent puts of one key can both succeed, where S3 lets exactly one win. Fencing
-//! (keel-backup's lease) depends on that atomicity, and a test of it found the difference; so this server
-//! runs conditional writes one at a time, as S3 behaves.
+//! S3 makes each write of an object atomic; s3s-fs does not, and this server adds what tests depend on:
+//! - s3s-fs checks a write's condition (`If-None-Match: *`, `If-Match`) and then writes, as two steps: two
+//!   concurrent create-if-absent puts of one key could both succeed, where S3 lets exactly one win. Fencing
+//!   (keel-backup's lease) depends on that, and a test of it found the difference.
+//! - s3s-fs renames a put's body into place and then saves its checksums beside it, so a read in between,
+//!   or a put whose client went away between the two steps, serves a body with the previous version's
+//!   checksum (the SDK rejects it: "body checksum mismatch"). A lease test that drops a client mid-heartbeat
+//!   found it.
+//!
+//! So every request that writes a key holds that key exclusively, reads hold it shared, and each request
+//! runs as its own task: a client that goes away cannot stop a write halfway (S3 completes a put whose
+//! body arrived whole, and keeps the old object if it did not).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,23 +39,28 @@ pub fn start(root: &Path) -> std::io::Result<SocketAddr> {
         rt.block_on(async move {
             let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else { return };
             let http = ConnBuilder::new(TokioExecutor::new());
-            let conditional = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+            let keys = KeyLocks::default();
             loop {
                 let Ok((socket, _)) = listener.accept().await else { continue };
-                let (service, conditional) = (service.clone(), conditional.clone());
+                let (service, keys) = (service.clone(), keys.clone());
                 let atomic = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let (service, conditional) = (service.clone(), conditional.clone());
-                    async move {
-                        let h = req.headers();
-                        let is_conditional = (h.contains_key(hyper::header::IF_NONE_MATCH)
-                            || h.contains_key(hyper::header::IF_MATCH))
-                            && req.method() != hyper::Method::GET
-                            && req.method() != hyper::Method::HEAD;
-                        let _one_at_a_time = match is_conditional {
-                            true => Some(conditional.lock_owned().await),
-                            false => None,
+                    let (service, lock) = (service.clone(), keys.of(req.uri().path()));
+                    let reads = req.method() == hyper::Method::GET || req.method() == hyper::Method::HEAD;
+                    // A multipart upload's parts go to files of their own; only its completion writes the key.
+                    let part = req.uri().query().is_some_and(|q| q.contains("partNumber="));
+                    let task = tokio::spawn(async move {
+                        let _held = match (reads, part) {
+                            (true, _) => Held::Shared(lock.read_owned().await),
+                            (false, false) => Held::Exclusive(lock.write_owned().await),
+                            (false, true) => Held::Nothing,
                         };
                         hyper::service::Service::call(&service, req).await
+                    });
+                    async move {
+                        match task.await {
+                            Ok(response) => response,
+                            Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        }
                     }
                 });
                 let conn = http.serve_connection(TokioIo::new(socket), atomic).into_owned();
@@ -58,4 +71,26 @@ pub fn start(root: &Path) -> std::io::Result<SocketAddr> {
         });
     })?;
     Ok(addr)
+}
+
+/// One lock per object path (the request's URI path: `/bucket/key`), created on first use and kept for
+/// the server's life (a test server sees few keys).
+#[derive(Clone, Default)]
+struct KeyLocks(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KeyLock>>>);
+
+type KeyLock = std::sync::Arc<tokio::sync::RwLock<()>>;
+
+impl KeyLocks {
+    fn of(&self, path: &str) -> KeyLock {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(path.to_owned()).or_default().clone()
+    }
+}
+
+/// Held for the whole request; never read.
+#[allow(dead_code)]
+enum Held {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Exclusive(tokio::sync::OwnedRwLockWriteGuard<()>),
+    Nothing,
 }
