@@ -17,17 +17,20 @@ pub(crate) fn map_scoped<T: Send, R: Send>(
     items: Vec<T>,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<std::thread::Result<R>> {
-    // Each item waits in a slot that its thread empties; a thread that never starts leaves it full, which
-    // is how the caller finds what is left to do.
     if items.is_empty() {
         return Vec::new();
     }
+    // Each item waits in a slot that its thread empties; a thread that never starts leaves it full, which
+    // is how the caller finds what is left to do.
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
     let take = |i: usize| lock(&slots[i]).take();
     let mut out: Vec<Option<std::thread::Result<R>>> = std::thread::scope(|scope| {
         let (f, take) = (&f, &take);
         let spawned: Vec<_> = (1..slots.len())
-            .map(|i| std::thread::Builder::new().name(name.into()).spawn_scoped(scope, move || take(i).map(f)).ok())
+            .map(|i| match threads_refused() {
+                true => None,
+                false => std::thread::Builder::new().name(name.into()).spawn_scoped(scope, move || take(i).map(f)).ok(),
+            })
             .collect();
         let mut out = Vec::with_capacity(slots.len());
         out.push(take(0).map(|t| Ok(f(t))));
@@ -45,8 +48,32 @@ pub(crate) fn map_scoped<T: Send, R: Send>(
 }
 
 #[cfg(test)]
+thread_local! {
+    /// Set by tests: every thread `map_scoped` starts on this thread fails to start, as in a process that
+    /// is out of threads.
+    static REFUSE_THREADS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn threads_refused() -> bool {
+    #[cfg(test)]
+    return REFUSE_THREADS.get();
+    #[cfg(not(test))]
+    false
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn items_whose_threads_cannot_start_are_done_by_the_caller() {
+        REFUSE_THREADS.set(true);
+        let caller = std::thread::current().id();
+        let out = map_scoped("test", (0..5u64).collect(), |x| (x * 10, std::thread::current().id()));
+        REFUSE_THREADS.set(false);
+        let got: Vec<(u64, std::thread::ThreadId)> = out.into_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(got, (0..5u64).map(|x| (x * 10, caller)).collect::<Vec<_>>());
+    }
 
     #[test]
     fn results_come_back_in_item_order() {

@@ -59,7 +59,11 @@ pub fn start(root: &Path) -> std::io::Result<SocketAddr> {
                     async move {
                         match task.await {
                             Ok(response) => response,
-                            Err(e) => std::panic::resume_unwind(e.into_panic()),
+                            // The server's runtime lives as long as the process, so a task ends by
+                            // returning or panicking; a panic goes on as the connection's, as before.
+                            Err(e) => std::panic::resume_unwind(
+                                e.try_into_panic().unwrap_or_else(|e| Box::new(e.to_string())),
+                            ),
                         }
                     }
                 });
