@@ -146,12 +146,9 @@ fn overlapped_fdatasyncs(keys: Option<keel_journal::crypto::keys::KeyRing>) {
     assert_eq!(stats.frames, writers * per_thread);
     assert!(stats.overlapped_fdatasyncs > 0, "large batches overlapped their fdatasync: {stats:?}");
     assert!(stats.fdatasyncs < stats.frames, "group commit shared fdatasyncs: {stats:?}");
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     match keys {
         None => assert_eq!(stats.sealed_units, 0),
-        // Batches of 32 × 16 KiB are large enough to be split, one unit per core.
-        Some(_) if cores > 1 => assert!(stats.sealed_units > stats.writes, "large writes were split: {stats:?}"),
-        Some(_) => assert_eq!(stats.sealed_units, stats.writes, "one core: one unit per write: {stats:?}"),
+        Some(_) => assert_eq!(stats.sealed_units, stats.writes, "one unit per write: {stats:?}"),
     }
     Arc::into_inner(j).unwrap().close().unwrap();
     let (j, rec) = Journal::open(dir.path(), opts()).unwrap();

@@ -34,7 +34,6 @@ use crate::limits::{
     FRAME_HEADER_BYTES, PIPELINE_MAX_BATCHES, PIPELINE_MIN_BATCH_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::segment::spares::{Spare, SparePool};
-use crate::sync_util::map_scoped;
 use crate::types::{Lsn, SyncPolicy, WriteStats};
 use crate::vfs::VfsFile;
 
@@ -390,14 +389,10 @@ impl Writer {
                 .flatten()
                 .any(|r| !matches!(r.op, RequestOp::Frame { frame_type: FrameType::Relocate, .. }));
         let mut segment_full = false;
-        // The write's sealed units, as (file offset, first byte of its frames in the write's plaintext): a
-        // large encrypted write is split into units of about equal size, one per core, sealed in parallel.
-        // The activating write stays one unit: see `can_pipeline`.
-        let unit_target = match &active.cipher {
-            Some(_) if !activated => seal_split_target(batch[*next..].iter().flatten().map(|r| r.payload.len() as u64)),
-            _ => u64::MAX,
-        };
-        let mut units: Vec<(u64, u64)> = vec![(start_offset, 0)];
+        // An encrypted write is one sealed unit, at `start_offset`, sealed by this thread. (Splitting large
+        // writes into one unit per core, sealed on scoped threads, was slower once the disk was fast enough
+        // for the seal to matter: the extra thread had to be scheduled behind the woken callers;
+        // docs/BENCHMARKS.md, 2026-11-27.)
         let mut plain_bytes = 0u64;
         let mut i = *next;
         while i < batch.len() {
@@ -421,16 +416,7 @@ impl Writer {
                 }
             };
             let bytes = FRAME_HEADER_BYTES + req.payload.len() as u64;
-            let (unit_start, unit_plain) = *units.last().expect("a write has a first unit");
-            // This frame starts a new unit (at `end`, where the current one's tag ends) if the current one
-            // is full and the new unit's overhead fits; only a planned frame makes the split real.
-            let split = plain_bytes - unit_plain >= unit_target
-                && end + unit::UNIT_OVERHEAD_BYTES + bytes + active.seal_reserve() <= active.capacity;
-            let (unit_start, frame_end) = match split {
-                true => (end, end + unit::UNIT_OVERHEAD_BYTES),
-                false => (unit_start, end),
-            };
-            if frame_end + bytes + active.seal_reserve() > active.capacity {
+            if end + bytes + active.seal_reserve() > active.capacity {
                 assert!(end > SEGMENT_HEADER_BYTES || active.frames > 0, "a frame larger than an empty segment");
                 segment_full = true;
                 break;
@@ -440,8 +426,8 @@ impl Writer {
                 None => Location { seq: active.binding.segment_seq, offset: end, inner: 0, frame_bytes: bytes as u32 },
                 Some(_) => Location {
                     seq: active.binding.segment_seq,
-                    offset: unit_start,
-                    inner: (frame_end - unit_start - active.unit_overhead()) as u32,
+                    offset: start_offset,
+                    inner: plain_bytes as u32,
                     frame_bytes: bytes as u32,
                 },
             };
@@ -460,10 +446,7 @@ impl Writer {
                     headers.push(header.encode(&active.binding, &req.payload_crc));
                     planned.push((i, Some(lsn)));
                     self.next_lsn = Lsn(lsn.0 + 1);
-                    if split {
-                        units.push((unit_start, plain_bytes));
-                    }
-                    end = frame_end + bytes;
+                    end += bytes;
                     plain_bytes += bytes;
                 }
                 Err(e) => {
@@ -476,12 +459,12 @@ impl Writer {
         }
 
         if !headers.is_empty() {
-            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3 * units.len());
-            let mut sealed: Vec<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> = Vec::new();
+            let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * headers.len() + 3);
+            let mut sealed = None;
             let mut plain = std::mem::take(&mut self.unit_buf);
             plain.clear();
             if let Some(cipher) = &active.cipher {
-                // The write's frames, then sealed unit by unit.
+                // The write's frames, then sealed in place.
                 plain.reserve(plain_bytes as usize);
                 let mut h = headers.iter();
                 for (idx, lsn) in &planned {
@@ -491,7 +474,7 @@ impl Writer {
                     }
                 }
                 debug_assert_eq!(plain.len() as u64, plain_bytes);
-                sealed = seal_units(cipher, &active.binding, &units, &mut plain);
+                sealed = Some(unit::seal(cipher, &active.binding, start_offset, &mut plain));
             }
             let write_at = match &active.header {
                 Some(h) => {
@@ -500,14 +483,11 @@ impl Writer {
                 }
                 None => start_offset,
             };
-            match active.cipher {
-                Some(_) => {
-                    for (u, (uh, tag)) in sealed.iter().enumerate() {
-                        let to = units.get(u + 1).map_or(plain.len(), |next| next.1 as usize);
-                        slices.push(IoSlice::new(uh));
-                        slices.push(IoSlice::new(&plain[units[u].1 as usize..to]));
-                        slices.push(IoSlice::new(tag));
-                    }
+            match &sealed {
+                Some((uh, tag)) => {
+                    slices.push(IoSlice::new(uh));
+                    slices.push(IoSlice::new(&plain));
+                    slices.push(IoSlice::new(tag));
                 }
                 None => {
                     let mut h = headers.iter();
@@ -559,7 +539,7 @@ impl Writer {
             self.unsynced = true;
             self.stats.writes += 1;
             self.stats.frames += headers.len() as u64;
-            self.stats.sealed_units += sealed.len() as u64;
+            self.stats.sealed_units += u64::from(sealed.is_some());
         }
         let durable = Lsn(self.next_lsn.0 - 1);
         let done = planned.into_iter().filter_map(|(idx, lsn)| batch[idx].take().map(|r| (r.slot, lsn))).collect();
@@ -667,44 +647,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Below this many bytes of frames per core a write stays one sealed unit: a thread costs more.
-const SEAL_SPLIT_MIN_BYTES: u64 = 128 * 1024;
-
-/// The frame bytes per sealed unit for a write of frames with these payload sizes: one unit per core,
-/// each at least `SEAL_SPLIT_MIN_BYTES`.
-fn seal_split_target(payloads: impl Iterator<Item = u64>) -> u64 {
-    static CORES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u64));
-    let total: u64 = payloads.map(|p| FRAME_HEADER_BYTES + p).sum();
-    total.div_ceil(cores).max(SEAL_SPLIT_MIN_BYTES)
-}
-
-/// Seals `plain` as the units `units` ((file offset, first byte), in order), each in place; returns
-/// each unit's header and tag. Units after the first are sealed on scoped threads while this one seals
-/// the first (`map_scoped`: a unit whose thread cannot be started is sealed here afterwards).
-fn seal_units(
-    cipher: &SegmentCipher,
-    binding: &Binding,
-    units: &[(u64, u64)],
-    plain: &mut [u8],
-) -> Vec<([u8; unit::UNIT_HEADER_BYTES], [u8; 16])> {
-    if units.len() == 1 {
-        return vec![unit::seal(cipher, binding, units[0].0, plain)];
-    }
-    let mut parts: Vec<(u64, &mut [u8])> = Vec::with_capacity(units.len());
-    let mut rest = &mut plain[..];
-    for (u, &(offset, first)) in units.iter().enumerate() {
-        let end = units.get(u + 1).map_or(first as usize + rest.len(), |next| next.1 as usize);
-        let (part, tail) = std::mem::take(&mut rest).split_at_mut(end - first as usize);
-        parts.push((offset, part));
-        rest = tail;
-    }
-    map_scoped("keel-seal", parts, |(offset, part)| unit::seal(cipher, binding, offset, part))
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|p| std::panic::resume_unwind(p)))
-        .collect()
 }
 
 /// The bytes that seal a segment at `offset`: the seal frame, in a sealed unit if the segment is encrypted.
