@@ -383,16 +383,28 @@ pub struct WriterCounts {
     pub fdatasyncs: u64,
     pub overlapped_fdatasyncs: u64,
     pub sealed_units: u64,
+    /// Checkpoints the maintenance thread wrote meanwhile, and how long appends waited for them.
+    pub checkpoints: u64,
+    pub checkpoint_pause_ms: f64,
 }
 
 impl WriterCounts {
-    fn add_delta(&mut self, before: &keel_journal::WriteStats, after: &keel_journal::WriteStats) {
+    fn add_delta(&mut self, before: &Counted, after: &Counted) {
+        let ((before, mb), (after, ma)) = (before, after);
         self.writes += after.writes - before.writes;
         self.frames += after.frames - before.frames;
         self.fdatasyncs += after.fdatasyncs - before.fdatasyncs;
         self.overlapped_fdatasyncs += after.overlapped_fdatasyncs - before.overlapped_fdatasyncs;
         self.sealed_units += after.sealed_units - before.sealed_units;
+        self.checkpoints += ma.checkpoints - mb.checkpoints;
+        self.checkpoint_pause_ms += (ma.checkpoint_pause - mb.checkpoint_pause).as_secs_f64() * 1e3;
     }
+}
+
+type Counted = (keel_journal::WriteStats, keel_journal::MaintenanceStats);
+
+fn counted(journal: &Journal) -> Counted {
+    (journal.write_stats(), journal.maintenance_stats())
 }
 
 /// Measures `journal` like [`journal_on`], adding what its writer did to `counts`.
@@ -403,9 +415,9 @@ fn journal_counted(
     duration: Duration,
     counts: &mut WriterCounts,
 ) -> io::Result<Measurement> {
-    let before = journal.write_stats();
+    let before = counted(journal);
     let m = journal_on(journal.clone(), writers, size, duration)?;
-    counts.add_delta(&before, &journal.write_stats());
+    counts.add_delta(&before, &counted(journal));
     Ok(m)
 }
 

@@ -348,10 +348,12 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 );
                 let batch = |w: &keel_bench::WriterCounts| {
                     format!(
-                        "{:.1} records per fdatasync ({} of {} overlapped)",
+                        "{:.1} records per fdatasync ({} of {} overlapped); {} checkpoints, appends held {:.1} ms",
                         w.frames as f64 / w.fdatasyncs.max(1) as f64,
                         w.overlapped_fdatasyncs,
-                        w.fdatasyncs
+                        w.fdatasyncs,
+                        w.checkpoints,
+                        w.checkpoint_pause_ms
                     )
                 };
                 eprintln!("{:>3} writers × {:>5} B: keel {}", row.writers, row.size, batch(&row.keel_writer));

@@ -47,8 +47,9 @@ pub struct Options {
     /// Run reclaim, checkpoints and compaction on a background thread, and checkpoint at close. Off, they
     /// run only when called.
     pub auto_maintenance: bool,
-    /// With `auto_maintenance`, write a checkpoint after this many segments were sealed (0: only at close
-    /// and after a reclaim made the last one unusable).
+    /// With `auto_maintenance`, write a checkpoint after this many segments were sealed, and not before
+    /// 16 × the last checkpoint's bytes of journal were written since, because each one rewrites the whole
+    /// live index (0: only at close and after a reclaim made the last one unusable).
     pub checkpoint_every_segments: u32,
     /// With `auto_maintenance`, when and how fast to compact; `None`: never in the background.
     pub compaction: Option<CompactionPolicy>,
@@ -587,6 +588,11 @@ impl Journal {
     /// often, and for how long, a roll-over waited for a spare segment.
     pub fn write_stats(&self) -> WriteStats {
         lock(self.core.shared.writer_mutex()).stats
+    }
+
+    /// What checkpoints have written, and how long appends waited for them, since open.
+    pub fn maintenance_stats(&self) -> crate::MaintenanceStats {
+        self.core.maintenance.stats()
     }
 
     /// The number of live records.

@@ -59,6 +59,7 @@ pub use journal::{Journal, Options, RekeyError, RekeyReport};
 pub use maintenance::checkpoint::CheckpointReport;
 pub use maintenance::compact::{CompactReport, CompactionPolicy};
 pub use maintenance::reclaim::ReclaimReport;
+pub use maintenance::MaintenanceStats;
 pub use reader::{ReadError, Reader};
 pub use recovery::replay::{PreparedTx, TxOp, TxRecord};
 pub use recovery::scan::{SegmentEnd, SkippedRange};

@@ -166,3 +166,93 @@ fn with_a_checkpoint_a_missing_old_key_is_still_refused_at_open() {
     let e = Journal::open(dir.path(), options(Some(KeyRing::parse(&k2, "t").unwrap()))).unwrap_err();
     assert!(matches!(e, keel_journal::OpenError::KeyUnavailable { key_id: 1, .. }), "{e}");
 }
+
+/// A checkpoint rewrites the whole live index, so with a growing live set its interval must grow too, or
+/// checkpoints would take a growing share of the disk: between two, at least 16 × the earlier one's bytes
+/// of journal are written. Summed, checkpoints then cost at most 1/16 of the journal's bytes, plus the last.
+#[test]
+fn periodic_checkpoints_space_out_as_the_live_index_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 * 1024;
+    let opts = Options {
+        segment_bytes,
+        sync: keel_journal::SyncPolicy::Never,
+        checkpoint_every_segments: 1,
+        compaction: None,
+        ..Options::default()
+    };
+    let (j, _) = Journal::open(dir.path(), opts).unwrap();
+    // 60 000 live records of 16 bytes: 56-byte frames, ~3.4 MB of journal over ~50 segments; the index
+    // reaches ~2.4 MB, so a checkpoint per segment would write ~60 MB.
+    for id in 0..60_000u64 {
+        j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
+        if id % 1_000 == 999 {
+            j.sync().unwrap();
+            // Let the maintenance thread look after each segment, as it would on a slower writer.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    j.sync().unwrap();
+    let written = j.write_stats().activations * segment_bytes;
+    let stats = j.maintenance_stats();
+    let index_bytes = 60_000 * 41 + 4096;
+    assert!(stats.checkpoints >= 2, "periodic checkpoints still happen: {stats:?}");
+    assert!(
+        stats.checkpoint_bytes <= written / 16 + index_bytes,
+        "checkpoints wrote {} bytes for {written} bytes of journal: {stats:?}",
+        stats.checkpoint_bytes
+    );
+    drop(j);
+    let report = reopen_and_compare(dir.path(), None);
+    assert!(report.checkpoint.is_some(), "close wrote a checkpoint");
+}
+
+/// A checkpoint copies the index under the writer's lock and serializes it after letting go, while the
+/// writer changes its own (copy-on-write) shards: each checkpoint must still be exactly the state at its
+/// resume point, so an open from any of them agrees with a full scan.
+#[test]
+fn checkpoints_taken_while_writers_run_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { sync: keel_journal::SyncPolicy::Never, ..options(None) };
+    let (j, _) = Journal::open(dir.path(), opts).unwrap();
+    let j = std::sync::Arc::new(j);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (j, stop) = (j.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let id = w * 1_000_000 + n % 3_000;
+                    match n % 4 {
+                        0 | 1 => drop(j.add(id, 1, &payload(n))),
+                        2 => drop(j.update(id, 2, &payload(n + 7))),
+                        _ => drop(j.delete(id)),
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for _ in 0..30 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        taken += usize::from(j.checkpoint().unwrap().is_some());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(taken > 0);
+    // The newest checkpoint, then each older one alone (delete the newer), must agree with a full scan.
+    drop(std::sync::Arc::into_inner(j).expect("writers joined"));
+    loop {
+        let report = reopen_and_compare(dir.path(), None);
+        assert!(report.checkpoint.is_some());
+        let mut all = checkpoints(dir.path());
+        if all.len() < 2 {
+            break;
+        }
+        std::fs::remove_file(all.pop().unwrap()).unwrap();
+    }
+}

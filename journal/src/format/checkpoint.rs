@@ -181,8 +181,7 @@ fn put_ref(out: &mut Vec<u8>, r: &RecordRef) {
     out.extend_from_slice(&r.location.frame_bytes.to_le_bytes());
 }
 
-/// Serializes the writer's state (called under the writer's lock: it must be quick and not allocate
-/// more than once for the records).
+/// Serializes a copy of the writer's state (allocates once for the records).
 pub fn encode_body(index: &LiveIndex, txs: &std::collections::HashMap<u64, Staged>) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + index.records.len() * RECORD_BYTES + 64);
     out.extend_from_slice(&(index.records.len() as u64).to_le_bytes());

@@ -40,8 +40,9 @@ pub struct CheckpointReport {
 /// Writes a checkpoint; `None` if nothing was ever written (there is nothing to cover).
 pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, AppendError> {
     let _one_at_a_time = lock(&core.checkpointing);
-    let (resume, body, records) = {
+    let (resume, index, txs, pause) = {
         let mut w = lock(core.shared.writer_mutex());
+        let held = std::time::Instant::now();
         if let Some(p) = core.shared.poisoned() {
             return Err(p);
         }
@@ -61,9 +62,14 @@ pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, Append
             },
             None => ResumePoint { seq: w.last_seq + 1, offset: SEGMENT_HEADER_BYTES, frames: 0, next_lsn: w.next_lsn },
         };
-        let records = w.model.index.records.len() as u64;
-        (resume, checkpoint::encode_body(&w.model.index, &w.model.txs), records)
+        // A clone shares the record table's shards (copy-on-write): the writer is held only for this, and
+        // copies what it changes while the body is serialized below.
+        let (index, txs) = (w.model.index.clone(), w.model.txs.clone());
+        (resume, index, txs, held.elapsed())
     };
+    let records = index.records.len() as u64;
+    let body = checkpoint::encode_body(&index, &txs);
+    drop(index);
     let path = core.dir.join(checkpoint::file_name(resume.next_lsn));
     let io = |path: &PathBuf, op| {
         let path = path.clone();
@@ -106,6 +112,7 @@ pub(crate) fn checkpoint(core: &Core) -> Result<Option<CheckpointReport>, Append
     sync_dir_or_poison(core)?;
     prune(core, resume.next_lsn)?;
     let bytes = (header.len() + stored.len()) as u64;
+    core.maintenance.checkpoint_written(bytes, pause);
     Ok(Some(CheckpointReport { path, next_lsn: resume.next_lsn, resume_seq: resume.seq, records, bytes }))
 }
 

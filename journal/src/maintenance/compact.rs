@@ -118,9 +118,12 @@ fn plan(core: &Core, policy: &CompactionPolicy) -> Option<Plan> {
         }
     }
     let to = best?;
-    let mut records: Vec<(RecordId, RecordRef)> =
-        w.model.index.records.iter().filter(|(_, r)| r.location.seq <= to).map(|(id, r)| (*id, *r)).collect();
+    // A copy-on-write clone: the records are picked out after the writer is released.
+    let table = w.model.index.records.clone();
     drop(w);
+    let mut records: Vec<(RecordId, RecordRef)> =
+        table.iter().filter(|(_, r)| r.location.seq <= to).map(|(id, r)| (*id, *r)).collect();
+    drop(table);
     records.sort_by_key(|(_, r)| (r.location.seq, r.location.offset, r.location.inner));
     Some(Plan { from, to, records })
 }

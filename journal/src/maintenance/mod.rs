@@ -7,6 +7,7 @@ pub(crate) mod checkpoint;
 pub(crate) mod compact;
 pub(crate) mod reclaim;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -18,6 +19,20 @@ use crate::sync_util::lock;
 pub(crate) struct Maintenance {
     state: Mutex<State>,
     cv: Condvar,
+    checkpoints: AtomicU64,
+    checkpoint_bytes: AtomicU64,
+    checkpoint_pause_ns: AtomicU64,
+}
+
+/// What checkpoints have cost since open (see [`crate::Journal::maintenance_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceStats {
+    /// Checkpoints written, by the maintenance thread or by [`crate::Journal::checkpoint`].
+    pub checkpoints: u64,
+    /// Their bytes, together.
+    pub checkpoint_bytes: u64,
+    /// How long appends waited while checkpoints copied the live index (they hold the writer meanwhile).
+    pub checkpoint_pause: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -32,6 +47,20 @@ impl Maintenance {
     pub fn segment_sealed(&self) {
         lock(&self.state).sealed += 1;
         self.cv.notify_one();
+    }
+
+    pub fn checkpoint_written(&self, bytes: u64, pause: Duration) {
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.checkpoint_pause_ns.fetch_add(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> MaintenanceStats {
+        MaintenanceStats {
+            checkpoints: self.checkpoints.load(Ordering::Relaxed),
+            checkpoint_bytes: self.checkpoint_bytes.load(Ordering::Relaxed),
+            checkpoint_pause: Duration::from_nanos(self.checkpoint_pause_ns.load(Ordering::Relaxed)),
+        }
     }
 
     pub fn stop(&self) {
@@ -53,9 +82,43 @@ impl Maintenance {
     }
 }
 
+/// A periodic checkpoint rewrites the whole live index and holds the writer while it copies it, so its
+/// cost grows with the live set. Its interval grows with it: at least this many times the last
+/// checkpoint's bytes of journal are written between two, which keeps checkpoints under about 1/16 of
+/// the disk's writes and of the writer's time (copying the index runs at roughly the disk's write rate),
+/// while a restart still replays at most this multiple of a checkpoint's size on top of it.
+pub(crate) const CHECKPOINT_INTERVAL_GROWTH: u64 = 16;
+
+/// When the next periodic checkpoint is due.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CheckpointPace {
+    /// `Options::checkpoint_every_segments`; 0 turns periodic checkpoints off.
+    pub every_segments: u64,
+    pub segment_bytes: u64,
+    /// Bytes of the last checkpoint written (0 before the first).
+    pub last_bytes: u64,
+    /// Segments sealed since.
+    pub sealed_since: u64,
+}
+
+impl CheckpointPace {
+    pub fn due(&self) -> bool {
+        if self.every_segments == 0 || self.sealed_since < self.every_segments {
+            return false;
+        }
+        let written = self.sealed_since.saturating_mul(self.segment_bytes);
+        written >= self.last_bytes.saturating_mul(CHECKPOINT_INTERVAL_GROWTH)
+    }
+}
+
 /// The maintenance thread's loop.
 pub(crate) fn run(core: Arc<Core>) {
-    let mut sealed_since_checkpoint = 0u64;
+    let mut pace = CheckpointPace {
+        every_segments: u64::from(core.checkpoint_every_segments),
+        segment_bytes: core.segment_bytes,
+        last_bytes: 0,
+        sealed_since: 0,
+    };
     // The segment the newest checkpoint resumes from (unknown at start: assume it may be stale).
     let mut checkpoint_resume_seq = 0u64;
     // A first pass at once: recovery may have found dead segments.
@@ -64,12 +127,12 @@ pub(crate) fn run(core: Arc<Core>) {
         if core.shared.poisoned().is_some() {
             return;
         }
-        sealed_since_checkpoint += n;
-        let pace = core.compaction.as_ref().map_or(
+        pace.sealed_since += n;
+        let trim = core.compaction.as_ref().map_or(
             Some(reclaim::TrimPace { bytes_per_sec: compact::CompactionPolicy::default().trim_bytes_per_sec }),
             |p| p.trim_pace(),
         );
-        let mut reclaimed_through = match reclaim::reclaim(&core, pace) {
+        let mut reclaimed_through = match reclaim::reclaim(&core, trim) {
             Ok(r) => r.segments.last().copied(),
             Err(e) => {
                 tracing::warn!(error = %e, "reclaim failed; retrying later");
@@ -87,18 +150,60 @@ pub(crate) fn run(core: Arc<Core>) {
                 Err(e) => tracing::warn!(error = %e, "compaction failed; retrying later"),
             }
         }
-        let every = u64::from(core.checkpoint_every_segments);
-        let due = (every > 0 && sealed_since_checkpoint >= every)
-            || reclaimed_through.is_some_and(|s| s >= checkpoint_resume_seq);
+        // A reclaim that deleted the segment the newest checkpoint resumes from has made it useless: replace
+        // it whatever its size.
+        let due = pace.due() || reclaimed_through.is_some_and(|s| s >= checkpoint_resume_seq);
         if due {
             match checkpoint::checkpoint(&core) {
                 Ok(report) => {
-                    sealed_since_checkpoint = 0;
-                    checkpoint_resume_seq = report.map_or(checkpoint_resume_seq, |r| r.resume_seq);
+                    pace.sealed_since = 0;
+                    if let Some(r) = report {
+                        pace.last_bytes = r.bytes;
+                        checkpoint_resume_seq = r.resume_seq;
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "checkpoint failed; the next open scans more"),
             }
         }
         sealed = core.maintenance.wait(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pace(every: u64, last_bytes: u64, sealed_since: u64) -> CheckpointPace {
+        CheckpointPace { every_segments: every, segment_bytes: 1 << 20, last_bytes, sealed_since }
+    }
+
+    #[test]
+    fn a_small_index_is_checkpointed_every_n_segments() {
+        assert!(!pace(4, 0, 3).due());
+        assert!(pace(4, 0, 4).due());
+        assert!(pace(4, 64 << 10, 4).due(), "a 64 KiB checkpoint x 16 is 1 MiB, under 4 segments");
+    }
+
+    #[test]
+    fn the_interval_grows_with_the_last_checkpoint() {
+        // 1 MiB checkpoint: 16 MiB of journal, 16 segments, between two.
+        assert!(!pace(4, 1 << 20, 4).due());
+        assert!(!pace(4, 1 << 20, 15).due());
+        assert!(pace(4, 1 << 20, 16).due());
+        // The growth is linear in the checkpoint's size.
+        assert!(!pace(4, 2 << 20, 31).due());
+        assert!(pace(4, 2 << 20, 32).due());
+    }
+
+    #[test]
+    fn zero_turns_periodic_checkpoints_off() {
+        assert!(!pace(0, 0, 1_000).due());
+        assert!(!pace(0, 1, u64::MAX).due());
+    }
+
+    #[test]
+    fn huge_values_do_not_overflow() {
+        assert!(pace(1, u64::MAX, u64::MAX).due());
+        assert!(!pace(1, u64::MAX, 1).due());
     }
 }
