@@ -44,6 +44,12 @@ pub struct Measurement {
     pub mb_per_sec: f64,
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
+    /// CPU time the whole process used during the measurement (user + system, every thread), ÷ its wall
+    /// time: how many of the machine's cores the system kept busy.
+    pub cpu_cores: f64,
+    /// The same for the whole machine (`/proc/stat`: everything but idle and iowait, kernel threads and
+    /// interrupts included), out of `available_parallelism` cores. `None` where `/proc/stat` is unreadable.
+    pub machine_busy_cores: Option<f64>,
 }
 
 impl Measurement {
@@ -62,10 +68,16 @@ impl Measurement {
             // Percentiles are not additive; the append-weighted mean of the rounds' percentiles is reported.
             latency_p50_us: weighted(|m| m.latency_p50_us),
             latency_p99_us: weighted(|m| m.latency_p99_us),
+            cpu_cores: parts.iter().map(|m| m.cpu_cores * m.secs).sum::<f64>() / secs,
+            machine_busy_cores: parts
+                .iter()
+                .map(|m| m.machine_busy_cores.map(|c| c * m.secs))
+                .sum::<Option<f64>>()
+                .map(|t| t / secs),
         }
     }
 
-    fn from_latencies(mut latencies_ns: Vec<u64>, secs: f64, size: usize) -> Measurement {
+    fn from_latencies(mut latencies_ns: Vec<u64>, secs: f64, size: usize, cpu: CpuUse) -> Measurement {
         latencies_ns.sort_unstable();
         let n = latencies_ns.len();
         let pct =
@@ -77,6 +89,8 @@ impl Measurement {
             mb_per_sec: n as f64 * size as f64 / secs / 1e6,
             latency_p50_us: pct(0.50),
             latency_p99_us: pct(0.99),
+            cpu_cores: cpu.process_secs / secs,
+            machine_busy_cores: cpu.machine_busy_secs.map(|b| b / secs),
         }
     }
 }
@@ -109,6 +123,7 @@ where
         .collect();
     start_line.wait();
     let start = Instant::now();
+    let cpu_start = CpuUse::now();
     std::thread::sleep(duration);
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
@@ -118,7 +133,40 @@ where
     // Appends in flight when `stop` was set finish after the window; counting them over the time they
     // actually took keeps the rate honest.
     let secs = start.elapsed().as_secs_f64();
-    Ok(Measurement::from_latencies(all, secs, size))
+    let cpu = CpuUse::now().since(&cpu_start);
+    Ok(Measurement::from_latencies(all, secs, size, cpu))
+}
+
+/// CPU seconds used so far: by this process (user + system, all threads), and by the whole machine.
+#[derive(Clone, Copy, Debug)]
+struct CpuUse {
+    process_secs: f64,
+    machine_busy_secs: Option<f64>,
+}
+
+impl CpuUse {
+    fn now() -> CpuUse {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        CpuUse { process_secs: t.tv_sec as f64 + t.tv_nsec as f64 / 1e9, machine_busy_secs: machine_busy_secs() }
+    }
+
+    fn since(&self, earlier: &CpuUse) -> CpuUse {
+        CpuUse {
+            process_secs: self.process_secs - earlier.process_secs,
+            machine_busy_secs: self.machine_busy_secs.zip(earlier.machine_busy_secs).map(|(a, b)| a - b),
+        }
+    }
+}
+
+/// Busy CPU seconds of the whole machine since boot: the first line of `/proc/stat` (in USER_HZ, 100 per
+/// second on Linux) without idle and iowait.
+fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
+    let (user, nice, system, irq, softirq, steal) =
+        (fields.first()?, fields.get(1)?, fields.get(2)?, fields.get(5)?, fields.get(6)?, fields.get(7)?);
+    Some((user + nice + system + irq + softirq + steal) as f64 / 100.0)
 }
 
 /// Bytes of the pre-allocated file the raw baselines write into (wrapping around at the end).

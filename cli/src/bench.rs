@@ -335,13 +335,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 with_encrypted: encrypt,
                 settle: Duration::from_millis(settle_ms),
             };
+            let cores = |m: &keel_bench::Measurement| match m.machine_busy_cores {
+                Some(busy) => format!("cores: process {:.2}, machine {busy:.2}", m.cpu_cores),
+                None => format!("cores: process {:.2}", m.cpu_cores),
+            };
             let rows = run_matrix(scratch.path(), &cfg, &mut |row| {
                 eprintln!(
-                    "{:>3} writers × {:>5} B: keel {:>8.0}/s  raw group commit {:>8.0}/s  ratio {:.2}{}{}",
+                    "{:>3} writers × {:>5} B: keel {:>8.0}/s ({})  raw group commit {:>8.0}/s ({})  ratio {:.2}{}{}",
                     row.writers,
                     row.size,
                     row.keel.appends_per_sec,
+                    cores(&row.keel),
                     row.raw_group_commit.appends_per_sec,
+                    cores(&row.raw_group_commit),
                     row.keel_vs_raw_group_commit,
                     row.keel_vs_raw_loop.map_or(String::new(), |r| format!("  vs raw loop {r:.2}")),
                     row.okaywal_vs_raw_group_commit.map_or(String::new(), |r| format!("  okaywal {r:.2}")),
@@ -359,7 +365,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 eprintln!("{:>3} writers × {:>5} B: keel {}", row.writers, row.size, batch(&row.keel_writer));
                 if let Some(r) = row.encrypted_vs_plaintext {
                     let w = row.keel_encrypted_writer.as_ref().map_or(String::new(), |w| format!("; {}", batch(w)));
-                    eprintln!("{:>3} writers × {:>5} B: encrypted ÷ plaintext {r:.2}{w}", row.writers, row.size);
+                    let cores = row.keel_encrypted.as_ref().map_or(String::new(), cores);
+                    eprintln!(
+                        "{:>3} writers × {:>5} B: encrypted ÷ plaintext {r:.2} ({cores}){w}",
+                        row.writers, row.size
+                    );
                 }
                 if let Some(s) = &row.surrealkv {
                     eprintln!(
