@@ -190,7 +190,7 @@ fn restore_refuses_a_non_empty_target_unless_forced() {
 fn a_drill_of_an_encrypted_journal_without_its_key_fails_with_reason_key() {
     let data = tempfile::tempdir().unwrap();
     let load = Load::start(data.path(), Some(journal_key()), 1);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    load.wait_for_acked(50);
     load.stop();
     let dir = tempfile::tempdir().unwrap();
     let repo = open_repo(&store(Backend::Dir, dir.path()));

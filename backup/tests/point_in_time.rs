@@ -25,8 +25,13 @@ fn point_in_time(backend: Backend, encrypted: bool) {
     let mut tx_lsns = None;
     // Rounds: (time after the round, its cut).
     let mut rounds = Vec::new();
+    let mut acked_at_first_round = 0;
     for i in 0..8 {
         std::thread::sleep(Duration::from_millis(120));
+        if i == 7 {
+            // Enough was written between the first cut and the last for the cuts in between to differ.
+            load.wait_for_acked(acked_at_first_round + 150);
+        }
         if i == 2 {
             let add = load.journal.add_tx(tx, 1 << 50, 1, b"tx record").unwrap();
             let commit = load.journal.commit(tx).unwrap();
@@ -36,6 +41,9 @@ fn point_in_time(backend: Backend, encrypted: bool) {
         assert_eq!(r.snapshot.is_some(), i == 0, "round {i}: a base snapshot only first");
         std::thread::sleep(Duration::from_millis(5));
         rounds.push((keel_backup_now(), r.next_lsn));
+        if i == 0 {
+            acked_at_first_round = load.acked.lock().unwrap().len();
+        }
     }
     let journal = load.stop();
     // Every acknowledged add, by LSN.

@@ -83,7 +83,13 @@ fn every_concurrent_caller_gets_the_poison_and_none_hangs() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Some appends acknowledged before the fdatasyncs start failing (a fixed sleep proves nothing on a busy
+    // disk).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 20 {
+        assert!(std::time::Instant::now() < deadline, "no appends acknowledged in 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
     faults.fail_syncs();
     for t in threads {
         t.join().unwrap();

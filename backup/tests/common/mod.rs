@@ -205,6 +205,15 @@ impl Load {
         }
     }
 
+    /// Waits until at least `n` adds were acknowledged in all (a fixed sleep proves nothing on a busy disk).
+    pub fn wait_for_acked(&self, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while self.acked.lock().unwrap().len() < n {
+            assert!(std::time::Instant::now() < deadline, "the load acknowledged fewer than {n} adds in 120 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     pub fn snapshot_of_acked(&self) -> BTreeMap<u64, u64> {
         self.acked.lock().unwrap().clone()
     }
