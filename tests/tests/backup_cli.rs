@@ -50,7 +50,13 @@ fn backup_of_a_journal_a_live_process_writes_restores_every_acknowledged_record(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The writer has acknowledged records before the first backup (a fixed sleep proves nothing on a busy
+    // machine: the child may still be starting).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while std::fs::read_to_string(&acks).map_or(0, |a| a.lines().count()) < 200 {
+        assert!(std::time::Instant::now() < deadline, "the writer acknowledged fewer than 200 records in 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut snapshots = Vec::new();
     for round in 0..3 {
         // What was acknowledged before this backup began must be in it.
