@@ -61,9 +61,19 @@ async fn directory_fencing_under_contention() {
     race(stores).await;
 }
 
-/// Against the external server only: s3s-fs (the in-process server) checks a put's condition and then
-/// writes, without holding anything in between, so concurrent conditional puts can all pass there; the
-/// client's side of fencing is covered against it by the sequential cases of the suite.
+/// The in-process server (s3s-fs, with the per-key write locks `keel_s3::test_server` adds so that a
+/// conditional put is atomic, as in S3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_fencing_under_contention_in_process() {
+    let server = common::start_in_process();
+    let scratch = tempfile::tempdir().unwrap();
+    let keys = common::key_files(scratch.path());
+    let store = common::bucket_store(&format!("http://{}", server.addr), Some(keys), |_| {}).await;
+    race(vec![store; 6]).await;
+}
+
+/// The external server (`.ci/run` starts moto through `.ci/moto_server.py`, which makes its conditional
+/// writes atomic: plain moto's are not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_fencing_under_contention_external() {
     let Some(endpoint) = common::external_endpoint() else {
