@@ -90,11 +90,15 @@ impl RecordTable {
         self.shard_mut(id).insert(id, r)
     }
     pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
-        // A miss must not copy a shared shard.
-        if !self.contains_key(id) {
+        let shard = &mut self.shards[Self::shard(*id)];
+        // Unshared (no checkpoint in progress), one lookup; shared, a miss must not copy the shard.
+        if let Some(s) = Arc::get_mut(shard) {
+            return s.remove(id);
+        }
+        if !shard.contains_key(id) {
             return None;
         }
-        self.shard_mut(*id).remove(id)
+        Arc::make_mut(shard).remove(id)
     }
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()

@@ -163,6 +163,15 @@ pub fn payload(id: u64) -> Vec<u8> {
     p
 }
 
+/// Polls `done` until it holds, failing the test after 120 s.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "waited 120 s for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Writers appending to a journal until stopped; every acknowledged add recorded with its LSN.
 pub struct Load {
     pub journal: Arc<Journal>,
@@ -197,21 +206,13 @@ impl Load {
     /// Waits until the journal has sealed at least `n` segments, so that a backup taken now holds
     /// immutable segments that a later one can share. A fixed sleep is not enough on a busy disk.
     pub fn wait_for_sealed_segments(&self, n: u64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
         // The first activation opens segment 1; each later one seals the segment before it.
-        while self.journal.write_stats().activations < n + 1 {
-            assert!(std::time::Instant::now() < deadline, "the load sealed fewer than {n} segments in 120 s");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        wait_until(&format!("the load to seal {n} segments"), || self.journal.write_stats().activations > n);
     }
 
     /// Waits until at least `n` adds were acknowledged in all (a fixed sleep proves nothing on a busy disk).
     pub fn wait_for_acked(&self, n: usize) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while self.acked.lock().unwrap().len() < n {
-            assert!(std::time::Instant::now() < deadline, "the load acknowledged fewer than {n} adds in 120 s");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until(&format!("the load to acknowledge {n} adds"), || self.acked.lock().unwrap().len() >= n);
     }
 
     pub fn snapshot_of_acked(&self) -> BTreeMap<u64, u64> {

@@ -31,7 +31,9 @@ pub struct MaintenanceStats {
     pub checkpoints: u64,
     /// Their bytes, together.
     pub checkpoint_bytes: u64,
-    /// How long appends waited while checkpoints copied the live index (they hold the writer meanwhile).
+    /// How long checkpoints held the writer, so appends waited: to flush and to clone the index, which
+    /// shares its shards. Not counted: the writer's copy of each shard it changes while a checkpoint still
+    /// shares it (each 1/16 of the index), paid by the append that changes it.
     pub checkpoint_pause: Duration,
 }
 
