@@ -240,9 +240,22 @@ fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
 /// Recovery holds exactly the acknowledged records.
 #[test]
 fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
+    failed_write_during_an_overlapped_fdatasync(None);
+}
+
+/// The same, encrypted: the failed write was one sealed unit, and the next write seals its frames again
+/// at the same offset under a fresh nonce.
+#[test]
+fn failed_write_during_an_overlapped_fdatasync_encrypted() {
+    let keys = keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "7d".repeat(32)), "test").unwrap();
+    failed_write_during_an_overlapped_fdatasync(Some(keys));
+}
+
+fn failed_write_during_an_overlapped_fdatasync(keys: Option<keel_journal::crypto::keys::KeyRing>) {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    let (j, _) = Journal::open(dir.path(), large_batch_options(&faults)).unwrap();
+    let opts = Options { keys: keys.clone(), ..large_batch_options(&faults) };
+    let (j, _) = Journal::open(dir.path(), opts).unwrap();
     assert!(j.wait_for_spares(Duration::from_secs(10)));
     let j = Arc::new(j);
     let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -289,7 +302,8 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
     assert!(acked.lock().unwrap().len() >= acked_at_failure + 64, "writing went on after the failure");
     assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0, "some appends failed");
     Arc::into_inner(j).unwrap().close().unwrap();
-    let (j, rec) = reopen_large(dir.path());
+    let reopen_opts = Options { segment_bytes: LARGE_SEGMENT_BYTES, keys, ..Options::default() };
+    let (j, rec) = Journal::open(dir.path(), reopen_opts).unwrap();
     let mut acked = acked.lock().unwrap().clone();
     acked.sort();
     let got: Vec<u64> = rec.records.keys().copied().collect();

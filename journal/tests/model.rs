@@ -158,11 +158,38 @@ impl Model {
     }
 }
 
-fn options(sync: SyncPolicy, encrypted: bool) -> Options {
-    let keys = encrypted
+/// How the test appends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Encrypted,
+    /// Encrypted, and each run of record operations is submitted at once (`*_async`) and only then waited
+    /// for, so that it forms one batch (one sealed unit): refused operations fall in the middle of a
+    /// batch, and the writer's model, undo and LSNs must still agree with the model here.
+    EncryptedBatched,
+}
+
+fn options(sync: SyncPolicy, mode: Mode) -> Options {
+    let keys = (mode != Mode::Plain)
         .then(|| keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "5a".repeat(32)), "test").unwrap());
+    let max_batch_wait = match mode {
+        Mode::EncryptedBatched => std::time::Duration::from_millis(5),
+        _ => std::time::Duration::ZERO,
+    };
     // Maintenance off: reclaim runs exactly where the op sequence says, so failures replay.
-    Options { segment_bytes: 64 * 1024, sync, keys, auto_maintenance: false, ..Options::default() }
+    Options { segment_bytes: 64 * 1024, sync, keys, max_batch_wait, auto_maintenance: false, ..Options::default() }
+}
+
+/// Compares one operation's outcome with the model's.
+fn settle(model: &mut Model, last_lsn: &mut u64, step: usize, op: &Op, result: Result<keel_journal::Lsn, AppendError>) {
+    let expected = model.apply(op, step);
+    assert_eq!(classify(&result), expected, "step {step}: {op:?}");
+    if let Ok(lsn) = result {
+        if !matches!(op, Op::Sync) {
+            assert!(lsn.0 > *last_lsn, "LSNs increase");
+            *last_lsn = lsn.0;
+        }
+    }
 }
 
 fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered, read: &dyn Fn(&RecordRef) -> Vec<u8>) {
@@ -187,16 +214,38 @@ fn check_recovered(model: &mut Model, recovered: &keel_journal::Recovered, read:
     assert_eq!(got_prepared, want_prepared, "prepared transactions after reopen");
 }
 
-fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
-    let options = |sync| options(sync, encrypted);
+fn run(ops: Vec<Op>, sync: SyncPolicy, mode: Mode) {
+    let options = |sync| options(sync, mode);
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::default();
     let (mut journal, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
     assert!(recovered.records.is_empty());
     let mut last_lsn = 0u64;
     let mut checkpointed = false;
+    let mut batch: Vec<(usize, &Op, keel_journal::Pending)> = Vec::new();
     for (step, op) in ops.iter().enumerate() {
         let tx = |t: u64| TxId::new(t).unwrap();
+        if mode == Mode::EncryptedBatched {
+            let submitted = match *op {
+                Op::Add(id, k, l) => Some(journal.add_async(id, k, &payload(step, l))),
+                Op::Update(id, k, l) => Some(journal.update_async(id, k, &payload(step, l))),
+                Op::Delete(id) => Some(journal.delete_async(id)),
+                Op::AddTx(t, id, l) => Some(journal.add_tx_async(tx(t), id, 1, &payload(step, l))),
+                Op::UpdateTx(t, id, l) => Some(journal.update_tx_async(tx(t), id, 2, &payload(step, l))),
+                Op::DeleteTx(t, id) => Some(journal.delete_tx_async(tx(t), id)),
+                Op::Prepare(t, l) => Some(journal.prepare_async(tx(t), &payload(step, l))),
+                Op::Commit(t) => Some(journal.commit_async(tx(t))),
+                Op::Rollback(t) => Some(journal.rollback_async(tx(t))),
+                _ => None,
+            };
+            if let Some(p) = submitted {
+                batch.push((step, op, p));
+                continue;
+            }
+        }
+        for (step, op, p) in batch.drain(..) {
+            settle(&mut model, &mut last_lsn, step, op, p.wait());
+        }
         let result = match *op {
             Op::Add(id, k, l) => journal.add(id, k, &payload(step, l)),
             Op::Update(id, k, l) => journal.update(id, k, &payload(step, l)),
@@ -243,14 +292,10 @@ fn run(ops: Vec<Op>, sync: SyncPolicy, encrypted: bool) {
                 continue;
             }
         };
-        let expected = model.apply(op, step);
-        assert_eq!(classify(&result), expected, "step {step}: {op:?}");
-        if let Ok(lsn) = result {
-            if !matches!(op, Op::Sync) {
-                assert!(lsn.0 > last_lsn, "LSNs increase");
-                last_lsn = lsn.0;
-            }
-        }
+        settle(&mut model, &mut last_lsn, step, op, result);
+    }
+    for (step, op, p) in batch.drain(..) {
+        settle(&mut model, &mut last_lsn, step, op, p.wait());
     }
     drop(journal);
     let (j, recovered) = Journal::open(dir.path(), options(sync)).unwrap();
@@ -272,16 +317,21 @@ proptest! {
 
     #[test]
     fn journal_matches_model_sync_always(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, SyncPolicy::Always, false);
+        run(ops, SyncPolicy::Always, Mode::Plain);
     }
 
     #[test]
     fn journal_matches_model_sync_never(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, SyncPolicy::Never, false);
+        run(ops, SyncPolicy::Never, Mode::Plain);
     }
 
     #[test]
     fn journal_matches_model_encrypted(ops in proptest::collection::vec(op(), 1..80)) {
-        run(ops, SyncPolicy::Always, true);
+        run(ops, SyncPolicy::Always, Mode::Encrypted);
+    }
+
+    #[test]
+    fn journal_matches_model_encrypted_batched(ops in proptest::collection::vec(op(), 1..80)) {
+        run(ops, SyncPolicy::Always, Mode::EncryptedBatched);
     }
 }
