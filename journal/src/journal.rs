@@ -165,6 +165,8 @@ pub(crate) struct Core {
     pub segment_bytes: u64,
     pub maintenance: Arc<Maintenance>,
     pub checkpoint_every_segments: u32,
+    /// The checkpoint this open started from: the maintenance thread paces the next one from it.
+    pub checkpoint_at_open: Option<crate::recovery::CheckpointUsed>,
 }
 
 /// What [`Journal::rekey`] did.
@@ -350,6 +352,7 @@ impl Journal {
             segment_bytes: options.segment_bytes,
             maintenance,
             checkpoint_every_segments: options.checkpoint_every_segments,
+            checkpoint_at_open: dr.checkpoint_used,
         });
         if options.auto_maintenance {
             let c = core.clone();

@@ -207,6 +207,46 @@ fn periodic_checkpoints_space_out_as_the_live_index_grows() {
     assert!(report.checkpoint.is_some(), "close wrote a checkpoint");
 }
 
+/// The checkpoint an open started from paces the next periodic one, as if this process had written it:
+/// a restart of a journal with a large live set does not bring on a checkpoint after the next few
+/// segments, and then one after every few more until one was written (each rewriting the whole index).
+#[test]
+fn the_checkpoint_an_open_starts_from_paces_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let segment_bytes = 64 * 1024;
+    let opts = || Options {
+        segment_bytes,
+        sync: keel_journal::SyncPolicy::Never,
+        checkpoint_every_segments: 1,
+        compaction: None,
+        ..Options::default()
+    };
+    {
+        // 20 000 live records: a checkpoint of ~0.8 MB, written at close.
+        let (j, _) = Journal::open(dir.path(), opts()).unwrap();
+        for id in 0..20_000u64 {
+            j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
+        }
+    }
+    let (j, rec) = Journal::open(dir.path(), opts()).unwrap();
+    assert!(rec.report.checkpoint.is_some(), "the open started from the close's checkpoint");
+    // Four segments of new records: far less than 16 × the checkpoint's bytes.
+    for id in 20_000..24_500u64 {
+        j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
+        if id % 500 == 0 {
+            j.sync().unwrap();
+            // Let the maintenance thread look after each segment sealed.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    j.sync().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(j.write_stats().activations >= 4, "{:?}", j.write_stats());
+    assert_eq!(j.maintenance_stats().checkpoints, 0, "no checkpoint before 16 × the last one's bytes");
+    drop(j);
+    reopen_and_compare(dir.path(), None);
+}
+
 /// A checkpoint copies the index under the writer's lock and serializes it after letting go, while the
 /// writer changes its own (copy-on-write) shards: each checkpoint must still be exactly the state at its
 /// resume point, so an open from any of them agrees with a full scan.

@@ -77,16 +77,24 @@ pub fn start(root: &Path) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// One lock per object path (the request's URI path: `/bucket/key`), created on first use and kept for
-/// the server's life (a test server sees few keys).
+/// One lock per object path (the request's URI path: `/bucket/key`), created on first use. Locks no
+/// request holds are dropped once the map grows past `KEY_LOCKS_PRUNE_AT`, so a long run over many keys
+/// does not keep one per key ever touched.
 #[derive(Clone, Default)]
 struct KeyLocks(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, KeyLock>>>);
 
 type KeyLock = std::sync::Arc<tokio::sync::RwLock<()>>;
 
+const KEY_LOCKS_PRUNE_AT: usize = 4096;
+
 impl KeyLocks {
     fn of(&self, path: &str) -> KeyLock {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= KEY_LOCKS_PRUNE_AT {
+            // Held only by the map: no request holds or waits for it (a request keeps its clone, inside its
+            // guard, until it is done), so a later request for the key may as well get a new one.
+            map.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+        }
         map.entry(path.to_owned()).or_default().clone()
     }
 }

@@ -502,6 +502,13 @@ impl Writer {
                     }
                 }
             }
+            // The bytes after `end` are zeros already (a spare is zero-filled, an in-place resume checked
+            // them, a failed write is zeroed). Writing zeros to the end of the last page makes that page
+            // whole, so the kernel need not read it from disk first when the page cache no longer holds it.
+            let pad = page_pad(end, active.capacity);
+            if pad > 0 {
+                slices.push(IoSlice::new(&PAGE_OF_ZEROS[..pad]));
+            }
             if let Err(e) = active.file.write_all_at(&slices, write_at) {
                 drop(slices);
                 self.model.revert(undo);
@@ -649,6 +656,19 @@ impl Writer {
     }
 }
 
+/// Zeros to pad a write to the end of its last page with.
+static PAGE_OF_ZEROS: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
+
+/// The page size writes are padded to: the smallest page of the platforms Keel runs on. (A larger page
+/// only gets less benefit.)
+const PAGE_BYTES: u64 = 4096;
+
+/// How many zero bytes take a write that ends at `end` to the end of its page, within `capacity`.
+fn page_pad(end: u64, capacity: u64) -> usize {
+    let page_end = end.next_multiple_of(PAGE_BYTES).min(capacity);
+    page_end.saturating_sub(end) as usize
+}
+
 /// The bytes that seal a segment at `offset`: the seal frame, in a sealed unit if the segment is encrypted.
 pub(crate) fn seal_bytes(
     binding: &Binding,
@@ -686,5 +706,20 @@ fn fail_planned(batch: &mut [Option<Request>], planned: &[(usize, Option<Lsn>)],
         if let Some(r) = batch[*idx].take() {
             r.slot.complete(Err(e.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_padded_to_the_end_of_their_page_within_the_segment() {
+        assert_eq!(page_pad(4096, 1 << 20), 0, "already at a page boundary");
+        // A 16 KiB record's frame after the segment header ends 296 bytes into its fifth page.
+        assert_eq!(page_pad(256 + 16_424, 1 << 20), 4096 - 296);
+        assert_eq!(page_pad(4097, 1 << 20), 4095);
+        assert_eq!(page_pad(65_000, 65_100), 100, "never past the end of the segment");
+        assert_eq!(page_pad(65_100, 65_100), 0);
     }
 }

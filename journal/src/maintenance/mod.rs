@@ -115,14 +115,17 @@ impl CheckpointPace {
 
 /// The maintenance thread's loop.
 pub(crate) fn run(core: Arc<Core>) {
+    // The checkpoint the open started from counts as the last one written, so that a restart does not
+    // bring the next one forward (with a large live set, by many times the interval).
     let mut pace = CheckpointPace {
         every_segments: u64::from(core.checkpoint_every_segments),
         segment_bytes: core.segment_bytes,
-        last_bytes: 0,
+        last_bytes: core.checkpoint_at_open.map_or(0, |c| c.bytes),
         sealed_since: 0,
     };
-    // The segment the newest checkpoint resumes from (unknown at start: assume it may be stale).
-    let mut checkpoint_resume_seq = 0u64;
+    // The segment the newest checkpoint resumes from (without one from the open: 0, so that the first
+    // reclaim of anything brings a checkpoint).
+    let mut checkpoint_resume_seq = core.checkpoint_at_open.map_or(0, |c| c.resume_seq);
     // A first pass at once: recovery may have found dead segments.
     let mut sealed = Some(0);
     while let Some(n) = sealed {

@@ -130,6 +130,18 @@ pub(crate) struct DirRecovery {
     pub oldest_seq: Option<u64>,
     /// Every segment in use, whether read or covered by a checkpoint.
     pub present: Vec<u64>,
+    /// The checkpoint recovery started from, if any.
+    pub checkpoint_used: Option<CheckpointUsed>,
+}
+
+/// What the maintenance thread needs to know of the checkpoint an open started from, to pace the next one
+/// as if it had written it (`maintenance::CheckpointPace`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CheckpointUsed {
+    /// The segment a replay on top of it starts from.
+    pub resume_seq: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// The contents (at most 1 MiB) of one of the journal's small fixed files, or `None` if it does not exist.
@@ -200,13 +212,18 @@ pub(crate) fn recover_dir(
                     // as fast and as right: not an error.
                     return Err(CheckpointError::Superseded);
                 }
+                let resume_seq = resume.seq;
                 let start = Start { resume, body };
                 replay_segments(&ctx, Some(start), &mut |_| {})
                     .map_err(|e| CheckpointError::Inconsistent(e.to_string()))
                     .and_then(check_locations)
+                    .map(|dr| (dr, resume_seq))
             });
             match attempt {
-                Ok(mut dr) => {
+                Ok((mut dr, resume_seq)) => {
+                    // Only paces the next checkpoint: if the size cannot be read, the next one comes early.
+                    let bytes = vfs.open(&path, OpenMode::Read).and_then(|f| f.size()).unwrap_or(0);
+                    dr.checkpoint_used = Some(CheckpointUsed { resume_seq, bytes });
                     dr.recovered.report.checkpoint = Some(path);
                     dr.recovered.report.checkpoints_rejected = rejected;
                     return Ok(dr);
@@ -653,6 +670,7 @@ fn replay_segments(
         next_seq,
         oldest_seq,
         present,
+        checkpoint_used: None,
     })
 }
 
