@@ -167,6 +167,30 @@ fn with_a_checkpoint_a_missing_old_key_is_still_refused_at_open() {
     assert!(matches!(e, keel_journal::OpenError::KeyUnavailable { key_id: 1, .. }), "{e}");
 }
 
+/// A checkpoint after every sealed segment, were it not for the interval's growth; no compaction.
+fn pacing_options(segment_bytes: u64) -> Options {
+    Options {
+        segment_bytes,
+        sync: keel_journal::SyncPolicy::Never,
+        checkpoint_every_segments: 1,
+        compaction: None,
+        ..Options::default()
+    }
+}
+
+/// Adds a live 16-byte record for each id; after every `sync_every`, syncs and pauses so that the
+/// maintenance thread looks at the segments sealed meanwhile, as it would behind a slower writer.
+fn add_small_records(j: &Journal, ids: std::ops::Range<u64>, sync_every: u64, pause: std::time::Duration) {
+    for id in ids {
+        j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
+        if (id + 1) % sync_every == 0 {
+            j.sync().unwrap();
+            std::thread::sleep(pause);
+        }
+    }
+    j.sync().unwrap();
+}
+
 /// A checkpoint rewrites the whole live index, so with a growing live set its interval must grow too, or
 /// checkpoints would take a growing share of the disk: between two, at least 16 × the earlier one's bytes
 /// of journal are written. Summed, checkpoints then cost at most 1/16 of the journal's bytes, plus the last.
@@ -174,25 +198,10 @@ fn with_a_checkpoint_a_missing_old_key_is_still_refused_at_open() {
 fn periodic_checkpoints_space_out_as_the_live_index_grows() {
     let dir = tempfile::tempdir().unwrap();
     let segment_bytes = 64 * 1024;
-    let opts = Options {
-        segment_bytes,
-        sync: keel_journal::SyncPolicy::Never,
-        checkpoint_every_segments: 1,
-        compaction: None,
-        ..Options::default()
-    };
-    let (j, _) = Journal::open(dir.path(), opts).unwrap();
+    let (j, _) = Journal::open(dir.path(), pacing_options(segment_bytes)).unwrap();
     // 60 000 live records of 16 bytes: 56-byte frames, ~3.4 MB of journal over ~50 segments; the index
     // reaches ~2.4 MB, so a checkpoint per segment would write ~60 MB.
-    for id in 0..60_000u64 {
-        j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
-        if id % 1_000 == 999 {
-            j.sync().unwrap();
-            // Let the maintenance thread look after each segment, as it would on a slower writer.
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-    }
-    j.sync().unwrap();
+    add_small_records(&j, 0..60_000, 1_000, std::time::Duration::from_millis(2));
     let written = j.write_stats().activations * segment_bytes;
     let stats = j.maintenance_stats();
     let index_bytes = 60_000 * 41 + 4096;
@@ -214,32 +223,15 @@ fn periodic_checkpoints_space_out_as_the_live_index_grows() {
 fn the_checkpoint_an_open_starts_from_paces_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
     let segment_bytes = 64 * 1024;
-    let opts = || Options {
-        segment_bytes,
-        sync: keel_journal::SyncPolicy::Never,
-        checkpoint_every_segments: 1,
-        compaction: None,
-        ..Options::default()
-    };
     {
         // 20 000 live records: a checkpoint of ~0.8 MB, written at close.
-        let (j, _) = Journal::open(dir.path(), opts()).unwrap();
-        for id in 0..20_000u64 {
-            j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
-        }
+        let (j, _) = Journal::open(dir.path(), pacing_options(segment_bytes)).unwrap();
+        add_small_records(&j, 0..20_000, 20_000, std::time::Duration::ZERO);
     }
-    let (j, rec) = Journal::open(dir.path(), opts()).unwrap();
+    let (j, rec) = Journal::open(dir.path(), pacing_options(segment_bytes)).unwrap();
     assert!(rec.report.checkpoint.is_some(), "the open started from the close's checkpoint");
     // Four segments of new records: far less than 16 × the checkpoint's bytes.
-    for id in 20_000..24_500u64 {
-        j.add(id, 0, &id.to_le_bytes().repeat(2)).unwrap();
-        if id % 500 == 0 {
-            j.sync().unwrap();
-            // Let the maintenance thread look after each segment sealed.
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-    j.sync().unwrap();
+    add_small_records(&j, 20_000..24_500, 500, std::time::Duration::from_millis(20));
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert!(j.write_stats().activations >= 4, "{:?}", j.write_stats());
     assert_eq!(j.maintenance_stats().checkpoints, 0, "no checkpoint before 16 × the last one's bytes");

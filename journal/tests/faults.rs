@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keel_journal::crypto::keys::KeyRing;
 use keel_journal::vfs::fault::{Faults, FaultyVfs};
 use keel_journal::{AppendError, Journal, Options};
 
@@ -187,8 +188,8 @@ fn wait_for_overlaps(j: &Journal, n: u64) {
 }
 
 /// Reopens without faults, with the large-batch segment size.
-fn reopen_large(dir: &std::path::Path) -> (Journal, keel_journal::Recovered) {
-    Journal::open(dir, Options { segment_bytes: LARGE_SEGMENT_BYTES, ..Options::default() }).unwrap()
+fn reopen_large(dir: &std::path::Path, keys: Option<KeyRing>) -> (Journal, keel_journal::Recovered) {
+    Journal::open(dir, Options { segment_bytes: LARGE_SEGMENT_BYTES, keys, ..Options::default() }).unwrap()
 }
 
 /// A failed fdatasync while the leader overlaps it with the next batch's write (large batches): every
@@ -226,7 +227,7 @@ fn failed_overlapped_fdatasync_poisons_and_nothing_after_it_is_acknowledged() {
     assert!(matches!(j.sync(), Err(AppendError::Poisoned { .. })));
     drop(j);
     assert_eq!(faults.syncs(), syncs, "no fdatasync after the failure, not even by close");
-    let (j, rec) = reopen_large(dir.path());
+    let (j, rec) = reopen_large(dir.path(), None);
     let acked = acked.lock().unwrap();
     assert!(!acked.is_empty());
     for (id, _) in acked.iter() {
@@ -247,11 +248,11 @@ fn failed_write_during_an_overlapped_fdatasync_loses_only_its_own_batch() {
 /// at the same offset under a fresh nonce.
 #[test]
 fn failed_write_during_an_overlapped_fdatasync_encrypted() {
-    let keys = keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}", "7d".repeat(32)), "test").unwrap();
+    let keys = KeyRing::parse(&format!("1:{}", "7d".repeat(32)), "test").unwrap();
     failed_write_during_an_overlapped_fdatasync(Some(keys));
 }
 
-fn failed_write_during_an_overlapped_fdatasync(keys: Option<keel_journal::crypto::keys::KeyRing>) {
+fn failed_write_during_an_overlapped_fdatasync(keys: Option<KeyRing>) {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
     let opts = Options { keys: keys.clone(), ..large_batch_options(&faults) };
@@ -302,8 +303,7 @@ fn failed_write_during_an_overlapped_fdatasync(keys: Option<keel_journal::crypto
     assert!(acked.lock().unwrap().len() >= acked_at_failure + 64, "writing went on after the failure");
     assert!(failed.load(std::sync::atomic::Ordering::Relaxed) > 0, "some appends failed");
     Arc::into_inner(j).unwrap().close().unwrap();
-    let reopen_opts = Options { segment_bytes: LARGE_SEGMENT_BYTES, keys, ..Options::default() };
-    let (j, rec) = Journal::open(dir.path(), reopen_opts).unwrap();
+    let (j, rec) = reopen_large(dir.path(), keys);
     let mut acked = acked.lock().unwrap().clone();
     acked.sort();
     let got: Vec<u64> = rec.records.keys().copied().collect();

@@ -205,25 +205,21 @@ pub(crate) fn recover_dir(
         let oldest = headers.first().filter(|_| active_count > 0).map(|h| h.0);
         for &next_lsn in checkpoints.iter().rev() {
             let path = dir.join(checkpoint::file_name(Lsn(next_lsn)));
-            let attempt = load_checkpoint(vfs, &path, &identity, keys).and_then(|(resume, body)| {
+            let attempt = load_checkpoint(vfs, &path, &identity, keys).and_then(|(used, resume, body)| {
                 if oldest.is_none_or(|o| resume.seq < o) {
                     // Reclaim deleted segments after this checkpoint was taken. Everything it covered is
                     // dead then (reclaim deletes nothing live), so a full scan of what is left is exactly
                     // as fast and as right: not an error.
                     return Err(CheckpointError::Superseded);
                 }
-                let resume_seq = resume.seq;
                 let start = Start { resume, body };
                 replay_segments(&ctx, Some(start), &mut |_| {})
                     .map_err(|e| CheckpointError::Inconsistent(e.to_string()))
                     .and_then(check_locations)
-                    .map(|dr| (dr, resume_seq))
+                    .map(|dr| DirRecovery { checkpoint_used: Some(used), ..dr })
             });
             match attempt {
-                Ok((mut dr, resume_seq)) => {
-                    // Only paces the next checkpoint: if the size cannot be read, the next one comes early.
-                    let bytes = vfs.open(&path, OpenMode::Read).and_then(|f| f.size()).unwrap_or(0);
-                    dr.checkpoint_used = Some(CheckpointUsed { resume_seq, bytes });
+                Ok(mut dr) => {
                     dr.recovered.report.checkpoint = Some(path);
                     dr.recovered.report.checkpoints_rejected = rejected;
                     return Ok(dr);
@@ -295,7 +291,7 @@ fn load_checkpoint(
     path: &Path,
     identity: &Identity,
     keys: Option<&KeyRing>,
-) -> Result<(ResumePoint, CheckpointBody), CheckpointError> {
+) -> Result<(CheckpointUsed, ResumePoint, CheckpointBody), CheckpointError> {
     let io = |e: std::io::Error| CheckpointError::Inconsistent(format!("read: {e}"));
     let file = vfs.open(path, OpenMode::Read).map_err(io)?;
     let len = file.size().map_err(io)?;
@@ -333,7 +329,7 @@ fn load_checkpoint(
         drop(sealed);
         checkpoint::decode_body_bytes(&plain)?
     };
-    Ok((header.resume, body))
+    Ok((CheckpointUsed { resume_seq: header.resume.seq, bytes: len }, header.resume, body))
 }
 
 /// The binding of a checkpoint's data key and sealed body: its own domain (the top bit of the sequence
