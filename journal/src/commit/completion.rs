@@ -28,8 +28,17 @@ enum State {
 }
 
 #[derive(Debug)]
+struct Guarded {
+    state: State,
+    /// A blocking caller is asleep on `cv`. A completion wakes it only then: `Condvar::notify_one` makes a
+    /// futex syscall even when no thread waits, and a lone writer, which completes its own request as
+    /// leader, would otherwise pay one per append.
+    parked: bool,
+}
+
+#[derive(Debug)]
 pub(crate) struct Slot {
-    state: Mutex<State>,
+    inner: Mutex<Guarded>,
     cv: Condvar,
 }
 
@@ -40,16 +49,17 @@ pub(crate) enum Wake {
 
 impl Slot {
     pub fn new() -> Slot {
-        Slot { state: Mutex::new(State::Waiting(None)), cv: Condvar::new() }
+        Slot { inner: Mutex::new(Guarded { state: State::Waiting(None), parked: false }), cv: Condvar::new() }
     }
 
     pub fn complete(&self, outcome: Outcome) {
-        let waker = {
-            let mut s = lock(&self.state);
-            match std::mem::replace(&mut *s, State::Done(outcome)) {
+        let (waker, parked) = {
+            let mut g = lock(&self.inner);
+            let s = &mut g.state;
+            let waker = match std::mem::replace(s, State::Done(outcome)) {
                 State::Waiting(w) => w,
                 State::Lead => {
-                    let State::Done(outcome) = std::mem::replace(&mut *s, State::Taken) else { unreachable!() };
+                    let State::Done(outcome) = std::mem::replace(s, State::Taken) else { unreachable!() };
                     *s = State::LeadThenDone(outcome);
                     None
                 }
@@ -59,31 +69,38 @@ impl Slot {
                     *s = other;
                     None
                 }
-            }
+            };
+            (waker, g.parked)
         };
-        self.cv.notify_one();
+        if parked {
+            self.cv.notify_one();
+        }
         if let Some(w) = waker {
             w.wake();
         }
     }
 
     pub fn designate_leader(&self) {
-        let mut s = lock(&self.state);
-        assert!(matches!(*s, State::Waiting(None)), "only a parked blocking caller can be made leader");
-        *s = State::Lead;
-        drop(s);
-        self.cv.notify_one();
+        let mut g = lock(&self.inner);
+        assert!(matches!(g.state, State::Waiting(None)), "only a parked blocking caller can be made leader");
+        g.state = State::Lead;
+        let parked = g.parked;
+        drop(g);
+        if parked {
+            self.cv.notify_one();
+        }
     }
 
     pub fn is_done(&self) -> bool {
-        matches!(*lock(&self.state), State::Done(_))
+        matches!(lock(&self.inner).state, State::Done(_))
     }
 
     fn wait(&self) -> Wake {
-        let mut s = lock(&self.state);
+        let mut g = lock(&self.inner);
         loop {
-            match &*s {
-                State::Done(_) => match std::mem::replace(&mut *s, State::Taken) {
+            let s = &mut g.state;
+            match s {
+                State::Done(_) => match std::mem::replace(s, State::Taken) {
                     State::Done(o) => return Wake::Done(o),
                     _ => unreachable!(),
                 },
@@ -91,7 +108,7 @@ impl Slot {
                     *s = State::Waiting(None);
                     return Wake::Lead;
                 }
-                State::LeadThenDone(_) => match std::mem::replace(&mut *s, State::Taken) {
+                State::LeadThenDone(_) => match std::mem::replace(s, State::Taken) {
                     State::LeadThenDone(o) => {
                         *s = State::Done(o);
                         return Wake::Lead;
@@ -99,15 +116,20 @@ impl Slot {
                     _ => unreachable!(),
                 },
                 State::Taken => return Wake::Done(Err(AppendError::Closed)),
-                State::Waiting(_) => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+                State::Waiting(_) => {
+                    g.parked = true;
+                    g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                    g.parked = false;
+                }
             }
         }
     }
 
     fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut s = lock(&self.state);
-        match &mut *s {
-            State::Done(_) => match std::mem::replace(&mut *s, State::Taken) {
+        let mut g = lock(&self.inner);
+        let s = &mut g.state;
+        match s {
+            State::Done(_) => match std::mem::replace(s, State::Taken) {
                 State::Done(o) => Poll::Ready(o),
                 _ => unreachable!(),
             },
@@ -207,6 +229,32 @@ mod tests {
         assert!(matches!(slot.wait(), Wake::Lead));
         assert!(slot.is_done());
         assert!(matches!(slot.wait(), Wake::Done(Err(AppendError::Poisoned { .. }))));
+    }
+
+    /// A completion wakes a caller asleep on the slot only when it is parked (no futex syscall otherwise):
+    /// a parked caller must still be woken, by its outcome and by leadership alike.
+    #[test]
+    fn a_parked_caller_is_woken_by_leadership_and_by_its_outcome() {
+        let slot = Arc::new(Slot::new());
+        let waiter = slot.clone();
+        let t = std::thread::spawn(move || {
+            let first = matches!(waiter.wait(), Wake::Lead);
+            let second = matches!(waiter.wait(), Wake::Done(Ok(Lsn(9))));
+            (first, second)
+        });
+        let parked = || {
+            let g = lock(&slot.inner);
+            g.parked && matches!(g.state, State::Waiting(None))
+        };
+        while !parked() {
+            std::thread::yield_now();
+        }
+        slot.designate_leader();
+        while !parked() {
+            std::thread::yield_now();
+        }
+        slot.complete(Ok(Lsn(9)));
+        assert_eq!(t.join().unwrap(), (true, true));
     }
 
     #[test]
