@@ -223,12 +223,6 @@ impl SparePool {
             return Err(PrepareError::Stopped);
         }
         file.sync_all().map_err(|e| fatal(e, &tmp, "fsync"))?;
-        // The zero-fill's large writes left the spare cached in large folios, and every small append into
-        // a large folio then walks all of its blocks, on write and on fdatasync (a lone writer's append
-        // into a 1 MiB-filled file measured 0.90-0.94 of one into a 4 KiB-filled one). Dropped now, the
-        // pages come back sized to the appends that write them; the writer pads each write to a page end,
-        // so none is read back first.
-        let _ = file.drop_cached_pages();
         self.vfs.rename(&tmp, &path).map_err(|e| transient(e, &tmp, "rename"))?;
         if stopping() {
             // A renamed but not yet directory-fsynced spare: recovery keeps it if the rename survived (its
@@ -237,40 +231,5 @@ impl SparePool {
         }
         self.vfs.sync_dir(&self.dir).map_err(|e| fatal(e, &self.dir, "fsync directory"))?;
         Ok(Spare { seq, path, file, bytes: self.segment_bytes })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::vfs::StdVfs;
-
-    /// Bytes of `path` in the page cache, from util-linux's `fincore`.
-    fn cached_bytes(path: &std::path::Path) -> u64 {
-        let out = std::process::Command::new("fincore")
-            .args(["--bytes", "--noheadings", "--output", "RES"])
-            .arg(path)
-            .output()
-            .expect("fincore (util-linux) runs");
-        assert!(out.status.success(), "fincore failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().parse().expect("fincore prints a byte count")
-    }
-
-    /// A prepared spare is not left in the page cache in the large folios its zero-fill created: the
-    /// appends that later write it would each walk a whole large folio (see `prepare`).
-    #[test]
-    fn a_prepared_spare_is_not_left_in_the_page_cache() {
-        let dir = tempfile::tempdir().unwrap();
-        let segment_bytes = 8 * ZERO_FILL_CHUNK_BYTES as u64;
-        let pool = Arc::new(SparePool::new(Arc::new(StdVfs), dir.path().to_path_buf(), segment_bytes, 1, vec![], 1));
-        let runner = pool.clone();
-        let thread = std::thread::spawn(move || runner.run(&|_| {}, &|| false));
-        assert!(pool.wait_full(Duration::from_secs(60)), "the spare was prepared");
-        let (spare, _) = pool.take().unwrap();
-        pool.shutdown();
-        thread.join().unwrap();
-        assert_eq!(spare.file.size().unwrap(), segment_bytes);
-        let cached = cached_bytes(&spare.path);
-        assert!(cached <= segment_bytes / 8, "{cached} of {segment_bytes} bytes of the spare are still cached");
     }
 }

@@ -149,10 +149,6 @@ impl VfsFile for FaultyFile {
         self.faults.check_sync()?;
         self.inner.set_len(len)
     }
-
-    fn drop_cached_pages(&self) -> io::Result<()> {
-        self.inner.drop_cached_pages()
-    }
 }
 
 impl Vfs for FaultyVfs {

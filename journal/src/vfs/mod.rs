@@ -37,9 +37,6 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     fn size(&self) -> io::Result<u64>;
     /// ftruncate: used only to shrink a dead segment in steps before it is deleted.
     fn set_len(&self, len: u64) -> io::Result<()>;
-    /// Asks the kernel to drop the file's clean cached pages (`POSIX_FADV_DONTNEED`). Advisory: nothing
-    /// durable depends on it.
-    fn drop_cached_pages(&self) -> io::Result<()>;
 }
 
 /// The filesystem.
@@ -84,10 +81,6 @@ impl VfsFile for StdFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
-    }
-
-    fn drop_cached_pages(&self) -> io::Result<()> {
-        rustix::fs::fadvise(&self.0, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
     }
 }
 
