@@ -96,8 +96,8 @@ impl Options {
                 ),
             );
         }
-        if !self.segment_bytes.is_multiple_of(4096) {
-            return bad("segment_bytes", format!("{} is not a multiple of 4096", self.segment_bytes));
+        if !self.segment_bytes.is_multiple_of(limits::PAGE_BYTES) {
+            return bad("segment_bytes", format!("{} is not a multiple of {}", self.segment_bytes, limits::PAGE_BYTES));
         }
         if self.max_batch_bytes == 0 || self.max_batch_bytes > limits::BATCH_BYTES_MAX {
             return bad(

@@ -1,5 +1,8 @@
 //! Every bound the journal relies on, named, with compile-time checks on how they relate.
 
+/// The page size segments are sized in and writes are padded to: the smallest page of the platforms Keel
+/// runs on (a larger page only gets less benefit from the padding).
+pub const PAGE_BYTES: u64 = 4096;
 /// Size of the segment header at offset 0 of every segment (docs/FORMAT.md).
 pub const SEGMENT_HEADER_BYTES: u64 = 256;
 /// Size of every frame header.

@@ -31,7 +31,8 @@ use crate::format::segment_header::{self, SegmentHeader};
 use crate::format::{unix_ms_now, Binding};
 use crate::index::Location;
 use crate::limits::{
-    FRAME_HEADER_BYTES, PIPELINE_MAX_BATCHES, PIPELINE_MIN_BATCH_BYTES, SEAL_FRAME_BYTES, SEGMENT_HEADER_BYTES,
+    FRAME_HEADER_BYTES, PAGE_BYTES, PIPELINE_MAX_BATCHES, PIPELINE_MIN_BATCH_BYTES, SEAL_FRAME_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::segment::spares::{Spare, SparePool};
 use crate::types::{Lsn, SyncPolicy, WriteStats};
@@ -658,10 +659,6 @@ impl Writer {
 
 /// Zeros to pad a write to the end of its last page with.
 static PAGE_OF_ZEROS: [u8; PAGE_BYTES as usize] = [0; PAGE_BYTES as usize];
-
-/// The page size writes are padded to: the smallest page of the platforms Keel runs on. (A larger page
-/// only gets less benefit.)
-const PAGE_BYTES: u64 = 4096;
 
 /// How many zero bytes take a write that ends at `end` to the end of its page, within `capacity`.
 fn page_pad(end: u64, capacity: u64) -> usize {

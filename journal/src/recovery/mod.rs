@@ -205,13 +205,14 @@ pub(crate) fn recover_dir(
         let oldest = headers.first().filter(|_| active_count > 0).map(|h| h.0);
         for &next_lsn in checkpoints.iter().rev() {
             let path = dir.join(checkpoint::file_name(Lsn(next_lsn)));
-            let attempt = load_checkpoint(vfs, &path, &identity, keys).and_then(|(used, resume, body)| {
+            let attempt = load_checkpoint(vfs, &path, &identity, keys).and_then(|(resume, body, bytes)| {
                 if oldest.is_none_or(|o| resume.seq < o) {
                     // Reclaim deleted segments after this checkpoint was taken. Everything it covered is
                     // dead then (reclaim deletes nothing live), so a full scan of what is left is exactly
                     // as fast and as right: not an error.
                     return Err(CheckpointError::Superseded);
                 }
+                let used = CheckpointUsed { resume_seq: resume.seq, bytes };
                 let start = Start { resume, body };
                 replay_segments(&ctx, Some(start), &mut |_| {})
                     .map_err(|e| CheckpointError::Inconsistent(e.to_string()))
@@ -291,7 +292,7 @@ fn load_checkpoint(
     path: &Path,
     identity: &Identity,
     keys: Option<&KeyRing>,
-) -> Result<(CheckpointUsed, ResumePoint, CheckpointBody), CheckpointError> {
+) -> Result<(ResumePoint, CheckpointBody, u64), CheckpointError> {
     let io = |e: std::io::Error| CheckpointError::Inconsistent(format!("read: {e}"));
     let file = vfs.open(path, OpenMode::Read).map_err(io)?;
     let len = file.size().map_err(io)?;
@@ -329,7 +330,7 @@ fn load_checkpoint(
         drop(sealed);
         checkpoint::decode_body_bytes(&plain)?
     };
-    Ok((CheckpointUsed { resume_seq: header.resume.seq, bytes: len }, header.resume, body))
+    Ok((header.resume, body, len))
 }
 
 /// The binding of a checkpoint's data key and sealed body: its own domain (the top bit of the sequence
@@ -446,7 +447,8 @@ fn replay_segments(
             Err(e) => {
                 // A torn activation leaves a full-size, pre-allocated file; a shorter one was cut by something
                 // else and may hold acknowledged frames, so it is never deleted as torn.
-                let full_size = *file_bytes >= crate::limits::SEGMENT_BYTES_MIN && file_bytes.is_multiple_of(4096);
+                let full_size = *file_bytes >= crate::limits::SEGMENT_BYTES_MIN
+                    && file_bytes.is_multiple_of(crate::limits::PAGE_BYTES);
                 if newest && full_size {
                     let data = read_whole(vfs, path, *file_bytes)?;
                     let min = expected.unwrap_or(Lsn(1));
