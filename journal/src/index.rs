@@ -89,6 +89,16 @@ impl RecordTable {
     pub fn insert(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
         self.shard_mut(id).insert(id, r)
     }
+    /// Inserts `r` if `id` is absent, with one lookup; false (and nothing changed) if present.
+    pub fn insert_new(&mut self, id: RecordId, r: RecordRef) -> bool {
+        match self.shard_mut(id).entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(r);
+                true
+            }
+        }
+    }
     pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
         let shard = &mut self.shards[Self::shard(*id)];
         // Unshared (no checkpoint in progress), one lookup; shared, a miss must not copy the shard.
@@ -150,6 +160,17 @@ impl LiveIndex {
         s.records += 1;
         s.bytes += u64::from(r.location.frame_bytes);
         old
+    }
+
+    /// Makes `r` the live version of `id` if `id` has none; false (and nothing changed) if it has.
+    pub fn insert_new(&mut self, id: RecordId, r: RecordRef) -> bool {
+        if !self.records.insert_new(id, r) {
+            return false;
+        }
+        let s = self.segments.entry(r.location.seq).or_default();
+        s.records += 1;
+        s.bytes += u64::from(r.location.frame_bytes);
+        true
     }
 
     pub fn remove(&mut self, id: RecordId) -> Option<RecordRef> {
@@ -265,7 +286,11 @@ mod tests {
         ix.insert(1, rr(1, 1));
         ix.insert(2, rr(1, 2));
         ix.insert(1, rr(2, 3));
+        assert!(!ix.insert_new(2, rr(3, 4)), "2 is live");
+        assert!(ix.insert_new(3, rr(3, 5)));
         assert_eq!(ix.segments[&1], SegmentLive { records: 1, bytes: 50 });
+        assert_eq!(ix.segments[&3], SegmentLive { records: 1, bytes: 50 });
+        assert_eq!(ix.records.get(&2), Some(&rr(1, 2)));
         ix.remove(2);
         assert!(!ix.segments.contains_key(&1));
         ix.check();

@@ -381,89 +381,97 @@ impl Journal {
         self.core.payload_bytes_max
     }
 
-    fn submit(
-        &self,
-        frame_type: FrameType,
-        id: RecordId,
-        tx: u64,
-        kind: u8,
-        payload: &[u8],
-        blocking: bool,
-    ) -> Pending {
+    /// An async append: queued before this returns.
+    fn submit(&self, frame_type: FrameType, id: RecordId, tx: u64, kind: u8, payload: &[u8]) -> Pending {
         if payload.len() as u64 > self.core.payload_bytes_max {
             return Pending::ready(Err(AppendError::PayloadTooLarge {
                 len: payload.len() as u64,
                 max: self.core.payload_bytes_max,
             }));
         }
-        self.core.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), blocking)
+        self.core.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), false)
+    }
+
+    /// A blocking append: durable under the sync policy when it returns.
+    fn append(
+        &self,
+        frame_type: FrameType,
+        id: RecordId,
+        tx: u64,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<Lsn, AppendError> {
+        if payload.len() as u64 > self.core.payload_bytes_max {
+            return Err(AppendError::PayloadTooLarge { len: payload.len() as u64, max: self.core.payload_bytes_max });
+        }
+        self.core.shared.append_blocking(RequestOp::Frame { frame_type, id, tx, kind }, payload)
     }
 
     /// Adds record `id`, which must not be live.
     pub fn add(&self, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Add, id, 0, kind, payload, true).wait()
+        self.append(FrameType::Add, id, 0, kind, payload)
     }
     /// Replaces live record `id`.
     pub fn update(&self, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Update, id, 0, kind, payload, true).wait()
+        self.append(FrameType::Update, id, 0, kind, payload)
     }
     /// Deletes live record `id`.
     pub fn delete(&self, id: RecordId) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Delete, id, 0, 0, &[], true).wait()
+        self.append(FrameType::Delete, id, 0, 0, &[])
     }
     /// Stages an add in transaction `tx` (opening it if needed).
     pub fn add_tx(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::AddTx, id, tx.get(), kind, payload, true).wait()
+        self.append(FrameType::AddTx, id, tx.get(), kind, payload)
     }
     pub fn update_tx(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::UpdateTx, id, tx.get(), kind, payload, true).wait()
+        self.append(FrameType::UpdateTx, id, tx.get(), kind, payload)
     }
     pub fn delete_tx(&self, tx: TxId, id: RecordId) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::DeleteTx, id, tx.get(), 0, &[], true).wait()
+        self.append(FrameType::DeleteTx, id, tx.get(), 0, &[])
     }
     /// First phase of two-phase commit: after this returns, the transaction survives a crash as prepared,
     /// with `data`, until `commit` or `rollback`.
     pub fn prepare(&self, tx: TxId, data: &[u8]) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Prepare, 0, tx.get(), 0, data, true).wait()
+        self.append(FrameType::Prepare, 0, tx.get(), 0, data)
     }
     pub fn commit(&self, tx: TxId) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Commit, 0, tx.get(), 0, &[], true).wait()
+        self.append(FrameType::Commit, 0, tx.get(), 0, &[])
     }
     pub fn rollback(&self, tx: TxId) -> Result<Lsn, AppendError> {
-        self.submit(FrameType::Rollback, 0, tx.get(), 0, &[], true).wait()
+        self.append(FrameType::Rollback, 0, tx.get(), 0, &[])
     }
     /// Makes everything written so far durable, whatever the policy; returns the last LSN written.
     pub fn sync(&self) -> Result<Lsn, AppendError> {
-        self.core.shared.submit(RequestOp::Sync, Vec::new(), true).wait()
+        self.core.shared.append_blocking(RequestOp::Sync, &[])
     }
 
     /// The async form of [`Journal::add`]. The request is queued before this returns (see [`Pending`]).
     pub fn add_async(&self, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
-        self.submit(FrameType::Add, id, 0, kind, payload, false)
+        self.submit(FrameType::Add, id, 0, kind, payload)
     }
     pub fn update_async(&self, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
-        self.submit(FrameType::Update, id, 0, kind, payload, false)
+        self.submit(FrameType::Update, id, 0, kind, payload)
     }
     pub fn delete_async(&self, id: RecordId) -> Pending {
-        self.submit(FrameType::Delete, id, 0, 0, &[], false)
+        self.submit(FrameType::Delete, id, 0, 0, &[])
     }
     pub fn add_tx_async(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
-        self.submit(FrameType::AddTx, id, tx.get(), kind, payload, false)
+        self.submit(FrameType::AddTx, id, tx.get(), kind, payload)
     }
     pub fn update_tx_async(&self, tx: TxId, id: RecordId, kind: u8, payload: &[u8]) -> Pending {
-        self.submit(FrameType::UpdateTx, id, tx.get(), kind, payload, false)
+        self.submit(FrameType::UpdateTx, id, tx.get(), kind, payload)
     }
     pub fn delete_tx_async(&self, tx: TxId, id: RecordId) -> Pending {
-        self.submit(FrameType::DeleteTx, id, tx.get(), 0, &[], false)
+        self.submit(FrameType::DeleteTx, id, tx.get(), 0, &[])
     }
     pub fn prepare_async(&self, tx: TxId, data: &[u8]) -> Pending {
-        self.submit(FrameType::Prepare, 0, tx.get(), 0, data, false)
+        self.submit(FrameType::Prepare, 0, tx.get(), 0, data)
     }
     pub fn commit_async(&self, tx: TxId) -> Pending {
-        self.submit(FrameType::Commit, 0, tx.get(), 0, &[], false)
+        self.submit(FrameType::Commit, 0, tx.get(), 0, &[])
     }
     pub fn rollback_async(&self, tx: TxId) -> Pending {
-        self.submit(FrameType::Rollback, 0, tx.get(), 0, &[], false)
+        self.submit(FrameType::Rollback, 0, tx.get(), 0, &[])
     }
     pub fn sync_async(&self) -> Pending {
         self.core.shared.submit(RequestOp::Sync, Vec::new(), false)

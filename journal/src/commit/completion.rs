@@ -95,7 +95,7 @@ impl Slot {
         matches!(lock(&self.inner).state, State::Done(_))
     }
 
-    fn wait(&self) -> Wake {
+    pub(crate) fn wait(&self) -> Wake {
         let mut g = lock(&self.inner);
         loop {
             let s = &mut g.state;

@@ -73,10 +73,12 @@ impl Model {
         let id = p.id;
         match p.frame_type {
             FrameType::Add => {
-                if self.index.records.contains_key(&id) {
+                // One lookup: with a million live records the probe is a cache miss (docs/BENCHMARKS.md,
+                // "The lone writer's own buffer").
+                if !self.index.insert_new(id, version) {
                     return Err(AppendError::IdInUse(id));
                 }
-                self.set(id, Some(version), undo);
+                undo.push(Undo::Indexed(id, None));
                 Ok(id)
             }
             FrameType::Update => {

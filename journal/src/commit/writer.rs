@@ -162,8 +162,8 @@ impl Writer {
     }
 
     /// Writes a batch and completes every request in it.
-    pub fn process(&mut self, batch: Vec<Request>, shared: &Shared) {
-        let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();
+    pub fn process(&mut self, batch: Vec<Request<'_>>, shared: &Shared) {
+        let mut batch: Vec<Option<Request<'_>>> = batch.into_iter().map(Some).collect();
         if let Some(p) = shared.poisoned() {
             fail_all(&mut batch, 0, &p);
             return;
@@ -175,7 +175,7 @@ impl Writer {
     /// already written) if given.
     fn run_batch(
         &mut self,
-        mut batch: Vec<Option<Request>>,
+        mut batch: Vec<Option<Request<'_>>>,
         mut next: usize,
         mut written: Option<Result<Run, Stop>>,
         shared: &Shared,
@@ -285,7 +285,7 @@ impl Writer {
                     return Ok(());
                 }
                 chained += 1;
-                let mut batch: Vec<Option<Request>> = batch.into_iter().map(Some).collect();
+                let mut batch: Vec<Option<Request<'_>>> = batch.into_iter().map(Some).collect();
                 let mut next = 0;
                 // Sealed and written while the previous batch's fdatasync runs.
                 let written = self.write_run(&mut batch, &mut next);
@@ -352,7 +352,7 @@ impl Writer {
 
     /// Writes the requests from `*next` that fit into the active segment (activating one if needed) and
     /// advances `*next`. The run's requests are completed by `finish_run` or the pipeline, once durable.
-    fn write_run(&mut self, batch: &mut [Option<Request>], next: &mut usize) -> Result<Run, Stop> {
+    fn write_run(&mut self, batch: &mut [Option<Request<'_>>], next: &mut usize) -> Result<Run, Stop> {
         let has_frames = batch[*next..].iter().flatten().any(|r| matches!(r.op, RequestOp::Frame { .. }));
         if self.active.is_none() {
             if !has_frames {
@@ -692,13 +692,13 @@ fn seal_frame(binding: &Binding, lsn: Lsn, frames: u64, since_sync: u32) -> [u8;
     header.encode(binding, &crc32fast::Hasher::new())
 }
 
-fn fail_all(batch: &mut [Option<Request>], from: usize, e: &AppendError) {
+fn fail_all(batch: &mut [Option<Request<'_>>], from: usize, e: &AppendError) {
     for r in batch[from..].iter_mut().filter_map(Option::take) {
         r.slot.complete(Err(e.clone()));
     }
 }
 
-fn fail_planned(batch: &mut [Option<Request>], planned: &[(usize, Option<Lsn>)], e: &AppendError) {
+fn fail_planned(batch: &mut [Option<Request<'_>>], planned: &[(usize, Option<Lsn>)], e: &AppendError) {
     for (idx, _) in planned {
         if let Some(r) = batch[*idx].take() {
             r.slot.complete(Err(e.clone()));
