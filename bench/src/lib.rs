@@ -273,6 +273,7 @@ pub fn open_bench_journal(
     spares: u32,
     segment_bytes: u64,
     encrypt: bool,
+    checkpoint_every_segments: u32,
 ) -> io::Result<Journal> {
     let keys = encrypt.then(bench_keys);
     let opts = Options {
@@ -281,17 +282,16 @@ pub fn open_bench_journal(
         spare_segments: spares,
         segment_bytes,
         keys,
+        checkpoint_every_segments,
         ..Options::default()
     };
     let (j, _) = Journal::open(dir, opts).map_err(io::Error::other)?;
     Ok(j)
 }
 
-/// Closed-loop durable appends on an open journal.
+/// Closed-loop durable appends on an open journal. The caller sees to its spare pool: topping it up here,
+/// right before the clock starts, would put the zero-fill's write-back into this very measurement.
 pub fn journal_on(journal: Arc<Journal>, writers: u32, size: usize, duration: Duration) -> io::Result<Measurement> {
-    if !journal.wait_for_spares(Duration::from_secs(120)) {
-        return Err(io::Error::other("spare segments were not ready in 120 s"));
-    }
     let record = vec![0x3Cu8; size];
     closed_loop(writers, duration, size, move |_, _| {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +307,17 @@ fn bench_keys() -> keel_journal::crypto::keys::KeyRing {
 /// Opens a journal in `dir`, runs one scenario, closes it.
 pub fn journal_run(dir: &Path, scenario: &Scenario, encrypt: bool) -> io::Result<Measurement> {
     let segment_bytes = keel_journal::limits::SEGMENT_BYTES_DEFAULT;
-    let j = Arc::new(open_bench_journal(dir, scenario.max_batch_wait, 4, segment_bytes, encrypt)?);
+    let j = Arc::new(open_bench_journal(
+        dir,
+        scenario.max_batch_wait,
+        4,
+        segment_bytes,
+        encrypt,
+        Options::default().checkpoint_every_segments,
+    )?);
+    if !j.wait_for_spares(Duration::from_secs(120)) {
+        return Err(io::Error::other("spare segments were not ready in 120 s"));
+    }
     let m = journal_on(j.clone(), scenario.writers, scenario.size, scenario.duration)?;
     if let Ok(j) = Arc::try_unwrap(j) {
         j.close().map_err(io::Error::other)?;
@@ -384,9 +394,19 @@ pub struct MatrixConfig {
     /// Each system is measured in this many interleaved rounds of `duration / rounds`, so that the shared
     /// disk's drift hits every system alike.
     pub rounds: u32,
+    /// Within a round, Keel and the raw baselines take turns this many times, each turn `1 / passes` of
+    /// the round's slice, in a rotating order. Keel's spare pool is topped up only at the start of a round
+    /// (it holds enough for a whole row), never between turns. This disk's speed drifts by 10-30 % over seconds (traced:
+    /// docs/BENCHMARKS.md, "Finer interleaving"); with one turn per round, whichever system ran in the
+    /// faster seconds won by that much. Peer engines run once per round, after the turns: each run opens a
+    /// fresh store, whose pre-allocation would otherwise land between the turns.
+    pub passes: u32,
     pub with_okaywal: bool,
     /// Keel's segment size.
     pub segment_bytes: u64,
+    /// Keel's `Options::checkpoint_every_segments` (0: no periodic checkpoints), to see what checkpoints
+    /// cost a row.
+    pub checkpoint_every_segments: u32,
     /// Also measure an encrypted journal (XChaCha20-Poly1305) beside the plaintext one.
     pub with_encrypted: bool,
     /// Also measure surrealkv, plaintext and encrypted (with `with_encrypted`), as the encryption peer.
@@ -410,6 +430,9 @@ pub struct Row {
     /// keel / raw_loop (1 writer only).
     pub keel_vs_raw_loop: Option<f64>,
     pub keel_vs_raw_group_commit: f64,
+    /// The same two ratios round by round: their spread is this row's noise.
+    pub keel_vs_raw_loop_by_round: Vec<f64>,
+    pub keel_vs_raw_group_commit_by_round: Vec<f64>,
     pub okaywal_vs_raw_group_commit: Option<f64>,
     pub keel_encrypted: Option<Measurement>,
     pub keel_encrypted_writer: Option<WriterCounts>,
@@ -469,27 +492,42 @@ fn journal_counted(
     Ok(m)
 }
 
-/// The systems a round of the matrix measures, in their default order.
+/// The systems that take turns in a round of the matrix, in their default order (peers run after the turns).
 #[derive(Clone, Copy, Debug)]
 enum System {
     RawLoop,
     RawGroupCommit,
     Keel,
     KeelEncrypted,
-    Okaywal,
-    Surrealkv,
 }
 
 /// Runs the matrix in `dir` (on the disk to measure). `progress` hears about each row as it completes.
 pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)) -> io::Result<Vec<Row>> {
     let journal_dir = dir.join("keel");
-    // 2.5 GiB of spares: a row never drains the pool below half, so no refill competes with a
-    // measurement (the baselines' file is pre-allocated too); the pool is topped up between rows.
-    let spares = (40 * keel_journal::limits::SEGMENT_BYTES_DEFAULT / cfg.segment_bytes).clamp(2, 64) as u32;
-    let journal = Arc::new(open_bench_journal(&journal_dir, Duration::ZERO, spares, cfg.segment_bytes, false)?);
+    // 2.5 GiB of spares per second of a round's slice (up to 4 GiB): Keel's turns in a round never drain
+    // the pool below half (64 × 16 KiB writes ~0.8 GB/s here), so no refill competes with a measurement
+    // (the baselines' file is pre-allocated too); the pool is topped up at the start of each round.
+    let slice_secs = (cfg.duration / cfg.rounds.max(1)).as_secs_f64().max(1.0);
+    let per_second = (40 * keel_journal::limits::SEGMENT_BYTES_DEFAULT / cfg.segment_bytes) as f64;
+    let spares = (per_second * slice_secs).ceil().clamp(2.0, 64.0) as u32;
+    let journal = Arc::new(open_bench_journal(
+        &journal_dir,
+        Duration::ZERO,
+        spares,
+        cfg.segment_bytes,
+        false,
+        cfg.checkpoint_every_segments,
+    )?);
     let encrypted = if cfg.with_encrypted {
         let e_dir = dir.join("keel-encrypted");
-        let j = Arc::new(open_bench_journal(&e_dir, Duration::ZERO, spares, cfg.segment_bytes, true)?);
+        let j = Arc::new(open_bench_journal(
+            &e_dir,
+            Duration::ZERO,
+            spares,
+            cfg.segment_bytes,
+            true,
+            cfg.checkpoint_every_segments,
+        )?);
         if !j.wait_for_spares(Duration::from_secs(600)) {
             return Err(io::Error::other("spare segments were not ready in 600 s"));
         }
@@ -509,6 +547,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut enc, mut skv, mut skv_enc) = (Vec::new(), Vec::new(), Vec::new());
             let (mut keel_writer, mut enc_writer) = (WriterCounts::default(), WriterCounts::default());
+            let (mut keel_vs_raw_loop_by_round, mut keel_vs_raw_group_commit_by_round) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 // Every system starts a round from the same device state: the pool is full and the zero-fill
                 // it took has drained.
@@ -518,7 +557,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     }
                 }
                 std::thread::sleep(cfg.settle);
-                // Each round starts with a different system, so that no system always runs first on the
+                // Each turn starts with a different system, so that no system always runs first on the
                 // settled disk or always follows the heaviest writer.
                 let mut order = vec![System::RawGroupCommit, System::Keel];
                 if writers == 1 {
@@ -527,39 +566,48 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 if encrypted.is_some() {
                     order.push(System::KeelEncrypted);
                 }
+                let passes = cfg.passes.max(1);
+                let turn = slice / passes;
+                let (loop_before, group_before, keel_before) = (raw_loop.len(), group.len(), keel.len());
+                for pass in 0..passes {
+                    let mut order = order.clone();
+                    let first = (round * passes + pass) as usize % order.len();
+                    order.rotate_left(first);
+                    for system in order {
+                        match system {
+                            System::RawLoop => raw_loop.push(raw_fdatasync_loop(&raw, size, turn)?),
+                            System::RawGroupCommit => group.push(raw_group_commit(&raw, writers, size, turn)?),
+                            System::Keel => {
+                                keel.push(journal_counted(&journal, writers, size, turn, &mut keel_writer)?)
+                            }
+                            System::KeelEncrypted => {
+                                if let Some(e) = &encrypted {
+                                    enc.push(journal_counted(e, writers, size, turn, &mut enc_writer)?);
+                                }
+                            }
+                        }
+                    }
+                }
+                let keel_round = Measurement::merge(&keel[keel_before..], size).appends_per_sec;
+                if writers == 1 {
+                    let base = Measurement::merge(&raw_loop[loop_before..], size).appends_per_sec;
+                    keel_vs_raw_loop_by_round.push(keel_round / base);
+                }
+                let base = Measurement::merge(&group[group_before..], size).appends_per_sec;
+                keel_vs_raw_group_commit_by_round.push(keel_round / base);
                 if cfg.with_okaywal {
-                    order.push(System::Okaywal);
+                    let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
+                    okay.push(okaywal_run(&d, writers, size, slice)?);
+                    let _ = std::fs::remove_dir_all(&d);
                 }
                 if cfg.with_surrealkv {
-                    order.push(System::Surrealkv);
-                }
-                let first = round as usize % order.len();
-                order.rotate_left(first);
-                for system in order {
-                    match system {
-                        System::RawLoop => raw_loop.push(raw_fdatasync_loop(&raw, size, slice)?),
-                        System::RawGroupCommit => group.push(raw_group_commit(&raw, writers, size, slice)?),
-                        System::Keel => keel.push(journal_counted(&journal, writers, size, slice, &mut keel_writer)?),
-                        System::KeelEncrypted => {
-                            if let Some(e) = &encrypted {
-                                enc.push(journal_counted(e, writers, size, slice, &mut enc_writer)?);
-                            }
+                    for (encrypt, out) in [(false, &mut skv), (true, &mut skv_enc)] {
+                        if encrypt && !cfg.with_encrypted {
+                            continue;
                         }
-                        System::Okaywal => {
-                            let d = dir.join(format!("okaywal-{writers}-{size}-{round}"));
-                            okay.push(okaywal_run(&d, writers, size, slice)?);
-                            let _ = std::fs::remove_dir_all(&d);
-                        }
-                        System::Surrealkv => {
-                            for (encrypt, out) in [(false, &mut skv), (true, &mut skv_enc)] {
-                                if encrypt && !cfg.with_encrypted {
-                                    continue;
-                                }
-                                let d = dir.join(format!("surrealkv-{writers}-{size}-{round}-{encrypt}"));
-                                out.push(surrealkv_run(&d, writers, size, slice, encrypt)?);
-                                let _ = std::fs::remove_dir_all(&d);
-                            }
-                        }
+                        let d = dir.join(format!("surrealkv-{writers}-{size}-{round}-{encrypt}"));
+                        out.push(surrealkv_run(&d, writers, size, slice, encrypt)?);
+                        let _ = std::fs::remove_dir_all(&d);
                     }
                 }
             }
@@ -585,6 +633,8 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 size,
                 keel_vs_raw_loop: raw_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),
                 keel_vs_raw_group_commit: keel.appends_per_sec / raw_group_commit.appends_per_sec,
+                keel_vs_raw_loop_by_round,
+                keel_vs_raw_group_commit_by_round,
                 okaywal_vs_raw_group_commit: okaywal
                     .as_ref()
                     .map(|o| o.appends_per_sec / raw_group_commit.appends_per_sec),

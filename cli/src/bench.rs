@@ -137,6 +137,10 @@ pub enum BenchCommand {
         /// Interleaved rounds per measurement (each system runs secs/rounds per round).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Turns Keel and the raw baselines take within a round (each runs secs/rounds/passes per turn,
+        /// in a rotating order), so that the disk's drift over seconds hits them alike.
+        #[arg(long, default_value_t = 4)]
+        passes: u32,
         /// Writer counts (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
         writers: Vec<u32>,
@@ -150,6 +154,10 @@ pub enum BenchCommand {
         /// Keel's segment size in bytes.
         #[arg(long, default_value_t = keel_journal::limits::SEGMENT_BYTES_DEFAULT)]
         segment_bytes: u64,
+        /// Keel's periodic checkpoints: at most one per this many sealed segments (0: none), to see what
+        /// they cost a row.
+        #[arg(long, default_value_t = keel_journal::Options::default().checkpoint_every_segments)]
+        checkpoint_every_segments: u32,
         /// Peer engines to measure in the same rounds (comma-separated): okaywal, surrealkv (plaintext, and
         /// encrypted with --encrypt; commits with Durability::Immediate). Default: okaywal, or surrealkv
         /// with --encrypt.
@@ -308,10 +316,12 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             dir,
             secs,
             rounds,
+            passes,
             writers,
             sizes,
             settle_ms,
             segment_bytes,
+            checkpoint_every_segments,
             peers,
             no_peer,
             encrypt,
@@ -329,9 +339,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 sizes,
                 duration: Duration::from_secs_f64(secs),
                 rounds,
+                passes,
                 with_okaywal: peers.contains(&Peer::Okaywal),
                 with_surrealkv: peers.contains(&Peer::Surrealkv),
                 segment_bytes,
+                checkpoint_every_segments,
                 with_encrypted: encrypt,
                 settle: Duration::from_millis(settle_ms),
             };
@@ -363,6 +375,18 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                     )
                 };
                 eprintln!("{:>3} writers × {:>5} B: keel {}", row.writers, row.size, batch(&row.keel_writer));
+                let by_round = |r: &[f64]| r.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" ");
+                eprintln!(
+                    "{:>3} writers × {:>5} B: by round: ratio {}{}",
+                    row.writers,
+                    row.size,
+                    by_round(&row.keel_vs_raw_group_commit_by_round),
+                    if row.keel_vs_raw_loop_by_round.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  vs raw loop {}", by_round(&row.keel_vs_raw_loop_by_round))
+                    },
+                );
                 if let Some(r) = row.encrypted_vs_plaintext {
                     let w = row.keel_encrypted_writer.as_ref().map_or(String::new(), |w| format!("; {}", batch(w)));
                     let cores = row.keel_encrypted.as_ref().map_or(String::new(), cores);
@@ -389,7 +413,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 "machine": machine(),
                 "secs_per_measurement": secs,
                 "rounds": rounds,
+                "passes": passes,
                 "settle_ms": settle_ms,
+                "checkpoint_every_segments": checkpoint_every_segments,
                 "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
