@@ -395,11 +395,11 @@ pub struct MatrixConfig {
     /// disk's drift hits every system alike.
     pub rounds: u32,
     /// Within a round, Keel and the raw baselines take turns this many times, each turn `1 / passes` of
-    /// the round's slice, in a rotating order. Keel's spare pool is topped up only at the start of a round
-    /// (it holds enough for a whole row), never between turns. This disk's speed drifts by 10-30 % over seconds (traced:
-    /// docs/BENCHMARKS.md, "Finer interleaving"); with one turn per round, whichever system ran in the
-    /// faster seconds won by that much. Peer engines run once per round, after the turns: each run opens a
-    /// fresh store, whose pre-allocation would otherwise land between the turns.
+    /// the round's slice, in a rotating order. This disk's speed drifts by 10-30 % over seconds (traced:
+    /// docs/BENCHMARKS.md, "Runs 18–32"); with one turn per round, whichever system ran in the faster
+    /// seconds won by that much. Keel's spare pool is topped up only at the start of a round (it holds
+    /// enough for the round's turns), never between turns. Peer engines run once per round, after the
+    /// turns: each run opens a fresh store, whose pre-allocation would otherwise land between the turns.
     pub passes: u32,
     pub with_okaywal: bool,
     /// Keel's segment size.

@@ -7,9 +7,10 @@
 //! Who leads: a blocking caller that finds no leader leads at once, on its own thread, so a lone writer
 //! pays no thread hand-off (measured: two hand-offs per append cost ~20 % of an fdatasync on this class of
 //! disk). If nothing is queued either, its request never enters the queue: it is written straight from the
-//! caller's buffer, which outlives the call ([`Shared::append_blocking`]). When its own request is done, a leader with work still queued hands leadership to the oldest
-//! blocking caller waiting, or to the journal's writer thread, which leads for async (`.await`) callers
-//! and runs the periodic sync of `SyncPolicy::Interval`.
+//! caller's buffer, which outlives the call ([`Shared::append_blocking`]). When its own request is done, a
+//! leader with work still queued hands leadership to the oldest blocking caller waiting, or to the journal's
+//! writer thread, which leads for async (`.await`) callers and runs the periodic sync of
+//! `SyncPolicy::Interval`.
 //!
 //! Overlap: under `SyncPolicy::Always`, a batch of at least `limits::PIPELINE_MIN_BATCH_BYTES` has its
 //! fdatasync run on a helper thread while the leader takes, seals and writes the next batch
@@ -186,7 +187,7 @@ impl Shared {
     /// idle (no leader, nothing queued, no batch wait configured) leads at once with its own request,
     /// written straight from `payload`: a lone writer then neither copies its payload nor allocates for it
     /// (at 16 KiB that copy, its allocation and its free were ~2 µs of an append's ~8 µs of user time;
-    /// docs/BENCHMARKS.md, "The lone writer's own buffer"). Anyone else queues a copy, as an async caller does.
+    /// docs/BENCHMARKS.md, "Runs 18–32"). Anyone else queues a copy, as an async caller does.
     pub fn append_blocking(self: &Arc<Self>, op: RequestOp, payload: &[u8]) -> Outcome {
         let mut payload_crc = crc32fast::Hasher::new();
         payload_crc.update(payload);

@@ -74,7 +74,7 @@ impl Model {
         match p.frame_type {
             FrameType::Add => {
                 // One lookup: with a million live records the probe is a cache miss (docs/BENCHMARKS.md,
-                // "The lone writer's own buffer").
+                // "Runs 18–32").
                 if !self.index.insert_new(id, version) {
                     return Err(AppendError::IdInUse(id));
                 }
