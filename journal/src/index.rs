@@ -156,9 +156,7 @@ impl LiveIndex {
         if let Some(o) = &old {
             self.unaccount(o);
         }
-        let s = self.segments.entry(r.location.seq).or_default();
-        s.records += 1;
-        s.bytes += u64::from(r.location.frame_bytes);
+        self.account(&r);
         old
     }
 
@@ -167,9 +165,7 @@ impl LiveIndex {
         if !self.records.insert_new(id, r) {
             return false;
         }
-        let s = self.segments.entry(r.location.seq).or_default();
-        s.records += 1;
-        s.bytes += u64::from(r.location.frame_bytes);
+        self.account(&r);
         true
     }
 
@@ -179,6 +175,12 @@ impl LiveIndex {
             self.unaccount(o);
         }
         old
+    }
+
+    fn account(&mut self, r: &RecordRef) {
+        let s = self.segments.entry(r.location.seq).or_default();
+        s.records += 1;
+        s.bytes += u64::from(r.location.frame_bytes);
     }
 
     fn unaccount(&mut self, r: &RecordRef) {

@@ -381,15 +381,20 @@ impl Journal {
         self.core.payload_bytes_max
     }
 
+    fn check_payload(&self, payload: &[u8]) -> Result<(), AppendError> {
+        let (len, max) = (payload.len() as u64, self.core.payload_bytes_max);
+        if len > max {
+            return Err(AppendError::PayloadTooLarge { len, max });
+        }
+        Ok(())
+    }
+
     /// An async append: queued before this returns.
     fn submit(&self, frame_type: FrameType, id: RecordId, tx: u64, kind: u8, payload: &[u8]) -> Pending {
-        if payload.len() as u64 > self.core.payload_bytes_max {
-            return Pending::ready(Err(AppendError::PayloadTooLarge {
-                len: payload.len() as u64,
-                max: self.core.payload_bytes_max,
-            }));
+        if let Err(e) = self.check_payload(payload) {
+            return Pending::ready(Err(e));
         }
-        self.core.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec(), false)
+        self.core.shared.submit(RequestOp::Frame { frame_type, id, tx, kind }, payload.to_vec())
     }
 
     /// A blocking append: durable under the sync policy when it returns.
@@ -401,9 +406,7 @@ impl Journal {
         kind: u8,
         payload: &[u8],
     ) -> Result<Lsn, AppendError> {
-        if payload.len() as u64 > self.core.payload_bytes_max {
-            return Err(AppendError::PayloadTooLarge { len: payload.len() as u64, max: self.core.payload_bytes_max });
-        }
+        self.check_payload(payload)?;
         self.core.shared.append_blocking(RequestOp::Frame { frame_type, id, tx, kind }, payload)
     }
 
@@ -474,7 +477,7 @@ impl Journal {
         self.submit(FrameType::Rollback, 0, tx.get(), 0, &[])
     }
     pub fn sync_async(&self) -> Pending {
-        self.core.shared.submit(RequestOp::Sync, Vec::new(), false)
+        self.core.shared.submit(RequestOp::Sync, Vec::new())
     }
 
     /// Re-wraps the data key of every segment encrypted under an older master key under the current
@@ -491,7 +494,7 @@ impl Journal {
         use crate::segment::{file_name, tmp_name};
         let keys = self.core.keys.as_ref().ok_or(RekeyError::NoKeys)?;
         let _one_at_a_time = lock(&self.core.rekeying);
-        self.core.shared.submit(RequestOp::Roll, Vec::new(), true).wait()?;
+        self.core.shared.append_blocking(RequestOp::Roll, &[])?;
         let sealed_below = {
             let w = lock(self.core.shared.writer_mutex());
             if w.active.is_some() {

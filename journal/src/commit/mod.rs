@@ -144,14 +144,23 @@ impl Shared {
         }
     }
 
-    /// Queues a request. Ordered: requests are logged in the order this is called.
-    pub fn submit(self: &Arc<Self>, op: RequestOp, payload: Vec<u8>, blocking: bool) -> Pending {
+    /// Queues a request for an async caller (the writer thread leads for it). Ordered: requests are logged
+    /// in the order this and [`Shared::append_blocking`] are called.
+    pub fn submit(self: &Arc<Self>, op: RequestOp, payload: Vec<u8>) -> Pending {
         let mut payload_crc = crc32fast::Hasher::new();
         payload_crc.update(&payload);
-        self.submit_with_crc(op, payload, payload_crc, blocking)
+        self.queue_request(op, payload, payload_crc, false)
     }
 
-    fn submit_with_crc(
+    /// Why no request can be accepted now, if none can.
+    fn refusal(&self, q: &Queue) -> Option<AppendError> {
+        match self.poison.get() {
+            Some(p) => Some(p.clone()),
+            None => q.closed.then_some(AppendError::Closed),
+        }
+    }
+
+    fn queue_request(
         self: &Arc<Self>,
         op: RequestOp,
         payload: Vec<u8>,
@@ -160,11 +169,8 @@ impl Shared {
     ) -> Pending {
         let slot = Arc::new(Slot::new());
         let mut q = lock(&self.queue);
-        if let Some(p) = self.poison.get() {
-            return Pending::ready(Err(p.clone()));
-        }
-        if q.closed {
-            return Pending::ready(Err(AppendError::Closed));
+        if let Some(e) = self.refusal(&q) {
+            return Pending::ready(Err(e));
         }
         q.push(Request { op, payload: Cow::Owned(payload), payload_crc, slot: slot.clone(), blocking });
         let mut lead_first = false;
@@ -193,30 +199,25 @@ impl Shared {
         payload_crc.update(payload);
         {
             let mut q = lock(&self.queue);
-            if let Some(p) = self.poison.get() {
-                return Err(p.clone());
-            }
-            if q.closed {
-                return Err(AppendError::Closed);
+            if let Some(e) = self.refusal(&q) {
+                return Err(e);
             }
             let idle = !q.leader_active && q.pending.is_empty() && self.max_batch_wait.is_zero();
             if !idle {
                 drop(q);
-                return self.submit_with_crc(op, payload.to_vec(), payload_crc, true).wait();
+                return self.queue_request(op, payload.to_vec(), payload_crc, true).wait();
             }
             q.leader_active = true;
         }
         let slot = Arc::new(Slot::new());
         let own = Request { op, payload: Cow::Borrowed(payload), payload_crc, slot: slot.clone(), blocking: true };
         lead_from(self, Some(&slot), Some(vec![own]));
-        // `own` is gone with its batch (the borrow ends here); it was completed, and leadership was passed
-        // on or given up, before `lead_from` returned.
-        debug_assert!(slot.is_done(), "a leader's own first batch is completed before it stops leading");
-        loop {
-            match slot.wait() {
-                Wake::Done(o) => return o,
-                Wake::Lead => lead(self, Some(&slot)),
-            }
+        // `own` is gone with its batch (the borrow ends here). The writer completed it, and leadership was
+        // passed on or given up, before `lead_from` returned; and a request that never entered the queue is
+        // never made leader.
+        match slot.wait() {
+            Wake::Done(o) => o,
+            Wake::Lead => unreachable!("a request that was never queued was made leader"),
         }
     }
 

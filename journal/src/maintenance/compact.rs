@@ -156,7 +156,7 @@ pub(crate) fn compact(core: &Core, policy: &CompactionPolicy) -> Result<CompactR
         pace(started, paced, policy.bytes_per_sec);
         in_flight_bytes += body.len();
         let op = RequestOp::Frame { frame_type: FrameType::Relocate, id, tx: 0, kind: r.kind };
-        in_flight.push((body.len(), core.shared.submit(op, body, false)));
+        in_flight.push((body.len(), core.shared.submit(op, body)));
         if in_flight_bytes >= BATCH_BYTES {
             settle(&mut in_flight, &mut report)?;
             in_flight_bytes = 0;
@@ -165,7 +165,7 @@ pub(crate) fn compact(core: &Core, policy: &CompactionPolicy) -> Result<CompactR
     }
     settle(&mut in_flight, &mut report)?;
     keel_crashpoint::hook("compact-relocated");
-    core.shared.submit(RequestOp::Sync, Vec::new(), true).wait()?;
+    core.shared.append_blocking(RequestOp::Sync, &[])?;
     keel_crashpoint::hook("compact-synced");
     report.copy_time = started.elapsed();
     report.reclaimed = reclaim::reclaim(core, policy.trim_pace())?;
