@@ -99,6 +99,16 @@ impl RecordTable {
             }
         }
     }
+    /// Replaces the record of `id` if it is live, with one lookup; returns the version replaced, or `None`
+    /// (and nothing changed) if `id` is not live.
+    pub fn replace(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
+        let shard = &mut self.shards[Self::shard(id)];
+        // As in `remove`: shared (a checkpoint in progress), a miss must not copy the shard.
+        if Arc::get_mut(shard).is_none() && !shard.contains_key(&id) {
+            return None;
+        }
+        Arc::make_mut(shard).get_mut(&id).map(|cur| std::mem::replace(cur, r))
+    }
     pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
         let shard = &mut self.shards[Self::shard(*id)];
         // Unshared (no checkpoint in progress), one lookup; shared, a miss must not copy the shard.
@@ -167,6 +177,15 @@ impl LiveIndex {
         }
         self.account(&r);
         true
+    }
+
+    /// Makes `r` the live version of `id` if `id` has one; returns the version replaced, or `None` (and
+    /// nothing changed) if `id` is not live.
+    pub fn replace(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
+        let old = self.records.replace(id, r)?;
+        self.unaccount(&old);
+        self.account(&r);
+        Some(old)
     }
 
     pub fn remove(&mut self, id: RecordId) -> Option<RecordRef> {
@@ -273,11 +292,16 @@ mod tests {
         ix.insert(5_000, rr(2, 5_000));
         ix.insert(700, rr(2, 5_001));
         ix.remove(123_456); // a miss
+        ix.replace(123_457, rr(2, 5_002)); // a miss
+        ix.replace(900, rr(2, 5_003));
         assert_eq!(snapshot.records.len(), 1_000);
         assert!((0..1_000).all(|id| snapshot.records.get(&id) == Some(&rr(1, id + 1))));
         assert!(snapshot.records.get(&5_000).is_none());
         assert_eq!(ix.records.len(), 501);
         assert_eq!(ix.records.get(&700), Some(&rr(2, 5_001)));
+        assert_eq!(ix.records.get(&900), Some(&rr(2, 5_003)));
+        assert_eq!(snapshot.records.get(&900), Some(&rr(1, 901)));
+        assert!(ix.records.get(&123_457).is_none());
         snapshot.check();
         ix.check();
     }
@@ -293,6 +317,11 @@ mod tests {
         assert_eq!(ix.segments[&1], SegmentLive { records: 1, bytes: 50 });
         assert_eq!(ix.segments[&3], SegmentLive { records: 1, bytes: 50 });
         assert_eq!(ix.records.get(&2), Some(&rr(1, 2)));
+        assert_eq!(ix.replace(4, rr(3, 6)), None, "4 is not live");
+        assert!(ix.records.get(&4).is_none());
+        assert_eq!(ix.replace(3, rr(4, 7)), Some(rr(3, 5)));
+        assert!(!ix.segments.contains_key(&3));
+        assert_eq!(ix.segments[&4], SegmentLive { records: 1, bytes: 50 });
         ix.remove(2);
         assert!(!ix.segments.contains_key(&1));
         ix.check();

@@ -72,9 +72,9 @@ impl Model {
         let version = RecordRef { kind: p.kind, lsn: p.lsn, location: p.at };
         let id = p.id;
         match p.frame_type {
+            // Add, update and delete each probe the index once: with a million live records a probe is a
+            // cache miss (docs/BENCHMARKS.md, "Runs 18–32").
             FrameType::Add => {
-                // One lookup: with a million live records the probe is a cache miss (docs/BENCHMARKS.md,
-                // "Runs 18–32").
                 if !self.index.insert_new(id, version) {
                     return Err(AppendError::IdInUse(id));
                 }
@@ -82,17 +82,13 @@ impl Model {
                 Ok(id)
             }
             FrameType::Update => {
-                if !self.index.records.contains_key(&id) {
-                    return Err(AppendError::NoSuchRecord(id));
-                }
-                self.set(id, Some(version), undo);
+                let before = self.index.replace(id, version).ok_or(AppendError::NoSuchRecord(id))?;
+                undo.push(Undo::Indexed(id, Some(before)));
                 Ok(id)
             }
             FrameType::Delete => {
-                if !self.index.records.contains_key(&id) {
-                    return Err(AppendError::NoSuchRecord(id));
-                }
-                self.set(id, None, undo);
+                let before = self.index.remove(id).ok_or(AppendError::NoSuchRecord(id))?;
+                undo.push(Undo::Indexed(id, Some(before)));
                 Ok(id)
             }
             FrameType::Relocate => {
