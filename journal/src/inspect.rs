@@ -40,7 +40,7 @@ pub fn inspect(
 ) -> Result<Inspection, OpenError> {
     let _lock = lock(dir, LockMode::Shared)?;
     let mut dr = recover_dir(&StdVfs, dir, mode, keys, false, visit)?;
-    dr.recovered.records = dr.index.records.iter().map(|(id, r)| (*id, *r)).collect();
+    dr.recovered.records = dr.index.records.iter().map(|(id, r)| (id, *r)).collect();
     let reader = Reader::new(std::sync::Arc::new(StdVfs), dir, dr.identity.journal_id, keys.cloned());
     let open_tx_first = dr.open_txs.iter().map(|(_, s)| s.first_seq).min();
     // The newest segment with frames is never reclaimed: it carries the LSN the journal resumes from.

@@ -294,7 +294,7 @@ impl Journal {
         }
 
         if options.return_records {
-            dr.recovered.records = dr.index.records.iter().map(|(id, r)| (*id, *r)).collect();
+            dr.recovered.records = dr.index.records.iter().map(|(id, r)| (id, *r)).collect();
         }
         let model = Model::new(std::mem::take(&mut dr.index), std::mem::take(&mut dr.open_txs));
 
@@ -588,7 +588,7 @@ impl Journal {
     pub fn for_each_record(&self, mut f: impl FnMut(RecordId, &RecordRef)) {
         let w = lock(self.core.shared.writer_mutex());
         for (id, r) in w.model.index.records.iter() {
-            f(*id, r);
+            f(id, r);
         }
     }
 

@@ -360,7 +360,6 @@ fn record_ref_of(s: &mut dyn BodySource) -> Result<RecordRef, CheckpointError> {
 pub fn decode_body(s: &mut dyn BodySource) -> Result<CheckpointBody, CheckpointError> {
     let mut body = CheckpointBody::default();
     let n = count_of(s, RECORD_BYTES)?;
-    body.index.records.reserve(n);
     for _ in 0..n {
         let at = s.position() as usize;
         let id = u64_of(s)?;

@@ -122,7 +122,7 @@ fn plan(core: &Core, policy: &CompactionPolicy) -> Option<Plan> {
     let table = w.model.index.records.clone();
     drop(w);
     let mut records: Vec<(RecordId, RecordRef)> =
-        table.iter().filter(|(_, r)| r.location.seq <= to).map(|(id, r)| (*id, *r)).collect();
+        table.iter().filter(|(_, r)| r.location.seq <= to).map(|(id, r)| (id, *r)).collect();
     drop(table);
     records.sort_by_key(|(_, r)| (r.location.seq, r.location.offset, r.location.inner));
     Some(Plan { from, to, records })

@@ -14,8 +14,12 @@
 //! already-removed segments, so nothing deleted returns. (2) means every transaction recovery sees is seen
 //! whole, so a commit never applies half a transaction and the record-count check stays exact.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+mod sparse;
+mod table;
+
+use std::collections::BTreeMap;
+
+pub(crate) use table::RecordTable;
 
 use crate::types::{Lsn, RecordId};
 
@@ -48,104 +52,6 @@ pub struct SegmentLive {
     pub records: u64,
     /// Frame bytes of those records.
     pub bytes: u64,
-}
-
-/// Shards of the record table. A hash table grows by allocating one twice its size and moving every entry,
-/// so for a moment it holds both: sharding makes that moment cost 1/SHARDS of the table instead of 1.5×,
-/// which is what bounds recovery's peak memory when it cannot know the final count in advance.
-const SHARDS: usize = 16;
-
-/// The live records by id, sharded (see `SHARDS`).
-///
-/// Each shard is copy-on-write, so that a clone costs 16 reference counts, not a copy of the table: a
-/// checkpoint clones the index under the writer's lock and serializes it after letting go, and the writer
-/// copies only the shards it changes meanwhile (serializing 1.2 million records under the lock held appends
-/// for ~50 ms; docs/BENCHMARKS.md).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RecordTable {
-    shards: Vec<Arc<HashMap<RecordId, RecordRef>>>,
-}
-
-impl Default for RecordTable {
-    fn default() -> RecordTable {
-        RecordTable { shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect() }
-    }
-}
-
-impl RecordTable {
-    fn shard(id: RecordId) -> usize {
-        (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
-    }
-    /// The shard of `id`, for writing; copied first if a clone still shares it.
-    fn shard_mut(&mut self, id: RecordId) -> &mut HashMap<RecordId, RecordRef> {
-        Arc::make_mut(&mut self.shards[Self::shard(id)])
-    }
-    pub fn get(&self, id: &RecordId) -> Option<&RecordRef> {
-        self.shards[Self::shard(*id)].get(id)
-    }
-    pub fn contains_key(&self, id: &RecordId) -> bool {
-        self.shards[Self::shard(*id)].contains_key(id)
-    }
-    pub fn insert(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
-        self.shard_mut(id).insert(id, r)
-    }
-    /// Inserts `r` if `id` is absent, with one lookup; false (and nothing changed) if present.
-    pub fn insert_new(&mut self, id: RecordId, r: RecordRef) -> bool {
-        match self.shard_mut(id).entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(r);
-                true
-            }
-        }
-    }
-    /// Replaces the record of `id` if it is live, with one lookup; returns the version replaced, or `None`
-    /// (and nothing changed) if `id` is not live.
-    pub fn replace(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
-        let shard = &mut self.shards[Self::shard(id)];
-        // As in `remove`: shared (a checkpoint in progress), a miss must not copy the shard.
-        if Arc::get_mut(shard).is_none() && !shard.contains_key(&id) {
-            return None;
-        }
-        Arc::make_mut(shard).get_mut(&id).map(|cur| std::mem::replace(cur, r))
-    }
-    pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
-        let shard = &mut self.shards[Self::shard(*id)];
-        // Unshared (no checkpoint in progress), one lookup; shared, a miss must not copy the shard.
-        if let Some(s) = Arc::get_mut(shard) {
-            return s.remove(id);
-        }
-        if !shard.contains_key(id) {
-            return None;
-        }
-        Arc::make_mut(shard).remove(id)
-    }
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
-    }
-    /// Room for `n` records in all, spread evenly.
-    pub fn reserve(&mut self, n: usize) {
-        for s in &mut self.shards {
-            Arc::make_mut(s).reserve(n / SHARDS + 1);
-        }
-    }
-    pub fn iter(&self) -> impl Iterator<Item = (&RecordId, &RecordRef)> {
-        self.shards.iter().flat_map(|s| s.iter())
-    }
-    pub fn values(&self) -> impl Iterator<Item = &RecordRef> {
-        self.shards.iter().flat_map(|s| s.values())
-    }
-    /// Bytes the table occupies (hashbrown: per shard a power-of-two number of buckets at most 7/8 full,
-    /// each an entry plus one control byte).
-    pub fn table_bytes(&self) -> u64 {
-        let entry = std::mem::size_of::<(RecordId, RecordRef)>() as u64 + 1;
-        self.shards
-            .iter()
-            .map(|s| s.capacity() as u64)
-            .filter(|c| *c > 0)
-            .map(|c| (c * 8 / 7).next_power_of_two() * entry)
-            .sum()
-    }
 }
 
 /// The live records and what pins each segment.
