@@ -22,9 +22,9 @@
 //! u32, then per record op u8 and the record fields above.
 
 use crate::format::{u32_at, u64_at};
-use crate::index::{LiveIndex, Location, RecordRef};
+use crate::index::{run_is_dense, same_region, LiveIndex, Location, RecordRef};
 use crate::recovery::replay::{Staged, TxOp, TxRecord};
-use crate::types::{Lsn, TxId};
+use crate::types::{Lsn, RecordId, TxId};
 
 pub const MAGIC: &[u8; 8] = b"KEELCKPT";
 pub const VERSION: u32 = 1;
@@ -360,14 +360,38 @@ fn record_ref_of(s: &mut dyn BodySource) -> Result<RecordRef, CheckpointError> {
 pub fn decode_body(s: &mut dyn BodySource) -> Result<CheckpointBody, CheckpointError> {
     let mut body = CheckpointBody::default();
     let n = count_of(s, RECORD_BYTES)?;
-    for _ in 0..n {
+    // A dense region's records come together (`RecordTable::iter`): loaded a region at a time, they go
+    // straight into a dense region.
+    let mut run: Vec<(RecordId, RecordRef)> = Vec::with_capacity(64);
+    let mut run_at: Vec<usize> = Vec::with_capacity(64);
+    fn load(
+        index: &mut LiveIndex,
+        run: &mut Vec<(RecordId, RecordRef)>,
+        at: &mut Vec<usize>,
+    ) -> Result<(), CheckpointError> {
+        let loaded = index.load_region(run).map_err(|i| CheckpointError::Malformed(at[i]));
+        run.clear();
+        at.clear();
+        loaded
+    }
+    // The sparse map's records come after them: room for all that are left, at the first short run, saves
+    // growing the map step by step.
+    let mut reserved = false;
+    for i in 0..n {
         let at = s.position() as usize;
         let id = u64_of(s)?;
         let r = record_ref_of(s)?;
-        if body.index.insert(id, r).is_some() {
-            return Err(CheckpointError::Malformed(at));
+        if run.last().is_some_and(|(last, _)| !same_region(*last, id)) {
+            if !reserved && !run_is_dense(run.len()) {
+                body.index.records.reserve_sparse(n - (i - run.len()));
+                reserved = true;
+            }
+            load(&mut body.index, &mut run, &mut run_at)?;
         }
+        run.push((id, r));
+        run_at.push(at);
     }
+    load(&mut body.index, &mut run, &mut run_at)?;
     for _ in 0..count_of(s, 16)? {
         let (first, last) = (u64_of(s)?, u64_of(s)?);
         body.index.note_span(first, last);
@@ -452,6 +476,30 @@ mod tests {
         assert_eq!(b.index.spans, index.spans);
         let got: std::collections::HashMap<u64, Staged> = b.open_txs.into_iter().map(|(t, s)| (t.get(), s)).collect();
         assert_eq!(got, txs);
+    }
+
+    #[test]
+    fn a_record_listed_twice_is_malformed_where_it_repeats() {
+        let r = |n: u64| RecordRef {
+            kind: 0,
+            lsn: Lsn(n),
+            location: Location { seq: 1, offset: n, inner: 0, frame_bytes: 40 },
+        };
+        // Id 7 again inside region 0's run, or after region 0 was loaded dense; 100 again among sparse ids.
+        let dense_then_again = (0..40u64).chain([100, 7]).collect::<Vec<_>>();
+        for ids in [(0..40u64).chain([7]).collect::<Vec<_>>(), dense_then_again, vec![100, 101, 100]] {
+            let mut body = (ids.len() as u64).to_le_bytes().to_vec();
+            for id in &ids {
+                body.extend_from_slice(&id.to_le_bytes());
+                put_ref(&mut body, &r(*id + 1));
+            }
+            body.extend_from_slice(&[0; 16]); // no spans, no transactions
+            let repeat_at = 8 + (ids.len() - 1) * RECORD_BYTES;
+            assert!(
+                matches!(decode_body_bytes(&body), Err(CheckpointError::Malformed(at)) if at == repeat_at),
+                "{ids:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod table;
 
 use std::collections::BTreeMap;
 
-pub(crate) use table::RecordTable;
+pub(crate) use table::{run_is_dense, same_region, RecordTable};
 
 use crate::types::{Lsn, RecordId};
 
@@ -92,6 +92,16 @@ impl LiveIndex {
         self.unaccount(&old);
         self.account(&r);
         Some(old)
+    }
+
+    /// Adds the records of one region at once (see `RecordTable::load_region`). `Err(i)`: `run[i]`'s id is
+    /// live already, and `run[..i]` were added.
+    pub fn load_region(&mut self, run: &[(RecordId, RecordRef)]) -> Result<(), usize> {
+        let added = self.records.load_region(run);
+        for (_, r) in &run[..added.err().unwrap_or(run.len())] {
+            self.account(r);
+        }
+        added
     }
 
     pub fn remove(&mut self, id: RecordId) -> Option<RecordRef> {

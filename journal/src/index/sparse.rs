@@ -78,6 +78,12 @@ impl SparseMap {
     pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()
     }
+    /// Room for `n` more records in all, spread evenly.
+    pub(super) fn reserve(&mut self, n: usize) {
+        for s in &mut self.shards {
+            Arc::make_mut(s).reserve(n / SHARDS + 1);
+        }
+    }
     pub(super) fn iter(&self) -> impl Iterator<Item = (&RecordId, &RecordRef)> {
         self.shards.iter().flat_map(|s| s.iter())
     }

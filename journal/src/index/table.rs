@@ -55,6 +55,17 @@ fn region_of(id: RecordId) -> u64 {
     id / REGION_IDS
 }
 
+/// Whether `load_region` makes a run of `len` records a dense region (if it is one region's, ascending, and
+/// nothing else of the region is live).
+pub(crate) fn run_is_dense(len: usize) -> bool {
+    len > DENSE_MIN as usize
+}
+
+/// Whether two ids fall in the same region (for a caller gathering a region's records for `load_region`).
+pub(crate) fn same_region(a: RecordId, b: RecordId) -> bool {
+    region_of(a) == region_of(b)
+}
+
 fn slot_of(id: RecordId) -> usize {
     (id % REGION_IDS) as usize
 }
@@ -109,6 +120,9 @@ pub(crate) struct RecordTable {
     /// The region of the latest add, and how many adds in a row went to it.
     frontier: u64,
     run: u32,
+    /// Whether the frontier's region is dense (kept here, so that an add to the sparse map does not probe
+    /// the region map for it).
+    frontier_dense: bool,
     /// How many times the frontier has moved: the clock of `thinning`.
     moves: u64,
     /// Dense regions that thinned to `DENSE_MIN` records or fewer, with `moves` at the time.
@@ -182,10 +196,11 @@ impl RecordTable {
     /// `overwrite`, a present record is left as it was.
     fn add(&mut self, id: RecordId, r: RecordRef, overwrite: bool) -> Option<RecordRef> {
         let (c, slot) = (region_of(id), slot_of(id));
-        let frontier_dense = c == self.frontier.wrapping_add(1) && self.region(self.frontier).is_some();
-        if (frontier_dense || (c == self.frontier && self.run > DENSE_MIN)) && self.region(c).is_none() {
+        let run_goes_on = c == self.frontier.wrapping_add(1) && self.frontier_dense;
+        if (run_goes_on || (c == self.frontier && self.run > DENSE_MIN)) && self.region(c).is_none() {
             self.make_dense(c);
         }
+        let mut dense = true;
         let old = match self.region_mut(c) {
             Some(d) => {
                 let old = d.get(slot).copied();
@@ -195,10 +210,12 @@ impl RecordTable {
                 old
             }
             None if overwrite => {
+                dense = false;
                 self.widen_sparse(c);
                 self.sparse.insert(id, r)
             }
             None => {
+                dense = false;
                 self.widen_sparse(c);
                 if self.sparse.insert_new(id, r) {
                     None
@@ -209,9 +226,39 @@ impl RecordTable {
         };
         if old.is_none() {
             self.len += 1;
-            self.advance(c);
+            self.advance(c, dense);
         }
         old
+    }
+
+    /// Adds the records of one region at once, as a checkpoint lists them: ascending, more than
+    /// `DENSE_MIN`, into a region with nothing live, they become a dense region without passing through the
+    /// sparse map; otherwise one by one. `Err(i)`: `run[i]`'s id is live already, and `run[..i]` were added.
+    pub fn load_region(&mut self, run: &[(RecordId, RecordRef)]) -> Result<(), usize> {
+        let Some(&(first, _)) = run.first() else { return Ok(()) };
+        let c = region_of(first);
+        assert!(run.iter().all(|(id, _)| region_of(*id) == c), "records of one region");
+        let fresh = || self.region(c).is_none() && !self.sparse_regions.is_some_and(|(lo, hi)| lo <= c && c <= hi);
+        if run_is_dense(run.len()) && run.windows(2).all(|w| w[0].0 < w[1].0) && fresh() {
+            let mut d = Dense::empty();
+            for (id, r) in run {
+                d.put(slot_of(*id), *r);
+            }
+            let prior = Arc::make_mut(&mut self.dense[shard_of(c)]).insert(c, Arc::new(d));
+            debug_assert!(prior.is_none());
+            self.len += run.len();
+            self.advance(c, true);
+            return Ok(());
+        }
+        match run.iter().position(|(id, r)| !self.insert_new(*id, *r)) {
+            Some(i) => Err(i),
+            None => Ok(()),
+        }
+    }
+
+    /// Room in the sparse map for `n` more records.
+    pub fn reserve_sparse(&mut self, n: usize) {
+        self.sparse.reserve(n);
     }
 
     pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
@@ -237,9 +284,10 @@ impl RecordTable {
         Some(old)
     }
 
-    /// Notes a new record in region `c`. When the frontier moves on, the region it leaves goes if empty,
-    /// and joins `thinning` if thin; thinned regions whose time has come move to the sparse map.
-    fn advance(&mut self, c: u64) {
+    /// Notes a new record in region `c` (`dense` if that region is). When the frontier moves on, the
+    /// region it leaves goes if empty, and joins `thinning` if thin.
+    fn advance(&mut self, c: u64, dense: bool) {
+        let left_dense = std::mem::replace(&mut self.frontier_dense, dense);
         if c == self.frontier {
             self.run = self.run.saturating_add(1);
             return;
@@ -247,6 +295,9 @@ impl RecordTable {
         let from = std::mem::replace(&mut self.frontier, c);
         self.run = 1;
         self.moves += 1;
+        if !left_dense {
+            return self.thin_out();
+        }
         match self.region(from).map(Dense::count) {
             Some(0) => {
                 Arc::make_mut(&mut self.dense[shard_of(from)]).remove(&from);
@@ -254,6 +305,11 @@ impl RecordTable {
             Some(n) if n <= DENSE_MIN => self.thinning.push_back((from, self.moves)),
             _ => {}
         }
+        self.thin_out();
+    }
+
+    /// Moves the thinned regions whose time has come to the sparse map.
+    fn thin_out(&mut self) {
         while let Some(&(t, at)) = self.thinning.front() {
             if self.moves < at + THIN_LAG {
                 break;
@@ -332,6 +388,7 @@ impl RecordTable {
             assert!(d.count() > 0 || *c == self.frontier, "region {c} is empty and not the frontier");
             n += d.count() as usize;
         }
+        assert_eq!(self.frontier_dense, self.region(self.frontier).is_some(), "whether the frontier is dense");
         for (id, _) in self.sparse.iter() {
             let c = region_of(*id);
             assert!(self.region(c).is_none(), "record {id} is in the sparse map and its region is dense");
@@ -470,6 +527,15 @@ mod tests {
         for (id, r) in t.iter() {
             assert!(decoded.insert_new(id, *r));
         }
+        let mut loaded = RecordTable::default();
+        let listed: Vec<(u64, RecordRef)> = t.iter().map(|(id, r)| (id, *r)).collect();
+        for run in listed.chunk_by(|a, b| region_of(a.0) == region_of(b.0)) {
+            assert_eq!(loaded.load_region(run), Ok(()));
+        }
+        loaded.check();
+        assert!(loaded == t);
+        assert!(loaded.dense_regions() <= t.dense_regions(), "{} dense regions", loaded.dense_regions());
+        assert_eq!(loaded.load_region(&listed[..1]), Err(0), "a live id again");
         decoded.check();
         assert!(decoded == t);
         assert!(decoded.dense_regions() <= t.dense_regions(), "{} dense regions", decoded.dense_regions());

@@ -32,8 +32,10 @@ pub struct MaintenanceStats {
     /// Their bytes, together.
     pub checkpoint_bytes: u64,
     /// How long checkpoints held the writer, so appends waited: to flush and to clone the index, which
-    /// shares its shards. Not counted: the writer's copy of each shard it changes while a checkpoint still
-    /// shares it (each 1/16 of the index), paid by the append that changes it.
+    /// shares its shards. Not counted: the writer's copies of what it changes while a checkpoint still
+    /// shares it, paid by the append that changes it: a shard of the region map (1/16 of the dense
+    /// regions' entries, 16 bytes each), each dense region it touches (64 records), and a shard of the
+    /// sparse map (1/16 of the records outside dense regions).
     pub checkpoint_pause: Duration,
 }
 
