@@ -362,16 +362,12 @@ pub fn decode_body(s: &mut dyn BodySource) -> Result<CheckpointBody, CheckpointE
     let n = count_of(s, RECORD_BYTES)?;
     // A dense region's records come together (`RecordTable::iter`): loaded a region at a time, they go
     // straight into a dense region.
+    // Records are RECORD_BYTES each, so a run's first offset places every one of them.
     let mut run: Vec<(RecordId, RecordRef)> = Vec::with_capacity(64);
-    let mut run_at: Vec<usize> = Vec::with_capacity(64);
-    fn load(
-        index: &mut LiveIndex,
-        run: &mut Vec<(RecordId, RecordRef)>,
-        at: &mut Vec<usize>,
-    ) -> Result<(), CheckpointError> {
-        let loaded = index.load_region(run).map_err(|i| CheckpointError::Malformed(at[i]));
+    let mut run_at = 0;
+    fn load(index: &mut LiveIndex, run: &mut Vec<(RecordId, RecordRef)>, at: usize) -> Result<(), CheckpointError> {
+        let loaded = index.load_region(run).map_err(|i| CheckpointError::Malformed(at + i * RECORD_BYTES));
         run.clear();
-        at.clear();
         loaded
     }
     // The sparse map's records come after them: room for all that are left, at the first short run, saves
@@ -386,12 +382,14 @@ pub fn decode_body(s: &mut dyn BodySource) -> Result<CheckpointBody, CheckpointE
                 body.index.records.reserve_sparse(n - (i - run.len()));
                 reserved = true;
             }
-            load(&mut body.index, &mut run, &mut run_at)?;
+            load(&mut body.index, &mut run, run_at)?;
+        }
+        if run.is_empty() {
+            run_at = at;
         }
         run.push((id, r));
-        run_at.push(at);
     }
-    load(&mut body.index, &mut run, &mut run_at)?;
+    load(&mut body.index, &mut run, run_at)?;
     for _ in 0..count_of(s, 16)? {
         let (first, last) = (u64_of(s)?, u64_of(s)?);
         body.index.note_span(first, last);

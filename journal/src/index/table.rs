@@ -120,9 +120,6 @@ pub(crate) struct RecordTable {
     /// The region of the latest add, and how many adds in a row went to it.
     frontier: u64,
     run: u32,
-    /// Whether the frontier's region is dense (kept here, so that an add to the sparse map does not probe
-    /// the region map for it).
-    frontier_dense: bool,
     /// How many times the frontier has moved: the clock of `thinning`.
     moves: u64,
     /// Dense regions that thinned to `DENSE_MIN` records or fewer, with `moves` at the time.
@@ -146,7 +143,8 @@ impl RecordTable {
         self.dense[shard_of(c)].get(&c).map(|d| &**d)
     }
 
-    /// Dense region `c` for writing. A shard that a checkpoint still shares is copied only if `c` is in it.
+    /// Dense region `c` for writing. A shard that a checkpoint still shares is copied only if `c` is in it
+    /// (so a delete or update of an id that is not live, in a live region, may copy it: an error path).
     fn region_mut(&mut self, c: u64) -> Option<&mut Arc<Dense>> {
         let shard = &mut self.dense[shard_of(c)];
         if Arc::get_mut(shard).is_none() && !shard.contains_key(&c) {
@@ -184,10 +182,9 @@ impl RecordTable {
     /// (and nothing changed) if `id` is not live.
     pub fn replace(&mut self, id: RecordId, r: RecordRef) -> Option<RecordRef> {
         let (c, slot) = (region_of(id), slot_of(id));
-        if let Some(d) = self.region(c) {
+        if let Some(d) = self.region_mut(c) {
             d.get(slot)?;
-            let d = Arc::make_mut(self.region_mut(c).expect("the region was just found"));
-            return Some(std::mem::replace(&mut d.slots[slot], r));
+            return Some(std::mem::replace(&mut Arc::make_mut(d).slots[slot], r));
         }
         self.sparse.replace(id, r)
     }
@@ -196,11 +193,10 @@ impl RecordTable {
     /// `overwrite`, a present record is left as it was.
     fn add(&mut self, id: RecordId, r: RecordRef, overwrite: bool) -> Option<RecordRef> {
         let (c, slot) = (region_of(id), slot_of(id));
-        let run_goes_on = c == self.frontier.wrapping_add(1) && self.frontier_dense;
+        let run_goes_on = c == self.frontier.wrapping_add(1) && self.region(self.frontier).is_some();
         if (run_goes_on || (c == self.frontier && self.run > DENSE_MIN)) && self.region(c).is_none() {
             self.make_dense(c);
         }
-        let mut dense = true;
         let old = match self.region_mut(c) {
             Some(d) => {
                 let old = d.get(slot).copied();
@@ -210,12 +206,10 @@ impl RecordTable {
                 old
             }
             None if overwrite => {
-                dense = false;
                 self.widen_sparse(c);
                 self.sparse.insert(id, r)
             }
             None => {
-                dense = false;
                 self.widen_sparse(c);
                 if self.sparse.insert_new(id, r) {
                     None
@@ -226,7 +220,7 @@ impl RecordTable {
         };
         if old.is_none() {
             self.len += 1;
-            self.advance(c, dense);
+            self.advance(c);
         }
         old
     }
@@ -238,7 +232,7 @@ impl RecordTable {
         let Some(&(first, _)) = run.first() else { return Ok(()) };
         let c = region_of(first);
         assert!(run.iter().all(|(id, _)| region_of(*id) == c), "records of one region");
-        let fresh = || self.region(c).is_none() && !self.sparse_regions.is_some_and(|(lo, hi)| lo <= c && c <= hi);
+        let fresh = || self.region(c).is_none() && !self.sparse_may_hold(c);
         if run_is_dense(run.len()) && run.windows(2).all(|w| w[0].0 < w[1].0) && fresh() {
             let mut d = Dense::empty();
             for (id, r) in run {
@@ -247,7 +241,7 @@ impl RecordTable {
             let prior = Arc::make_mut(&mut self.dense[shard_of(c)]).insert(c, Arc::new(d));
             debug_assert!(prior.is_none());
             self.len += run.len();
-            self.advance(c, true);
+            self.advance(c);
             return Ok(());
         }
         match run.iter().position(|(id, r)| !self.insert_new(*id, *r)) {
@@ -264,9 +258,9 @@ impl RecordTable {
     pub fn remove(&mut self, id: &RecordId) -> Option<RecordRef> {
         let (c, slot) = (region_of(*id), slot_of(*id));
         let frontier = self.frontier;
-        let old = if let Some(d) = self.region(c) {
+        let old = if let Some(d) = self.region_mut(c) {
             let old = *d.get(slot)?;
-            let d = Arc::make_mut(self.region_mut(c).expect("the region was just found"));
+            let d = Arc::make_mut(d);
             d.present &= !(1 << slot);
             let n = d.count();
             if c != frontier {
@@ -284,10 +278,9 @@ impl RecordTable {
         Some(old)
     }
 
-    /// Notes a new record in region `c` (`dense` if that region is). When the frontier moves on, the
-    /// region it leaves goes if empty, and joins `thinning` if thin.
-    fn advance(&mut self, c: u64, dense: bool) {
-        let left_dense = std::mem::replace(&mut self.frontier_dense, dense);
+    /// Notes a new record in region `c`. When the frontier moves on, the region it leaves goes if empty,
+    /// and joins `thinning` if thin; thinned regions whose time has come move to the sparse map.
+    fn advance(&mut self, c: u64) {
         if c == self.frontier {
             self.run = self.run.saturating_add(1);
             return;
@@ -295,9 +288,6 @@ impl RecordTable {
         let from = std::mem::replace(&mut self.frontier, c);
         self.run = 1;
         self.moves += 1;
-        if !left_dense {
-            return self.thin_out();
-        }
         match self.region(from).map(Dense::count) {
             Some(0) => {
                 Arc::make_mut(&mut self.dense[shard_of(from)]).remove(&from);
@@ -305,11 +295,6 @@ impl RecordTable {
             Some(n) if n <= DENSE_MIN => self.thinning.push_back((from, self.moves)),
             _ => {}
         }
-        self.thin_out();
-    }
-
-    /// Moves the thinned regions whose time has come to the sparse map.
-    fn thin_out(&mut self) {
         while let Some(&(t, at)) = self.thinning.front() {
             if self.moves < at + THIN_LAG {
                 break;
@@ -325,7 +310,7 @@ impl RecordTable {
     /// Creates dense region `c`, gathering its records from the sparse map.
     fn make_dense(&mut self, c: u64) {
         let mut d = Dense::empty();
-        if self.sparse_regions.is_some_and(|(lo, hi)| lo <= c && c <= hi) {
+        if self.sparse_may_hold(c) {
             let base = c * REGION_IDS;
             for slot in 0..REGION_IDS as usize {
                 if let Some(r) = self.sparse.remove(&(base + slot as u64)) {
@@ -335,10 +320,6 @@ impl RecordTable {
         }
         let fresh = Arc::make_mut(&mut self.dense[shard_of(c)]).insert(c, Arc::new(d));
         assert!(fresh.is_none(), "region {c} made dense twice");
-        // The add that made it may replace a record and not move the frontier: note it here.
-        if c == self.frontier {
-            self.frontier_dense = true;
-        }
     }
 
     /// Moves dense region `c`'s records to the sparse map.
@@ -349,6 +330,11 @@ impl RecordTable {
             let fresh = self.sparse.insert_new(id, *r);
             assert!(fresh, "record {id} both in a dense region and in the sparse map");
         }
+    }
+
+    /// Whether the sparse map may hold ids of region `c`.
+    fn sparse_may_hold(&self, c: u64) -> bool {
+        self.sparse_regions.is_some_and(|(lo, hi)| lo <= c && c <= hi)
     }
 
     fn widen_sparse(&mut self, c: u64) {
@@ -392,11 +378,10 @@ impl RecordTable {
             assert!(d.count() > 0 || *c == self.frontier, "region {c} is empty and not the frontier");
             n += d.count() as usize;
         }
-        assert_eq!(self.frontier_dense, self.region(self.frontier).is_some(), "whether the frontier is dense");
         for (id, _) in self.sparse.iter() {
             let c = region_of(*id);
             assert!(self.region(c).is_none(), "record {id} is in the sparse map and its region is dense");
-            assert!(self.sparse_regions.is_some_and(|(lo, hi)| lo <= c && c <= hi), "record {id} outside");
+            assert!(self.sparse_may_hold(c), "record {id} outside `sparse_regions`");
             n += 1;
         }
         assert_eq!(n, self.len);
