@@ -213,6 +213,31 @@ pub fn raw_fdatasync_loop(file: &Arc<File>, size: usize, duration: Duration) -> 
     })
 }
 
+/// One writer, writing the bytes Keel's format writes for a record of `size` without the engine: a frame
+/// of Keel's header length plus `size`, packed right after the previous one and padded with zeros to the
+/// end of its last page (docs/FORMAT.md, "Segment files"), then fdatasync. A 16 KiB record's frame spans
+/// five pages where the raw loop's 16 KiB write spans four, so this loop ÷ the raw loop is what the format
+/// alone costs on this disk, and Keel ÷ this loop is what the engine costs.
+pub fn raw_framed_loop(file: &Arc<File>, size: usize, duration: Duration) -> io::Result<Measurement> {
+    let file = file.clone();
+    let page = keel_journal::limits::PAGE_BYTES;
+    let frame = keel_journal::limits::FRAME_HEADER_BYTES + size as u64;
+    let mut buf = vec![0xA5u8; (frame + page) as usize];
+    buf[frame as usize..].fill(0);
+    let offset = Mutex::new(0u64);
+    closed_loop(1, duration, size, move |_, _| {
+        let mut off = offset.lock().unwrap();
+        if *off + frame + page > RAW_FILE_BYTES {
+            *off = 0;
+        }
+        let len = (*off + frame).next_multiple_of(page) - *off;
+        file.write_all_at(&buf[..len as usize], *off)?;
+        file.sync_data()?;
+        *off += frame;
+        Ok(())
+    })
+}
+
 struct GroupState {
     buf: Vec<u8>,
     enqueued: u64,
@@ -422,6 +447,8 @@ pub struct Row {
     pub writers: u32,
     pub size: usize,
     pub raw_loop: Option<Measurement>,
+    /// The raw loop writing Keel's frames instead of bare records ([`raw_framed_loop`]; 1 writer only).
+    pub raw_framed_loop: Option<Measurement>,
     pub raw_group_commit: Measurement,
     pub keel: Measurement,
     /// Frames ÷ fdatasyncs is Keel's average batch.
@@ -429,9 +456,14 @@ pub struct Row {
     pub okaywal: Option<Measurement>,
     /// keel / raw_loop (1 writer only).
     pub keel_vs_raw_loop: Option<f64>,
+    /// keel / raw_framed_loop: what the engine costs beyond the bytes its format writes (1 writer only).
+    pub keel_vs_raw_framed_loop: Option<f64>,
+    /// raw_framed_loop / raw_loop: what the format's frame header costs on this disk (1 writer only).
+    pub raw_framed_loop_vs_raw_loop: Option<f64>,
     pub keel_vs_raw_group_commit: f64,
     /// The same two ratios round by round: their spread is this row's noise.
     pub keel_vs_raw_loop_by_round: Vec<f64>,
+    pub keel_vs_raw_framed_loop_by_round: Vec<f64>,
     pub keel_vs_raw_group_commit_by_round: Vec<f64>,
     pub okaywal_vs_raw_group_commit: Option<f64>,
     pub keel_encrypted: Option<Measurement>,
@@ -496,6 +528,7 @@ fn journal_counted(
 #[derive(Clone, Copy, Debug)]
 enum System {
     RawLoop,
+    RawFramedLoop,
     RawGroupCommit,
     Keel,
     KeelEncrypted,
@@ -545,6 +578,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
     for &size in &cfg.sizes {
         for &writers in &cfg.writers {
             let (mut raw_loop, mut group, mut keel, mut okay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut framed, mut keel_vs_raw_framed_loop_by_round) = (Vec::new(), Vec::new());
             let (mut enc, mut skv, mut skv_enc) = (Vec::new(), Vec::new(), Vec::new());
             let (mut keel_writer, mut enc_writer) = (WriterCounts::default(), WriterCounts::default());
             let (mut keel_vs_raw_loop_by_round, mut keel_vs_raw_group_commit_by_round) = (Vec::new(), Vec::new());
@@ -562,6 +596,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 let mut order = vec![System::RawGroupCommit, System::Keel];
                 if writers == 1 {
                     order.insert(0, System::RawLoop);
+                    order.insert(1, System::RawFramedLoop);
                 }
                 if encrypted.is_some() {
                     order.push(System::KeelEncrypted);
@@ -569,6 +604,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 let passes = cfg.passes.max(1);
                 let turn = slice / passes;
                 let (loop_before, group_before, keel_before) = (raw_loop.len(), group.len(), keel.len());
+                let framed_before = framed.len();
                 for pass in 0..passes {
                     let mut order = order.clone();
                     let first = (round * passes + pass) as usize % order.len();
@@ -576,6 +612,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                     for system in order {
                         match system {
                             System::RawLoop => raw_loop.push(raw_fdatasync_loop(&raw, size, turn)?),
+                            System::RawFramedLoop => framed.push(raw_framed_loop(&raw, size, turn)?),
                             System::RawGroupCommit => group.push(raw_group_commit(&raw, writers, size, turn)?),
                             System::Keel => {
                                 keel.push(journal_counted(&journal, writers, size, turn, &mut keel_writer)?)
@@ -592,6 +629,8 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 if writers == 1 {
                     let base = Measurement::merge(&raw_loop[loop_before..], size).appends_per_sec;
                     keel_vs_raw_loop_by_round.push(keel_round / base);
+                    let base = Measurement::merge(&framed[framed_before..], size).appends_per_sec;
+                    keel_vs_raw_framed_loop_by_round.push(keel_round / base);
                 }
                 let base = Measurement::merge(&group[group_before..], size).appends_per_sec;
                 keel_vs_raw_group_commit_by_round.push(keel_round / base);
@@ -612,6 +651,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 }
             }
             let raw_loop = (!raw_loop.is_empty()).then(|| Measurement::merge(&raw_loop, size));
+            let raw_framed_loop = (!framed.is_empty()).then(|| Measurement::merge(&framed, size));
             let raw_group_commit = Measurement::merge(&group, size);
             let keel = Measurement::merge(&keel, size);
             let okaywal = (!okay.is_empty()).then(|| Measurement::merge(&okay, size));
@@ -634,6 +674,12 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 keel_vs_raw_loop: raw_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),
                 keel_vs_raw_group_commit: keel.appends_per_sec / raw_group_commit.appends_per_sec,
                 keel_vs_raw_loop_by_round,
+                keel_vs_raw_framed_loop: raw_framed_loop.as_ref().map(|r| keel.appends_per_sec / r.appends_per_sec),
+                raw_framed_loop_vs_raw_loop: raw_framed_loop
+                    .as_ref()
+                    .zip(raw_loop.as_ref())
+                    .map(|(f, r)| f.appends_per_sec / r.appends_per_sec),
+                keel_vs_raw_framed_loop_by_round,
                 keel_vs_raw_group_commit_by_round,
                 okaywal_vs_raw_group_commit: okaywal
                     .as_ref()
@@ -643,6 +689,7 @@ pub fn run_matrix(dir: &Path, cfg: &MatrixConfig, progress: &mut dyn FnMut(&Row)
                 keel_encrypted,
                 keel_writer,
                 raw_loop,
+                raw_framed_loop,
                 raw_group_commit,
                 keel,
                 okaywal,
@@ -696,4 +743,32 @@ pub fn recovery_rate(dir: &Path, mb: u64, encrypt: bool, runs: u32) -> io::Resul
         secs: best,
         mb_per_sec: bytes as f64 / best / 1e6,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The framed loop writes what Keel's format writes: frames of header + record packed back to back,
+    /// each write padded with zeros to its page's end, so the bytes after the last frame stay zero.
+    #[test]
+    fn raw_framed_loop_packs_frames_and_pads_to_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(preallocated_file(&dir.path().join("raw.dat"), 4 << 20).unwrap());
+        // Dirty the region the loop will write, so that the padding's zeros are its own.
+        file.write_all_at(&vec![0xEEu8; 1 << 20], 0).unwrap();
+        let size = 1000;
+        let m = raw_framed_loop(&file, size, Duration::from_millis(30)).unwrap();
+        assert!(m.appends > 0);
+        let frame = keel_journal::limits::FRAME_HEADER_BYTES + size as u64;
+        let end = m.appends * frame;
+        assert!(end < 1 << 20, "the test's dirty region holds every frame");
+        let mut written = vec![0u8; end.next_multiple_of(4096) as usize];
+        file.read_exact_at(&mut written, 0).unwrap();
+        assert!(written[..end as usize].iter().all(|&b| b == 0xA5), "frames are packed from offset 0");
+        assert!(written[end as usize..].iter().all(|&b| b == 0), "the last write is padded to its page's end");
+        let mut after = [0u8; 1];
+        file.read_exact_at(&mut after, end.next_multiple_of(4096)).unwrap();
+        assert_eq!(after[0], 0xEE, "the padding stops at the page's end");
+    }
 }

@@ -353,7 +353,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             };
             let rows = run_matrix(scratch.path(), &cfg, &mut |row| {
                 eprintln!(
-                    "{:>3} writers × {:>5} B: keel {:>8.0}/s ({})  raw group commit {:>8.0}/s ({})  ratio {:.2}{}{}",
+                    "{:>3} writers × {:>5} B: keel {:>8.0}/s ({})  raw group commit {:>8.0}/s ({})  ratio {:.2}{}{}{}",
                     row.writers,
                     row.size,
                     row.keel.appends_per_sec,
@@ -362,6 +362,9 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                     cores(&row.raw_group_commit),
                     row.keel_vs_raw_group_commit,
                     row.keel_vs_raw_loop.map_or(String::new(), |r| format!("  vs raw loop {r:.2}")),
+                    row.keel_vs_raw_framed_loop.zip(row.raw_framed_loop_vs_raw_loop).map_or(String::new(), |(k, f)| {
+                        format!("  vs raw framed loop {k:.2} (framed ÷ raw loop {f:.2})")
+                    }),
                     row.okaywal_vs_raw_group_commit.map_or(String::new(), |r| format!("  okaywal {r:.2}")),
                 );
                 let batch = |w: &keel_bench::WriterCounts| {
@@ -384,7 +387,11 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                     if row.keel_vs_raw_loop_by_round.is_empty() {
                         String::new()
                     } else {
-                        format!("  vs raw loop {}", by_round(&row.keel_vs_raw_loop_by_round))
+                        format!(
+                            "  vs raw loop {}  vs raw framed loop {}",
+                            by_round(&row.keel_vs_raw_loop_by_round),
+                            by_round(&row.keel_vs_raw_framed_loop_by_round)
+                        )
                     },
                 );
                 if let Some(r) = row.encrypted_vs_plaintext {

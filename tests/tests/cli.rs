@@ -222,3 +222,39 @@ fn encryption_tools_verify_rekey_and_key_errors() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
 }
+
+/// `keel bench journal` runs end to end and reports, for a lone writer, Keel beside both raw loops: the
+/// bare records and the same records framed as Keel's format frames them (docs/BENCHMARKS.md).
+#[test]
+fn bench_journal_reports_the_framed_baseline() {
+    let t = tempfile::tempdir().unwrap();
+    let o = keel(&[
+        "bench",
+        "journal",
+        "--dir",
+        t.path().to_str().unwrap(),
+        "--writers",
+        "1",
+        "--sizes",
+        "4096",
+        "--secs",
+        "0.3",
+        "--rounds",
+        "1",
+        "--passes",
+        "1",
+        "--settle-ms",
+        "0",
+        "--segment-bytes",
+        "1048576",
+        "--no-peer",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &out["rows"][0];
+    for field in ["keel_vs_raw_loop", "keel_vs_raw_framed_loop", "raw_framed_loop_vs_raw_loop"] {
+        assert!(row[field].as_f64().is_some_and(|r| r > 0.0), "{field} in {row}");
+    }
+    assert!(row["raw_framed_loop"]["appends"].as_u64().unwrap() > 0, "{row}");
+    assert_eq!(row["keel_vs_raw_framed_loop_by_round"].as_array().unwrap().len(), 1);
+}
