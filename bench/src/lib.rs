@@ -198,19 +198,7 @@ pub fn raw_file(dir: &Path) -> io::Result<Arc<File>> {
 
 /// One writer: pwrite + fdatasync per record into a pre-allocated file.
 pub fn raw_fdatasync_loop(file: &Arc<File>, size: usize, duration: Duration) -> io::Result<Measurement> {
-    let file = file.clone();
-    let record = vec![0xA5u8; size];
-    let offset = Mutex::new(0u64);
-    closed_loop(1, duration, size, move |_, _| {
-        let mut off = offset.lock().unwrap();
-        if *off + size as u64 > RAW_FILE_BYTES {
-            *off = 0;
-        }
-        file.write_all_at(&record, *off)?;
-        file.sync_data()?;
-        *off += size as u64;
-        Ok(())
-    })
+    sync_loop(file, size, duration, size as u64, false)
 }
 
 /// One writer, writing the bytes Keel's format writes for a record of `size` without the engine: a frame
@@ -219,21 +207,33 @@ pub fn raw_fdatasync_loop(file: &Arc<File>, size: usize, duration: Duration) -> 
 /// five pages where the raw loop's 16 KiB write spans four, so this loop ÷ the raw loop is what the format
 /// alone costs on this disk, and Keel ÷ this loop is what the engine costs.
 pub fn raw_framed_loop(file: &Arc<File>, size: usize, duration: Duration) -> io::Result<Measurement> {
+    sync_loop(file, size, duration, keel_journal::limits::FRAME_HEADER_BYTES + size as u64, true)
+}
+
+/// One writer, pwrite + fdatasync per append: `stride` bytes of 0xA5 after the previous append's, and with
+/// `pad_to_page` the zeros up to the end of the last page they touch in the same write.
+fn sync_loop(
+    file: &Arc<File>,
+    size: usize,
+    duration: Duration,
+    stride: u64,
+    pad_to_page: bool,
+) -> io::Result<Measurement> {
     let file = file.clone();
     let page = keel_journal::limits::PAGE_BYTES;
-    let frame = keel_journal::limits::FRAME_HEADER_BYTES + size as u64;
-    let mut buf = vec![0xA5u8; (frame + page) as usize];
-    buf[frame as usize..].fill(0);
+    let pad_room = if pad_to_page { page } else { 0 };
+    let mut buf = vec![0xA5u8; (stride + pad_room) as usize];
+    buf[stride as usize..].fill(0);
     let offset = Mutex::new(0u64);
     closed_loop(1, duration, size, move |_, _| {
         let mut off = offset.lock().unwrap();
-        if *off + frame + page > RAW_FILE_BYTES {
+        if *off + stride + pad_room > RAW_FILE_BYTES {
             *off = 0;
         }
-        let len = (*off + frame).next_multiple_of(page) - *off;
+        let len = if pad_to_page { (*off + stride).next_multiple_of(page) - *off } else { stride };
         file.write_all_at(&buf[..len as usize], *off)?;
         file.sync_data()?;
-        *off += frame;
+        *off += stride;
         Ok(())
     })
 }
@@ -461,7 +461,7 @@ pub struct Row {
     /// raw_framed_loop / raw_loop: what the format's frame header costs on this disk (1 writer only).
     pub raw_framed_loop_vs_raw_loop: Option<f64>,
     pub keel_vs_raw_group_commit: f64,
-    /// The same two ratios round by round: their spread is this row's noise.
+    /// Keel's ratios to each baseline, round by round: their spread is this row's noise.
     pub keel_vs_raw_loop_by_round: Vec<f64>,
     pub keel_vs_raw_framed_loop_by_round: Vec<f64>,
     pub keel_vs_raw_group_commit_by_round: Vec<f64>,
@@ -754,21 +754,35 @@ mod tests {
     #[test]
     fn raw_framed_loop_packs_frames_and_pads_to_the_page() {
         let dir = tempfile::tempdir().unwrap();
-        let file = Arc::new(preallocated_file(&dir.path().join("raw.dat"), 4 << 20).unwrap());
-        // Dirty the region the loop will write, so that the padding's zeros are its own.
-        file.write_all_at(&vec![0xEEu8; 1 << 20], 0).unwrap();
+        // Not zeros, so that the padding's zeros are the loop's own.
+        let file = Arc::new(filled_file(&dir.path().join("raw.dat"), 16 << 20, 0xEE).unwrap());
         let size = 1000;
         let m = raw_framed_loop(&file, size, Duration::from_millis(30)).unwrap();
         assert!(m.appends > 0);
         let frame = keel_journal::limits::FRAME_HEADER_BYTES + size as u64;
         let end = m.appends * frame;
-        assert!(end < 1 << 20, "the test's dirty region holds every frame");
-        let mut written = vec![0u8; end.next_multiple_of(4096) as usize];
+        let page_end = end.next_multiple_of(keel_journal::limits::PAGE_BYTES);
+        assert!(page_end < 16 << 20, "the file holds every frame without wrapping");
+        let mut written = vec![0u8; page_end as usize];
         file.read_exact_at(&mut written, 0).unwrap();
         assert!(written[..end as usize].iter().all(|&b| b == 0xA5), "frames are packed from offset 0");
         assert!(written[end as usize..].iter().all(|&b| b == 0), "the last write is padded to its page's end");
         let mut after = [0u8; 1];
-        file.read_exact_at(&mut after, end.next_multiple_of(4096)).unwrap();
+        file.read_exact_at(&mut after, page_end).unwrap();
         assert_eq!(after[0], 0xEE, "the padding stops at the page's end");
+    }
+
+    /// The bare raw loop stays the baseline it was: records back to back, nothing written after the last.
+    #[test]
+    fn raw_fdatasync_loop_writes_bare_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(filled_file(&dir.path().join("raw.dat"), 16 << 20, 0xEE).unwrap());
+        let m = raw_fdatasync_loop(&file, 1000, Duration::from_millis(30)).unwrap();
+        let end = m.appends * 1000;
+        assert!(m.appends > 0 && end + 4096 < 16 << 20, "{} appends fit the file", m.appends);
+        let mut written = vec![0u8; end as usize + 4096];
+        file.read_exact_at(&mut written, 0).unwrap();
+        assert!(written[..end as usize].iter().all(|&b| b == 0xA5), "records are packed from offset 0");
+        assert!(written[end as usize..].iter().all(|&b| b == 0xEE), "no padding after the last record");
     }
 }
