@@ -161,6 +161,8 @@ pub(crate) struct Core {
     pub checkpointing: std::sync::Mutex<()>,
     /// One compaction at a time.
     pub compacting: std::sync::Mutex<()>,
+    /// One reclaim at a time: each writes the horizon it computed, which must never go back.
+    pub reclaiming: std::sync::Mutex<()>,
     pub compaction: Option<CompactionPolicy>,
     pub segment_bytes: u64,
     pub maintenance: Arc<Maintenance>,
@@ -221,27 +223,31 @@ impl Journal {
 
         // Spares of another size (the option changed) are discarded: a roll-over relies on the size.
         let mut spares = Vec::new();
-        let mut dropped_spare = false;
+        let mut first_dropped = None;
         for (seq, path) in std::mem::take(&mut dr.spares) {
             let file = vfs.open(&path, OpenMode::ReadWrite).map_err(OpenError::io(&path, "open"))?;
             let bytes = file.size().map_err(OpenError::io(&path, "stat"))?;
-            if bytes == options.segment_bytes && !dropped_spare {
+            if bytes == options.segment_bytes && first_dropped.is_none() {
                 spares.push(Spare { seq, path, file, bytes });
             } else {
-                dropped_spare = true;
+                first_dropped.get_or_insert(seq);
                 dr.delete.push(path);
             }
         }
-        let mut next_seq = dr.next_seq;
-        if dropped_spare {
-            next_seq = spares.last().map_or(dr.segments.last().map_or(1, |s| s.seq + 1), |s| s.seq + 1);
-        }
+        // The first dropped spare's number is the next one free: the spares kept precede it, the active
+        // segments precede them. (Counting from the segments recovery read is wrong when a checkpoint
+        // covered them all: the next segment would be numbered 1, over a live one.)
+        let next_seq = first_dropped.unwrap_or(dr.next_seq);
+        let torn = dr.recovered.report.torn_activation.as_deref();
+        let in_use = dr.present.iter().filter(|s| torn != Some(dir.join(crate::segment::file_name(**s)).as_path()));
+        assert!(in_use.max().is_none_or(|last| next_seq > *last), "a new segment is never numbered over one in use");
         for path in &dr.delete {
             vfs.remove_file(path).map_err(OpenError::io(path, "delete"))?;
         }
-        if !dr.delete.is_empty() {
-            vfs.sync_dir(&dir).map_err(OpenError::io(&dir, "fsync directory"))?;
-        }
+        // Always, not only after a delete: an earlier process may have renamed a spare (or a checkpoint)
+        // into place and stopped before fsyncing the directory; records written into that spare would go
+        // with its name at a power loss.
+        vfs.sync_dir(&dir).map_err(OpenError::io(&dir, "fsync directory"))?;
 
         let journal_id = dr.identity.journal_id;
         // With keys, nothing new may go into a plaintext segment: seal it where it ends and start an
@@ -348,6 +354,7 @@ impl Journal {
             rekeying: std::sync::Mutex::new(()),
             checkpointing: std::sync::Mutex::new(()),
             compacting: std::sync::Mutex::new(()),
+            reclaiming: std::sync::Mutex::new(()),
             compaction: options.compaction.clone(),
             segment_bytes: options.segment_bytes,
             maintenance,

@@ -218,7 +218,11 @@ impl Writer {
 
     /// fdatasyncs a written run if it needs it, completes its requests, and seals the segment if it is full.
     fn finish_run(&mut self, run: Run) -> Result<(), Stop> {
-        if run.want_sync && self.unsynced {
+        // An activation is made durable before anything else is written into its segment, whatever the
+        // policy: recovery judges a newest segment whose header did not land by whether a later write
+        // exists (an encrypted one cannot be read without its header), which proves the activation
+        // completed only if it was fdatasynced first.
+        if (run.want_sync || run.activated) && self.unsynced {
             if let Err(stop) = self.sync_active() {
                 let (Stop::Poisoned(e) | Stop::Failed(e)) = &stop;
                 run.fail(e);

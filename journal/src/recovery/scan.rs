@@ -126,19 +126,19 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
             return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: false });
         }
         let next = find_next_valid(&input.binding, data, offset + 1, expected);
+        let mut later_group = None;
         if input.newest {
-            let torn = match next {
-                None => true,
-                Some((_, h)) => h.lsn.0.saturating_sub(u64::from(h.since_sync)) <= expected.0,
-            };
-            if torn {
+            // Torn only if no later sync group follows: the first valid frame after the damage may share
+            // its group while a later one, fdatasynced after it, proves the damaged bytes were durable.
+            later_group = next.and_then(|(at, _)| later_group_frame(&input.binding, data, at, expected));
+            if later_group.is_none() {
                 let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(offset, |p| p as u64 + 1);
                 let bytes = last_nonzero.saturating_sub(offset);
                 let end = SegmentEnd::Torn { offset, bytes };
                 return Ok(Scanned { end, frames, next_lsn: expected, skipped, stopped_early: false });
             }
         }
-        let what = match (input.newest, next) {
+        let what = match (input.newest, later_group) {
             (true, Some((later_offset, h))) => {
                 CorruptionKind::DamageBeforeSyncedData { later_offset, later_lsn: h.lsn }
             }
@@ -174,18 +174,25 @@ pub fn scan_segment(input: &ScanInput<'_>, visit: &mut FrameVisitor<'_>) -> Resu
     }
 }
 
+/// The first frame at or after `from` that validates with an LSN of at least `expected` and belongs to a
+/// sync group that began after `expected` (its `lsn - since_sync` is greater): proof that the frame
+/// expected at `expected` had been fdatasynced before it was written.
+pub fn later_group_frame(binding: &Binding, data: &[u8], from: u64, expected: Lsn) -> Option<(u64, FrameHeader)> {
+    let mut at = from;
+    while let Some((offset, h)) = find_next_valid(binding, data, at, expected) {
+        if h.lsn.0.saturating_sub(u64::from(h.since_sync)) > expected.0 {
+            return Some((offset, h));
+        }
+        at = offset + h.frame_bytes();
+    }
+    None
+}
+
 /// Whether a frame that validates past the segment header, with an LSN of at least `min_lsn`, belongs to a
 /// sync group that began after `min_lsn`: proof that the segment's first write had been fdatasynced before
 /// later frames were written, so that damage to it is not a torn activation.
 pub fn later_sync_group_exists(binding: &Binding, data: &[u8], min_lsn: Lsn) -> bool {
-    let mut at = SEGMENT_HEADER_BYTES;
-    while let Some((offset, h)) = find_next_valid(binding, data, at, min_lsn) {
-        if h.lsn.0.saturating_sub(u64::from(h.since_sync)) > min_lsn.0 {
-            return true;
-        }
-        at = offset + h.frame_bytes();
-    }
-    false
+    later_group_frame(binding, data, SEGMENT_HEADER_BYTES, min_lsn).is_some()
 }
 
 /// The first offset at or after `from` holding a frame that validates with an LSN of at least `min_lsn`.

@@ -121,18 +121,17 @@ pub fn decrypt(input: &UnitInput<'_>, reuse: Vec<u8>) -> Result<Decrypted, Corru
             Err(e) => e,
         };
         let next = find_next_unit(input, offset + 1, expected);
-        if input.newest {
-            let torn = match &next {
-                None => true,
-                Some((_, first)) => first.0.saturating_sub(first.1) <= expected.0,
-            };
-            if torn {
-                let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(offset, |p| p as u64 + 1);
-                out.end = UnitEnd::Torn { offset, bytes: last_nonzero.saturating_sub(offset) };
-                return Ok(out);
-            }
+        // Torn only if no later unit starts a later sync group (see `scan::later_group_frame`).
+        let later_group = match (&next, input.newest) {
+            (Some((at, _)), true) => later_group_unit(input, *at, expected),
+            _ => None,
+        };
+        if input.newest && later_group.is_none() {
+            let last_nonzero = data.iter().rposition(|&b| b != 0).map_or(offset, |p| p as u64 + 1);
+            out.end = UnitEnd::Torn { offset, bytes: last_nonzero.saturating_sub(offset) };
+            return Ok(out);
         }
-        let what = match (input.newest, &next) {
+        let what = match (input.newest, &later_group) {
             (true, Some((later_offset, (lsn, _)))) => {
                 CorruptionKind::DamageBeforeSyncedData { later_offset: *later_offset, later_lsn: Lsn(*lsn) }
             }
@@ -255,6 +254,19 @@ fn last_frame(plain: &[u8]) -> Option<(Lsn, FrameType)> {
         at += HEADER_BYTES + crate::format::u32_at(h, 4) as usize;
     }
     last
+}
+
+/// The first unit at or after `from` that authenticates and whose first frame began a sync group after
+/// `expected`, with that frame's (LSN, since_sync).
+fn later_group_unit(input: &UnitInput<'_>, from: u64, expected: Lsn) -> Option<(u64, (u64, u64))> {
+    let mut at = from;
+    while let Some((offset, first)) = find_next_unit(input, at, expected) {
+        if first.0.saturating_sub(first.1) > expected.0 {
+            return Some((offset, first));
+        }
+        at = offset + unit::peek(&input.binding, input.data, offset).map_or(1, |total| total.max(1));
+    }
+    None
 }
 
 /// The first unit at or after `from` that authenticates, with its first frame's (LSN, since_sync); units
