@@ -241,6 +241,8 @@ impl Journal {
         let torn = dr.recovered.report.torn_activation.as_deref();
         let in_use = dr.present.iter().filter(|s| torn != Some(dir.join(crate::segment::file_name(**s)).as_path()));
         assert!(in_use.max().is_none_or(|last| next_seq > *last), "a new segment is never numbered over one in use");
+        // Highest numbers first: a crash in the middle leaves the spares that remain contiguous.
+        dr.delete.sort_unstable_by(|a, b| b.cmp(a));
         for path in &dr.delete {
             vfs.remove_file(path).map_err(OpenError::io(path, "delete"))?;
         }

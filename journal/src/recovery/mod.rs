@@ -629,6 +629,22 @@ fn replay_segments(
         reused = (data, decrypted.map_or_else(Vec::new, |d| d.stream));
     }
 
+    // Spares must continue the segments in use without a gap. An open that drops spares of another size
+    // deletes them one by one, and a crash in between can leave a later one behind an earlier one's
+    // deletion. Activation goes strictly in order, so a spare past a gap never held a frame: delete it.
+    let mut follows = headers.get(active_count.wrapping_sub(1)).map(|h| h.0);
+    let mut contiguous = spares.len();
+    for (i, (seq, _)) in spares.iter().enumerate() {
+        if follows.is_some_and(|f| *seq != f + 1) {
+            contiguous = i;
+            break;
+        }
+        follows = Some(*seq);
+    }
+    for (_, path) in spares.drain(contiguous..) {
+        delete.push(path);
+    }
+    report.spare_segments = spares.len() as u32;
     let oldest_seq = headers.first().filter(|_| active_count > 0).map(|h| h.0);
     let end = replay.finish();
     report.committed_txs = end.committed;
