@@ -512,6 +512,10 @@ impl Journal {
                 w.last_seq + 1
             }
         };
+        // No reclaim meanwhile: it shrinks and deletes the segments this lists and rewrites (and a rewrite
+        // renamed over a reclaimed one would bring its file back). After the roll: the lock order is
+        // compacting → reclaiming → writer, and the roll needs the writer.
+        let _no_reclaim = lock(&self.core.reclaiming);
         let (current_id, current) = keys.current();
         let listing = crate::segment::list(self.core.vfs.as_ref(), &self.core.dir)
             .map_err(OpenError::io(&self.core.dir, "list directory"))?;

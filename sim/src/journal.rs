@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_journal::crypto::keys::KeyRing;
@@ -78,6 +78,8 @@ struct Sim {
     stats: Stats,
     step: u64,
     recent: VecDeque<String>,
+    /// A copy of the recent events for the watchdog, which reports a run that stops making progress.
+    watchdog: Arc<Mutex<(u64, Vec<String>)>>,
 }
 
 /// Which faults a run injects.
@@ -94,8 +96,48 @@ pub enum Profile {
     Full,
 }
 
-/// Runs one seeded simulation of about `ops` operations.
+/// How long a run may go without logging an event before it is reported as hung.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Runs one seeded simulation of about `ops` operations. A run that makes no progress for 30 s (a
+/// deadlock in the journal) is reported as a violation with its last events; its threads are left behind.
 pub fn run(seed: u64, ops: u64, profile: Profile) -> Result<Stats, Violation> {
+    let watchdog = Arc::new(Mutex::new((0u64, Vec::new())));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let w = watchdog.clone();
+    std::thread::Builder::new()
+        .name(format!("keel-sim-{seed}"))
+        .spawn(move || {
+            let _ = tx.send(run_inner(seed, ops, profile, w));
+        })
+        .expect("spawn the simulation thread");
+    let mut last = (0u64, std::time::Instant::now());
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(result) => return result,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Violation { seed, step: last.0, what: "the run died".into(), recent: Vec::new() })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let (step, recent) = watchdog.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if step != last.0 {
+                    last = (step, std::time::Instant::now());
+                } else if last.1.elapsed() > STALL {
+                    if std::env::var_os("KEEL_SIM_GDB").is_some() {
+                        // Where every thread waits, for the report (gdb attaches to this process).
+                        let _ = std::process::Command::new("gdb")
+                            .args(["-p", &std::process::id().to_string(), "-batch", "-ex", "thread apply all bt 30"])
+                            .status();
+                    }
+                    let what = format!("no progress for {} s: a hang (after the last event below)", STALL.as_secs());
+                    return Err(Violation { seed, step, what, recent });
+                }
+            }
+        }
+    }
+}
+
+fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Arc<Mutex<(u64, Vec<String>)>>) -> Result<Stats, Violation> {
     let tmp = tempfile::tempdir().expect("tempdir for the journal's LOCK file");
     let mut sim = Sim {
         seed,
@@ -114,6 +156,7 @@ pub fn run(seed: u64, ops: u64, profile: Profile) -> Result<Stats, Violation> {
         stats: Stats::default(),
         step: 0,
         recent: VecDeque::new(),
+        watchdog,
     };
     // A panic in the journal (a failed assertion) is a violation like any other: report its seed.
     let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.main_loop(ops))) {
@@ -160,6 +203,9 @@ impl Sim {
             self.recent.pop_front();
         }
         self.recent.push_back(format!("#{} {event}", self.step));
+        let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+        w.0 = self.step;
+        w.1 = self.recent.iter().cloned().collect();
     }
 
     fn violation(&self, what: String) -> Violation {
@@ -614,6 +660,7 @@ impl Sim {
         // driver's choices must not.
         let mut crash_rng = ChaCha8Rng::seed_from_u64(self.rng.random());
         let report = self.disk.crash(&mut crash_rng);
+        self.log(format!("crash ({why}): dropping the abandoned journal"));
         // The abandoned journal's threads now fail on every file: dropping it touches the new image no more.
         drop(self.journal.take());
         self.faults_armed = false;

@@ -258,3 +258,20 @@ fn bench_journal_reports_the_framed_baseline() {
     assert!(row["raw_framed_loop"]["appends"].as_u64().unwrap() > 0, "{row}");
     assert_eq!(row["keel_vs_raw_framed_loop_by_round"].as_array().unwrap().len(), 1);
 }
+
+/// An ack log that holds only deletes (a log cut at its start) is checked, not an arithmetic overflow.
+#[test]
+fn verify_acks_with_only_deletes() {
+    let t = tempfile::tempdir().unwrap();
+    let (dir, acks, only_deletes) = (t.path().join("j"), t.path().join("acks"), t.path().join("deletes"));
+    let (dir, acks) = (dir.to_str().unwrap(), acks.to_str().unwrap());
+    stress(dir, acks, "50");
+    std::fs::write(&only_deletes, "-1000000\n-1000001\n").unwrap();
+    let o = keel(&["journal", "verify-acks", "--dir", dir, "--ack-log", only_deletes.to_str().unwrap()]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("all 0 acknowledged records") && stdout(&o).contains("all 2 acknowledged deletes"));
+    // A delete acknowledged for a record that is live fails.
+    std::fs::write(&only_deletes, "-3\n").unwrap();
+    let o = keel(&["journal", "verify-acks", "--dir", dir, "--ack-log", only_deletes.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+}

@@ -59,7 +59,6 @@ pub(crate) enum RequestOp {
 /// A request to the writer. Queued requests own their payload (`'static`); the request of a blocking caller
 /// that finds the journal idle borrows the caller's buffer, since it is written before that call returns
 /// ([`Shared::append_blocking`]).
-#[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub op: RequestOp,
     pub payload: Cow<'a, [u8]>,
@@ -68,6 +67,18 @@ pub(crate) struct Request<'a> {
     pub slot: Arc<Slot>,
     /// A blocking caller waits on `slot` and can be handed leadership.
     pub blocking: bool,
+}
+
+/// Never the payload: a journal's `Debug` output (a panic message, a log line) must not carry records,
+/// which may be confidential and are encrypted at rest.
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("op", &self.op)
+            .field("payload_bytes", &self.payload.len())
+            .field("blocking", &self.blocking)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request<'_> {
