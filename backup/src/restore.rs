@@ -76,7 +76,11 @@ impl Repo {
         progress: &Progress,
     ) -> Result<RestoreReport, BackupError> {
         let start = Instant::now();
-        check_target(target, opts.force)?;
+        // Into a non-empty target (--force), the old contents are first moved into one subdirectory of it
+        // (a rename, so the target may be a volume's mount point) and deleted once the restore is complete:
+        // restoring over them would leave the old journal's later segments, checkpoints and reclaim horizon
+        // beside the restored ones, a journal that is neither.
+        let replaced = prepare_target(target, opts.force)?;
         let (snapshot, files, cut) = match point {
             RestorePoint::Snapshot(which) => {
                 let s = self.find_snapshot(which)?;
@@ -107,6 +111,9 @@ impl Repo {
             }
             None => None,
         };
+        if let Some(old) = replaced {
+            std::fs::remove_dir_all(&old).map_err(BackupError::io(&old, "remove the replaced contents"))?;
+        }
         Ok(RestoreReport {
             snapshot,
             journal_dir,
@@ -319,19 +326,50 @@ pub(crate) fn safe_join(target: &Path, rel: &str) -> Result<PathBuf, BackupError
     Ok(target.join(rel))
 }
 
-fn check_target(target: &Path, force: bool) -> Result<(), BackupError> {
-    match std::fs::read_dir(target) {
-        Ok(mut d) => {
-            if d.next().is_some() && !force {
-                return Err(BackupError::TargetNotEmpty { path: target.to_path_buf() });
-            }
-            Ok(())
+/// Name of the subdirectory that holds a target's old contents during a `--force` restore.
+const REPLACED_DIR: &str = ".keel-replaced";
+
+/// Makes sure `target` can be restored into. An empty or new directory is used as it is; a non-empty
+/// one, with `force`, has its contents moved into [`REPLACED_DIR`] (returned, to delete once the restore
+/// is complete; if it fails, the old contents are still there).
+fn prepare_target(target: &Path, force: bool) -> Result<Option<PathBuf>, BackupError> {
+    let entries: Vec<std::ffi::OsString> = match std::fs::read_dir(target) {
+        Ok(d) => {
+            d.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>().map_err(BackupError::io(target, "list"))?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(target).map_err(BackupError::io(target, "create"))
+            return std::fs::create_dir_all(target).map_err(BackupError::io(target, "create")).map(|()| None);
         }
-        Err(e) => Err(BackupError::io(target, "list")(e)),
+        Err(e) => return Err(BackupError::io(target, "list")(e)),
+    };
+    if entries.is_empty() {
+        return Ok(None);
     }
+    if !force {
+        return Err(BackupError::TargetNotEmpty { path: target.to_path_buf() });
+    }
+    let old = target.join(REPLACED_DIR);
+    // After an interrupted restore, the replaced directory holds the old contents and everything else in
+    // the target is what that restore had written: deleted.
+    let interrupted = entries.iter().any(|e| e == REPLACED_DIR);
+    if !interrupted {
+        std::fs::create_dir(&old).map_err(BackupError::io(&old, "create"))?;
+    }
+    for name in entries.iter().filter(|e| *e != REPLACED_DIR) {
+        let from = target.join(name);
+        if interrupted {
+            remove_any(&from)?;
+        } else {
+            std::fs::rename(&from, old.join(name)).map_err(BackupError::io(&from, "move aside"))?;
+        }
+    }
+    File::open(target).and_then(|d| d.sync_all()).map_err(BackupError::io(target, "fsync directory"))?;
+    Ok(Some(old))
+}
+
+fn remove_any(path: &Path) -> Result<(), BackupError> {
+    let r = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    r.map_err(BackupError::io(path, "remove"))
 }
 
 /// Starts writing the range back to the disk now, without waiting, so that the disk works while later

@@ -126,7 +126,11 @@ pub fn run(seed: u64, ops: u64, profile: Profile) -> Result<Stats, Violation> {
                     if std::env::var_os("KEEL_SIM_GDB").is_some() {
                         // Where every thread waits, for the report (gdb attaches to this process).
                         let _ = std::process::Command::new("gdb")
-                            .args(["-p", &std::process::id().to_string(), "-batch", "-ex", "thread apply all bt 30"])
+                            .args(["-p", &std::process::id().to_string(), "-batch"])
+                            .args(match std::env::var("KEEL_SIM_GDB").ok().filter(|s| !s.is_empty() && s != "1") {
+                                Some(script) => vec!["-x".to_owned(), script],
+                                None => vec!["-ex".to_owned(), "thread apply all bt 30".to_owned()],
+                            })
                             .status();
                     }
                     let what = format!("no progress for {} s: a hang (after the last event below)", STALL.as_secs());
@@ -137,7 +141,12 @@ pub fn run(seed: u64, ops: u64, profile: Profile) -> Result<Stats, Violation> {
     }
 }
 
-fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Arc<Mutex<(u64, Vec<String>)>>) -> Result<Stats, Violation> {
+fn run_inner(
+    seed: u64,
+    ops: u64,
+    profile: Profile,
+    watchdog: Arc<Mutex<(u64, Vec<String>)>>,
+) -> Result<Stats, Violation> {
     let tmp = tempfile::tempdir().expect("tempdir for the journal's LOCK file");
     let mut sim = Sim {
         seed,

@@ -457,3 +457,24 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
         lead(&shared, None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queued_request_never_prints_its_payload() {
+        let r = Request {
+            op: RequestOp::Frame { frame_type: FrameType::Add, id: 7, tx: 0, kind: 1 },
+            payload: Cow::Borrowed(b"card 4111-1111-1111-1111"),
+            payload_crc: crc32fast::Hasher::new(),
+            slot: Arc::new(Slot::new()),
+            blocking: false,
+        };
+        let mut q = Queue::default();
+        q.push(r);
+        let printed = format!("{q:?}");
+        assert!(!printed.contains("4111") && !printed.contains("52, 49, 49, 49"), "{printed}");
+        assert!(printed.contains("payload_bytes: 24"), "{printed}");
+    }
+}

@@ -1,0 +1,49 @@
+//! Regression tests of backup defects (issue 24), each failing before its fix.
+
+mod common;
+
+use common::*;
+use keel_backup::{CreateOptions, Progress, RestoreOptions, RestorePoint};
+use keel_journal::Journal;
+
+/// Defect 8: `restore --force` into a non-empty directory left the old journal's later segments,
+/// checkpoints and reclaim horizon beside the restored files.
+#[test]
+fn restore_with_force_replaces_the_old_contents() {
+    let data = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = open_repo(&store(Backend::Dir, repo_dir.path()));
+    let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
+    for id in 0..100 {
+        j.add(id, 1, &payload(id)).unwrap();
+    }
+    j.close().unwrap();
+    let opts = CreateOptions { lease: quick_lease(), ..Default::default() };
+    repo.create(data.path(), &opts, &Progress::default()).unwrap();
+
+    // The journal moves on: more segments, deletes, a reclaim, a checkpoint at close.
+    let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
+    for id in 100..1500 {
+        j.add(id, 1, &payload(id)).unwrap();
+    }
+    for id in 0..50 {
+        j.delete(id).unwrap();
+    }
+    j.reclaim().unwrap();
+    j.close().unwrap();
+    std::fs::write(data.path().join("not-ours"), b"a file the restore must not keep").unwrap();
+
+    let ropts = RestoreOptions { force: true, ..Default::default() };
+    let r = repo.restore(&RestorePoint::Snapshot("latest".into()), data.path(), &ropts, &Progress::default()).unwrap();
+    let (j, recovered) = Journal::open(&r.journal_dir, journal_options(None)).expect("the restored journal opens");
+    assert_eq!(recovered.records.keys().copied().collect::<Vec<_>>(), (0..100).collect::<Vec<_>>());
+    for id in [0, 57, 99] {
+        assert_eq!(j.read(id).unwrap(), payload(id));
+    }
+    drop(j);
+    let names: Vec<String> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n == "not-ours" || n.starts_with(".keel-replaced")), "{names:?}");
+}
