@@ -49,17 +49,15 @@ struct Inode {
     durable: Vec<u8>,
     /// Pages whose cached bytes may differ from the device's.
     dirty: BTreeSet<usize>,
-    /// Writes so far that touched each page: a flip is undone only where nothing rewrote it since.
-    page_writes: HashMap<usize, u64>,
+    /// Every range written (and shrunk away), in order: a flip is undone only if nothing rewrote its byte.
+    writes: Vec<(usize, usize)>,
 }
 
 impl Inode {
     fn touched(&mut self, from: usize, to: usize) {
         if to > from {
-            for page in from / PAGE..=(to - 1) / PAGE {
-                self.dirty.insert(page);
-                *self.page_writes.entry(page).or_default() += 1;
-            }
+            self.dirty.extend(from / PAGE..=(to - 1) / PAGE);
+            self.writes.push((from, to));
         }
     }
 }
@@ -97,7 +95,7 @@ pub struct Flip {
     pub offset: u64,
     pub bit: u8,
     ino: u64,
-    page_writes: u64,
+    writes_before: usize,
     flipped: u8,
 }
 
@@ -219,8 +217,8 @@ impl SimDisk {
         let bit = 1u8 << rng.random_range(0..8);
         node.durable[offset] ^= bit;
         node.current[offset] ^= bit;
-        let page_writes = node.page_writes.get(&(offset / PAGE)).copied().unwrap_or(0);
-        Some(Flip { name, offset: offset as u64, bit, ino, page_writes, flipped: node.current[offset] })
+        let writes_before = node.writes.len();
+        Some(Flip { name, offset: offset as u64, bit, ino, writes_before, flipped: node.current[offset] })
     }
 
     /// Undoes a [`SimDisk::flip_bit`] (while no journal runs): the damage was found and reported, and the
@@ -234,8 +232,9 @@ impl SimDisk {
         if at >= node.current.len() || at >= node.durable.len() || node.current[at] != flip.flipped {
             return false;
         }
-        let rewritten = node.page_writes.get(&(at / PAGE)).copied().unwrap_or(0) != flip.page_writes;
-        if ino == flip.ino && rewritten {
+        let rewritten =
+            || node.writes.get(flip.writes_before..).unwrap_or(&[]).iter().any(|(s, e)| (*s..*e).contains(&at));
+        if ino == flip.ino && rewritten() {
             return false;
         }
         node.current[at] ^= flip.bit;

@@ -102,6 +102,14 @@ impl SparePool {
             if s.shutdown {
                 return Err(AppendError::Closed);
             }
+            if s.fatal {
+                // The journal was poisoned elsewhere (the maintenance thread's fsync): no spare will come.
+                return Err(AppendError::Poisoned {
+                    path: self.dir.clone(),
+                    op: "take a spare segment",
+                    source: Arc::new(io::Error::other("the journal was stopped by an earlier failure")),
+                });
+            }
             s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -142,7 +150,11 @@ impl SparePool {
                     if s.shutdown {
                         return;
                     }
-                    s.fatal |= poisoned();
+                    if !s.fatal && poisoned() {
+                        s.fatal = true;
+                        // A roll-over waiting in `take` must learn that no spare will come.
+                        self.cv.notify_all();
+                    }
                     if s.ready.len() >= self.target {
                         refilling = false;
                     } else if s.ready.len() <= self.target / 2 || s.fill_requested {
