@@ -4,6 +4,16 @@
 use std::time::{Duration, Instant};
 
 fn main() {
+    // The journal reports what goes wrong (poisoning, a writer thread that cannot stop) through tracing:
+    // `KEEL_SIM_LOG=FILE` keeps its errors.
+    if let Some(path) = std::env::var_os("KEEL_SIM_LOG") {
+        let file = std::fs::File::create(&path).expect("KEEL_SIM_LOG names a file that can be created");
+        tracing_subscriber::fmt()
+            .with_max_level(tracing_subscriber::filter::LevelFilter::ERROR)
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    }
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str, default: u64| -> u64 {
         args.iter()

@@ -410,6 +410,9 @@ impl Drop for LeaderPanicGuard<'_> {
     }
 }
 
+/// How long a closing writer thread waits before it reports why it cannot stop.
+const SHUTDOWN_STALL: Duration = Duration::from_secs(5);
+
 /// The writer thread: leads for async callers and runs the periodic sync of `SyncPolicy::Interval`.
 pub(crate) fn writer_thread(shared: Arc<Shared>) {
     let interval = match shared.policy {
@@ -426,13 +429,25 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
             if q.shutdown && q.pending.is_empty() && !q.leader_active {
                 return;
             }
-            match next_tick {
-                Some(t) => {
-                    let now = Instant::now();
-                    if now >= t {
-                        break true;
+            let now = Instant::now();
+            if next_tick.is_some_and(|t| now >= t) {
+                break true;
+            }
+            let until_tick = next_tick.map(|t| t - now);
+            // Closing waits for this thread. If it cannot stop, it says why (the queue's `Debug` is free of
+            // payloads): a request queued with no leader, or a leader marked active that never came.
+            let limit = if q.shutdown {
+                Some(until_tick.map_or(SHUTDOWN_STALL, |d| d.min(SHUTDOWN_STALL)))
+            } else {
+                until_tick
+            };
+            match limit {
+                Some(d) => {
+                    let (g, waited) = shared.writer_cv.wait_timeout(q, d).unwrap_or_else(|e| e.into_inner());
+                    q = g;
+                    if waited.timed_out() && q.shutdown && !(q.pending.is_empty() && !q.leader_active) {
+                        tracing::error!(queue = ?*q, "the journal's writer thread cannot stop: requests are queued or a leader is marked active");
                     }
-                    q = shared.writer_cv.wait_timeout(q, t - now).unwrap_or_else(|e| e.into_inner()).0;
                 }
                 None => q = shared.writer_cv.wait(q).unwrap_or_else(|e| e.into_inner()),
             }
