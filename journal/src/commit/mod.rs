@@ -445,7 +445,8 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
                 Some(d) => {
                     let (g, waited) = shared.writer_cv.wait_timeout(q, d).unwrap_or_else(|e| e.into_inner());
                     q = g;
-                    if waited.timed_out() && q.shutdown && !(q.pending.is_empty() && !q.leader_active) {
+                    let stuck = q.leader_active || !q.pending.is_empty();
+                    if waited.timed_out() && q.shutdown && stuck {
                         tracing::error!(queue = ?*q, "the journal's writer thread cannot stop: requests are queued or a leader is marked active");
                     }
                 }
