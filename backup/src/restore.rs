@@ -80,7 +80,7 @@ impl Repo {
         // (a rename, so the target may be a volume's mount point) and deleted once the restore is complete:
         // restoring over them would leave the old journal's later segments, checkpoints and reclaim horizon
         // beside the restored ones, a journal that is neither.
-        let replaced = prepare_target(target, opts.force)?;
+        check_target(target, opts.force)?;
         let (snapshot, files, cut) = match point {
             RestorePoint::Snapshot(which) => {
                 let s = self.find_snapshot(which)?;
@@ -97,6 +97,8 @@ impl Repo {
                 self.plan_lsn(&jid, n)?
             }
         };
+        // Only once the restore point resolved: a mistyped snapshot or LSN must leave the target as it was.
+        let replaced = prepare_target(target, opts.force)?;
         let (bytes, chunks) = self.write_files(target, &files, opts.parallel, progress)?;
         let journal_dir = match snapshot.journal_dir.as_str() {
             "" => target.to_path_buf(),
@@ -326,12 +328,26 @@ pub(crate) fn safe_join(target: &Path, rel: &str) -> Result<PathBuf, BackupError
     Ok(target.join(rel))
 }
 
-/// Name of the subdirectory that holds a target's old contents during a `--force` restore.
+/// The subdirectory a `--force` restore moves the target's old contents into, entry by entry...
+const REPLACING_DIR: &str = ".keel-replacing";
+/// ...and its name once every entry is in it (one rename: the mark that the move completed).
 const REPLACED_DIR: &str = ".keel-replaced";
 
-/// Makes sure `target` can be restored into. An empty or new directory is used as it is; a non-empty
-/// one, with `force`, has its contents moved into [`REPLACED_DIR`] (returned, to delete once the restore
-/// is complete; if it fails, the old contents are still there).
+/// Refuses a non-empty target without `force`, before anything is fetched or moved.
+fn check_target(target: &Path, force: bool) -> Result<(), BackupError> {
+    match std::fs::read_dir(target) {
+        Ok(mut d) => match d.next() {
+            Some(_) if !force => Err(BackupError::TargetNotEmpty { path: target.to_path_buf() }),
+            _ => Ok(()),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(BackupError::io(target, "list")(e)),
+    }
+}
+
+/// Makes `target` ready to restore into. An empty or new directory is used as it is; a non-empty one
+/// (with `force`, checked before) has its contents moved into [`REPLACED_DIR`], returned so that it is
+/// deleted once the restore is complete; if the restore fails, the old contents are still there.
 fn prepare_target(target: &Path, force: bool) -> Result<Option<PathBuf>, BackupError> {
     let entries: Vec<std::ffi::OsString> = match std::fs::read_dir(target) {
         Ok(d) => {
@@ -348,23 +364,29 @@ fn prepare_target(target: &Path, force: bool) -> Result<Option<PathBuf>, BackupE
     if !force {
         return Err(BackupError::TargetNotEmpty { path: target.to_path_buf() });
     }
-    let old = target.join(REPLACED_DIR);
-    // After an interrupted restore, the replaced directory holds the old contents and everything else in
-    // the target is what that restore had written: deleted.
-    let interrupted = entries.iter().any(|e| e == REPLACED_DIR);
-    if !interrupted {
-        std::fs::create_dir(&old).map_err(BackupError::io(&old, "create"))?;
-    }
-    for name in entries.iter().filter(|e| *e != REPLACED_DIR) {
-        let from = target.join(name);
-        if interrupted {
-            remove_any(&from)?;
-        } else {
-            std::fs::rename(&from, old.join(name)).map_err(BackupError::io(&from, "move aside"))?;
+    let (moving, moved) = (target.join(REPLACING_DIR), target.join(REPLACED_DIR));
+    let sync_dir = |d: &Path| File::open(d).and_then(|f| f.sync_all()).map_err(BackupError::io(d, "fsync directory"));
+    if entries.iter().any(|e| e == REPLACED_DIR) {
+        // An earlier --force restore moved the old contents completely, then failed: everything else in
+        // the target is what it had written.
+        for name in entries.iter().filter(|e| *e != REPLACED_DIR && *e != REPLACING_DIR) {
+            remove_any(&target.join(name))?;
         }
+        return Ok(Some(moved));
     }
-    File::open(target).and_then(|d| d.sync_all()).map_err(BackupError::io(target, "fsync directory"))?;
-    Ok(Some(old))
+    if !entries.iter().any(|e| e == REPLACING_DIR) {
+        std::fs::create_dir(&moving).map_err(BackupError::io(&moving, "create"))?;
+    }
+    // Interrupted here, the next attempt moves what is left: nothing outside is deleted before the move is
+    // complete.
+    for name in entries.iter().filter(|e| *e != REPLACING_DIR) {
+        let from = target.join(name);
+        std::fs::rename(&from, moving.join(name)).map_err(BackupError::io(&from, "move aside"))?;
+    }
+    sync_dir(&moving)?;
+    std::fs::rename(&moving, &moved).map_err(BackupError::io(&moving, "rename"))?;
+    sync_dir(target)?;
+    Ok(Some(moved))
 }
 
 fn remove_any(path: &Path) -> Result<(), BackupError> {

@@ -47,3 +47,45 @@ fn restore_with_force_replaces_the_old_contents() {
         .collect();
     assert!(!names.iter().any(|n| n == "not-ours" || n.starts_with(".keel-replaced")), "{names:?}");
 }
+
+/// Found in review: `--force` emptied the target before the restore point was resolved, so a mistyped
+/// snapshot left the live journal's directory empty; and a move aside cut short was taken as complete.
+#[test]
+fn restore_with_force_touches_nothing_until_the_point_resolves_and_finishes_an_interrupted_move() {
+    let data = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = open_repo(&store(Backend::Dir, repo_dir.path()));
+    let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
+    for id in 0..20 {
+        j.add(id, 1, &payload(id)).unwrap();
+    }
+    j.close().unwrap();
+    let opts = CreateOptions { lease: quick_lease(), ..Default::default() };
+    repo.create(data.path(), &opts, &Progress::default()).unwrap();
+    let ropts = RestoreOptions { force: true, ..Default::default() };
+    let listing = |p: &std::path::Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+
+    let target = tempfile::tempdir().unwrap();
+    std::fs::write(target.path().join("old-a"), b"a").unwrap();
+    std::fs::write(target.path().join("old-b"), b"b").unwrap();
+    let before = listing(target.path());
+    let bad =
+        repo.restore(&RestorePoint::Snapshot("no-such-snapshot".into()), target.path(), &ropts, &Progress::default());
+    assert!(bad.is_err());
+    assert_eq!(listing(target.path()), before, "a restore point that does not resolve moves nothing");
+
+    // A move aside cut short: one entry moved, one not.
+    std::fs::create_dir(target.path().join(".keel-replacing")).unwrap();
+    std::fs::rename(target.path().join("old-a"), target.path().join(".keel-replacing/old-a")).unwrap();
+    let r =
+        repo.restore(&RestorePoint::Snapshot("latest".into()), target.path(), &ropts, &Progress::default()).unwrap();
+    let names = listing(target.path());
+    assert!(!names.iter().any(|n| n.starts_with("old-") || n.starts_with(".keel-")), "{names:?}");
+    let (_, recovered) = Journal::open(&r.journal_dir, journal_options(None)).unwrap();
+    assert_eq!(recovered.records.len(), 20);
+}

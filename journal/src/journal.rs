@@ -239,8 +239,13 @@ impl Journal {
         // covered them all: the next segment would be numbered 1, over a live one.)
         let next_seq = first_dropped.unwrap_or(dr.next_seq);
         let torn = dr.recovered.report.torn_activation.as_deref();
-        let in_use = dr.present.iter().filter(|s| torn != Some(dir.join(crate::segment::file_name(**s)).as_path()));
-        assert!(in_use.max().is_none_or(|last| next_seq > *last), "a new segment is never numbered over one in use");
+        let in_use_last = dr
+            .present
+            .iter()
+            .copied()
+            .filter(|s| torn != Some(dir.join(crate::segment::file_name(*s)).as_path()))
+            .max();
+        assert!(in_use_last.is_none_or(|last| next_seq > last), "a new segment is never numbered over one in use");
         // Highest numbers first: a crash in the middle leaves the spares that remain contiguous.
         dr.delete.sort_unstable_by(|a, b| b.cmp(a));
         for path in &dr.delete {
@@ -293,7 +298,8 @@ impl Journal {
                 (None, Lsn(seal_lsn.0 + 1), *segment_seq)
             }
             Resume::New { next_lsn } => {
-                let last_seq = dr.segments.last().map_or(next_seq - 1 - spares.len() as u64, |s| s.seq);
+                // The last segment in use, whether read, covered by a checkpoint, or skipped by salvage.
+                let last_seq = in_use_last.unwrap_or(next_seq - 1 - spares.len() as u64);
                 (None, *next_lsn, last_seq)
             }
         };

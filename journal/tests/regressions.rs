@@ -241,3 +241,34 @@ fn a_gap_among_the_spares_is_not_fatal() {
     let (_, recovered) = Journal::open(dir.path(), Options::default()).unwrap();
     assert_eq!(recovered.records.len(), 40);
 }
+
+/// Found in review: salvage skips a newest segment whose header is damaged (but not a torn activation),
+/// and open then numbered from the last segment it read, below the skipped one: the spares no longer
+/// followed it ("spares continue the active segments" panicked), or a new segment was numbered over it.
+#[test]
+fn salvage_past_a_damaged_newest_header_numbers_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options { segment_bytes: 64 * 1024, auto_maintenance: false, ..Options::default() };
+    let (j, _) = Journal::open(dir.path(), opts.clone()).unwrap();
+    for id in 0..40 {
+        j.add(id, 1, &payload(id, 3000)).unwrap();
+    }
+    let newest = j.get(39).unwrap().location.seq;
+    j.close().unwrap();
+    let path = segment_path(dir.path(), newest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16] ^= 0x01; // the journal id in the header
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(Journal::open(dir.path(), opts.clone()).is_err(), "strict open refuses");
+
+    let salvage = Options { recovery: RecoveryMode::Salvage, ..opts };
+    let (j, recovered) = Journal::open(dir.path(), salvage.clone()).expect("salvage opens");
+    assert!(!recovered.report.skipped.is_empty());
+    let kept = recovered.records.len();
+    assert!(kept > 0 && kept < 40, "{kept}");
+    j.add(1000, 1, b"after salvage").unwrap();
+    j.close().unwrap();
+    let (j, recovered) = Journal::open(dir.path(), salvage).unwrap();
+    assert_eq!(recovered.records.len(), kept + 1);
+    assert_eq!(j.read(1000).unwrap(), b"after salvage");
+}

@@ -420,6 +420,8 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
         _ => None,
     };
     let mut next_tick = interval.map(|d| Instant::now() + d);
+    // When this thread first saw the journal closing, and whether it has said it cannot stop.
+    let mut closing: Option<(Instant, bool)> = None;
     loop {
         let mut q = lock(&shared.queue);
         let tick = loop {
@@ -436,20 +438,20 @@ pub(crate) fn writer_thread(shared: Arc<Shared>) {
             let until_tick = next_tick.map(|t| t - now);
             // Closing waits for this thread. If it cannot stop, it says why (the queue's `Debug` is free of
             // payloads): a request queued with no leader, or a leader marked active that never came.
+            if q.shutdown {
+                let (since, said) = closing.get_or_insert((now, false));
+                if !*said && now.duration_since(*since) >= SHUTDOWN_STALL {
+                    *said = true;
+                    tracing::error!(queue = ?*q, "the journal's writer thread cannot stop: requests are queued or a leader is marked active");
+                }
+            }
             let limit = if q.shutdown {
                 Some(until_tick.map_or(SHUTDOWN_STALL, |d| d.min(SHUTDOWN_STALL)))
             } else {
                 until_tick
             };
             match limit {
-                Some(d) => {
-                    let (g, waited) = shared.writer_cv.wait_timeout(q, d).unwrap_or_else(|e| e.into_inner());
-                    q = g;
-                    let stuck = q.leader_active || !q.pending.is_empty();
-                    if waited.timed_out() && q.shutdown && stuck {
-                        tracing::error!(queue = ?*q, "the journal's writer thread cannot stop: requests are queued or a leader is marked active");
-                    }
-                }
+                Some(d) => q = shared.writer_cv.wait_timeout(q, d).unwrap_or_else(|e| e.into_inner()).0,
                 None => q = shared.writer_cv.wait(q).unwrap_or_else(|e| e.into_inner()),
             }
         };

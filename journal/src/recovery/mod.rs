@@ -651,12 +651,16 @@ fn replay_segments(
     report.rolled_back_txs = end.rolled_back;
     report.incomplete_txs = end.incomplete();
     let prepared = end.prepared();
-    let next_seq = match (spares.last(), segments.last(), report.torn_activation.is_some()) {
+    // From the last segment in use, read or not (a checkpoint covers some; salvage skips damaged ones).
+    let in_use_last = headers.get(active_count.wrapping_sub(1)).map(|h| h.0);
+    let next_seq = match (spares.last(), in_use_last, report.torn_activation.is_some()) {
         (_, _, true) => headers[active_count - 1].0,
         (Some((s, _)), _, _) => s + 1,
-        (None, Some(last), _) => last.seq + 1,
+        (None, Some(last), _) => last + 1,
         (None, None, _) => headers.last().map_or(1, |s| s.0 + 1),
     };
+    // Never at or below the reclaim horizon: recovery would take a segment there for a reclaimed one.
+    let next_seq = next_seq.max(horizon.as_ref().map_or(1, |h| h.horizon + 1));
     // LSNs never go back, even if every segment that held frames is gone.
     if let (Some(h), Resume::New { next_lsn }) = (&horizon, &mut resume) {
         if *next_lsn < h.next_lsn {
