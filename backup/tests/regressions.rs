@@ -6,20 +6,26 @@ use common::*;
 use keel_backup::{CreateOptions, Progress, RestoreOptions, RestorePoint};
 use keel_journal::Journal;
 
-/// Defect 8: `restore --force` into a non-empty directory left the old journal's later segments,
-/// checkpoints and reclaim horizon beside the restored files.
-#[test]
-fn restore_with_force_replaces_the_old_contents() {
+/// A data directory whose journal holds records `0..n`, and a repository with a snapshot of it.
+fn journal_with_snapshot(n: u64) -> (tempfile::TempDir, tempfile::TempDir, keel_backup::Repo) {
     let data = tempfile::tempdir().unwrap();
     let repo_dir = tempfile::tempdir().unwrap();
     let repo = open_repo(&store(Backend::Dir, repo_dir.path()));
     let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
-    for id in 0..100 {
+    for id in 0..n {
         j.add(id, 1, &payload(id)).unwrap();
     }
     j.close().unwrap();
     let opts = CreateOptions { lease: quick_lease(), ..Default::default() };
     repo.create(data.path(), &opts, &Progress::default()).unwrap();
+    (data, repo_dir, repo)
+}
+
+/// Defect 8: `restore --force` into a non-empty directory left the old journal's later segments,
+/// checkpoints and reclaim horizon beside the restored files.
+#[test]
+fn restore_with_force_replaces_the_old_contents() {
+    let (data, _repo_dir, repo) = journal_with_snapshot(100);
 
     // The journal moves on: more segments, deletes, a reclaim, a checkpoint at close.
     let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
@@ -52,16 +58,7 @@ fn restore_with_force_replaces_the_old_contents() {
 /// snapshot left the live journal's directory empty; and a move aside cut short was taken as complete.
 #[test]
 fn restore_with_force_touches_nothing_until_the_point_resolves_and_finishes_an_interrupted_move() {
-    let data = tempfile::tempdir().unwrap();
-    let repo_dir = tempfile::tempdir().unwrap();
-    let repo = open_repo(&store(Backend::Dir, repo_dir.path()));
-    let (j, _) = Journal::open(data.path(), journal_options(None)).unwrap();
-    for id in 0..20 {
-        j.add(id, 1, &payload(id)).unwrap();
-    }
-    j.close().unwrap();
-    let opts = CreateOptions { lease: quick_lease(), ..Default::default() };
-    repo.create(data.path(), &opts, &Progress::default()).unwrap();
+    let (_data, _repo_dir, repo) = journal_with_snapshot(20);
     let ropts = RestoreOptions { force: true, ..Default::default() };
     let listing = |p: &std::path::Path| {
         let mut v: Vec<String> =

@@ -169,11 +169,7 @@ impl SimDisk {
             }
             dir.current = dir.durable.clone();
         }
-        let live: BTreeSet<u64> = st.dirs.values().flat_map(|d| d.durable.values().copied()).collect();
-        st.inodes.retain(|ino, _| live.contains(ino));
-        st.generation += 1;
-        st.frozen = false;
-        st.faults = Faults::default();
+        st.power_on();
         report
     }
 
@@ -189,11 +185,7 @@ impl SimDisk {
             dir.pending.clear();
             dir.current = dir.durable.clone();
         }
-        let live: BTreeSet<u64> = st.dirs.values().flat_map(|d| d.durable.values().copied()).collect();
-        st.inodes.retain(|ino, _| live.contains(ino));
-        st.generation += 1;
-        st.frozen = false;
-        st.faults = Faults::default();
+        st.power_on();
     }
 
     /// Flips one bit of a file's durable bytes while no journal runs (call after [`SimDisk::crash`]):
@@ -328,6 +320,16 @@ fn split(path: &Path) -> io::Result<(PathBuf, String)> {
 }
 
 impl State {
+    /// After a power loss, once the device image is decided: drops files no directory names, retires
+    /// every handle of the journal that was running, and clears the faults.
+    fn power_on(&mut self) {
+        let live: BTreeSet<u64> = self.dirs.values().flat_map(|d| d.durable.values().copied()).collect();
+        self.inodes.retain(|ino, _| live.contains(ino));
+        self.generation += 1;
+        self.frozen = false;
+        self.faults = Faults::default();
+    }
+
     /// Admits one operation of a handle of `generation`.
     fn enter(&mut self, generation: u64) -> io::Result<()> {
         if generation != self.generation || self.frozen {

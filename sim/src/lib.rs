@@ -20,15 +20,6 @@ pub mod model;
 pub fn seeds() -> (u64, bool) {
     match std::env::var("KEEL_SIM_SEED").ok().and_then(|s| s.parse().ok()) {
         Some(seed) => (seed, true),
-        None => {
-            let mut b = [0u8; 8];
-            getrandom_fill(&mut b);
-            (u64::from_le_bytes(b) >> 16, false)
-        }
+        None => (rand::random::<u64>() >> 16, false),
     }
-}
-
-fn getrandom_fill(b: &mut [u8]) {
-    use rand::RngCore;
-    rand::rng().fill_bytes(b);
 }

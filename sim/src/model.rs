@@ -134,10 +134,6 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(base: State) -> History {
-        History { base, ..History::default() }
-    }
-
     /// An operation was written; not yet known durable.
     pub fn written(&mut self, op: Op) {
         self.pending.push(op);
@@ -192,14 +188,5 @@ impl History {
         }
         durable.extend(state.txs.iter().filter(|(_, t)| t.prepared.is_none()).map(|(tx, _)| Op::Rollback(*tx)));
         History { base, durable, last_group: 0, pending: Vec::new() }
-    }
-
-    /// The state the journal holds in memory now (every written operation applied).
-    pub fn now(&self) -> State {
-        let mut state = self.base.clone();
-        for op in self.durable.iter().chain(&self.pending) {
-            state.apply(op);
-        }
-        state
     }
 }
