@@ -13,7 +13,7 @@ use keel_journal::crypto::unit;
 use keel_journal::{Journal, TxId};
 
 use crate::error::PagingError;
-use crate::format::{self, encode_frame, FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, PAGE_HEADER_BYTES};
+use crate::format::{self, encode_frame, FrameHead, FRAME_HEADER_BYTES, MESSAGE_BYTES_MAX, PAGE_HEADER_BYTES};
 use crate::page::{self, create_page, poisoned, PageKeying};
 use crate::ranges::RangeSet;
 use crate::remote::{Remote, Uploader};
@@ -378,8 +378,13 @@ impl Address {
             if let Some(t) = st.txs.get_mut(&tx_raw) {
                 t.last_page = page_id;
             }
+            // Every pending write of this page goes into the next flush, and so into one sync group.
+            let group_first = st.pending.iter().find(|w| w.page_id == page_id).and_then(|w| w.messages.first());
+            let since_sync = group_first.map_or(0, |&(first, _, _)| seq - first);
+            let since_sync = u32::try_from(since_sync).expect("a page holds fewer than 2^32 frames");
             let w = st.pending.last_mut().expect("pushed");
-            encode_frame(&binding, seq, tx_raw, payload, &mut w.frames);
+            let head = FrameHead { len: payload.len() as u32, seq, tx: tx_raw, since_sync };
+            encode_frame(&binding, head, payload, &mut w.frames);
             w.messages.push((seq, tx_raw, payload.len() as u64));
             st.appended += 1;
             (st.appended, seq, sealed)

@@ -7,9 +7,13 @@ use keel_journal::Binding;
 use crate::ranges::RangeSet;
 
 pub const PAGE_MAGIC: &[u8; 8] = b"KEELPAGE";
-pub const PAGE_VERSION: u32 = 1;
+/// The page format this build writes; it also reads version 1 (frames without `since_sync`).
+pub const PAGE_VERSION: u32 = 2;
+const PAGE_VERSION_V1: u32 = 1;
 pub const PAGE_HEADER_BYTES: usize = 128;
-pub const FRAME_HEADER_BYTES: usize = 24;
+/// A frame header as this build writes it (page version 2).
+pub const FRAME_HEADER_BYTES: usize = 32;
+const FRAME_HEADER_BYTES_V1: usize = 24;
 /// The largest message a page frame holds.
 pub const MESSAGE_BYTES_MAX: u64 = 64 << 20;
 const FLAG_ENCRYPTED: u32 = 1;
@@ -27,6 +31,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 /// A page file's header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageHeader {
+    /// The page format version: how its frames are laid out.
+    pub version: u32,
     pub store_id: [u8; 16],
     pub page_id: u64,
     pub first_seq: u64,
@@ -35,6 +41,11 @@ pub struct PageHeader {
 }
 
 impl PageHeader {
+    /// The bytes of a frame header in this page.
+    pub fn frame_header_bytes(&self) -> usize {
+        frame_header_bytes(self.version)
+    }
+
     pub fn binding(&self) -> Binding {
         Binding { journal_id: self.store_id, segment_seq: self.page_id }
     }
@@ -42,7 +53,7 @@ impl PageHeader {
     pub fn encode(&self) -> [u8; PAGE_HEADER_BYTES] {
         let mut b = [0u8; PAGE_HEADER_BYTES];
         b[0..8].copy_from_slice(PAGE_MAGIC);
-        b[8..12].copy_from_slice(&PAGE_VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
         let flags = if self.key.is_some() { FLAG_ENCRYPTED } else { 0 };
         b[12..16].copy_from_slice(&flags.to_le_bytes());
         b[16..32].copy_from_slice(&self.store_id);
@@ -66,8 +77,8 @@ impl PageHeader {
             return Err("page header checksum mismatch".into());
         }
         let version = u32_at(b, 8);
-        if version != PAGE_VERSION {
-            return Err(format!("page format version {version}; this build reads version {PAGE_VERSION}"));
+        if version != PAGE_VERSION && version != PAGE_VERSION_V1 {
+            return Err(format!("page format version {version}; this build reads versions 1 and {PAGE_VERSION}"));
         }
         let flags = u32_at(b, 12);
         if flags & !FLAG_ENCRYPTED != 0 {
@@ -79,6 +90,7 @@ impl PageHeader {
             None
         };
         Ok(PageHeader {
+            version,
             store_id: b[16..32].try_into().expect("16 bytes"),
             page_id: u64_at(b, 32),
             first_seq: u64_at(b, 40),
@@ -93,26 +105,47 @@ pub struct FrameHead {
     pub len: u32,
     pub seq: u64,
     pub tx: u64,
+    /// Frames before this one in the page since its last completed fdatasync: `seq - since_sync` is the
+    /// first message of this frame's sync group. 0 in version 1 pages.
+    pub since_sync: u32,
+}
+
+impl FrameHead {
+    /// Whether this frame's sync group began after message `seq`: then `seq`'s group had been
+    /// fdatasynced before this frame was written.
+    pub fn group_began_after(&self, seq: u64) -> bool {
+        self.seq.saturating_sub(u64::from(self.since_sync)) > seq
+    }
+}
+
+fn frame_header_bytes(version: u32) -> usize {
+    if version == PAGE_VERSION_V1 {
+        FRAME_HEADER_BYTES_V1
+    } else {
+        FRAME_HEADER_BYTES
+    }
 }
 
 fn frame_crc(binding: &Binding, head: &[u8], payload: &[u8]) -> u32 {
     let mut h = binding.hasher();
     h.update(&head[0..4]);
-    h.update(&head[8..FRAME_HEADER_BYTES]);
+    h.update(&head[8..]);
     h.update(payload);
     h.finalize()
 }
 
-/// Appends one frame to `out`.
-pub fn encode_frame(binding: &Binding, seq: u64, tx: u64, payload: &[u8], out: &mut Vec<u8>) {
+/// Appends one frame, as a version 2 page holds it, to `out`.
+pub fn encode_frame(binding: &Binding, head: FrameHead, payload: &[u8], out: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).expect("checked against MESSAGE_BYTES_MAX");
-    let mut head = [0u8; FRAME_HEADER_BYTES];
-    head[0..4].copy_from_slice(&len.to_le_bytes());
-    head[8..16].copy_from_slice(&seq.to_le_bytes());
-    head[16..24].copy_from_slice(&tx.to_le_bytes());
-    let crc = frame_crc(binding, &head, payload);
-    head[4..8].copy_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&head);
+    debug_assert_eq!(len, head.len);
+    let mut b = [0u8; FRAME_HEADER_BYTES];
+    b[0..4].copy_from_slice(&len.to_le_bytes());
+    b[8..16].copy_from_slice(&head.seq.to_le_bytes());
+    b[16..24].copy_from_slice(&head.tx.to_le_bytes());
+    b[24..28].copy_from_slice(&head.since_sync.to_le_bytes());
+    let crc = frame_crc(binding, &b, payload);
+    b[4..8].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&b);
     out.extend_from_slice(payload);
 }
 
@@ -126,21 +159,31 @@ pub enum FrameError {
     Bad(String),
 }
 
-/// Decodes the frame at the start of `b`: its head, and the range of its payload within `b`.
-pub fn decode_frame(binding: &Binding, b: &[u8]) -> Result<(FrameHead, std::ops::Range<usize>), FrameError> {
-    let head = b.get(..FRAME_HEADER_BYTES).ok_or(FrameError::Incomplete { need: None })?;
+/// Decodes the frame of a page of format `version` at the start of `b`: its head, and the range of its
+/// payload within `b`.
+pub fn decode_frame(
+    binding: &Binding,
+    version: u32,
+    b: &[u8],
+) -> Result<(FrameHead, std::ops::Range<usize>), FrameError> {
+    let header_bytes = frame_header_bytes(version);
+    let head = b.get(..header_bytes).ok_or(FrameError::Incomplete { need: None })?;
     let len = u32_at(head, 0);
     if u64::from(len) > MESSAGE_BYTES_MAX {
         return Err(FrameError::Bad(format!("frame length {len} exceeds the maximum")));
     }
-    let total = FRAME_HEADER_BYTES + len as usize;
-    let Some(payload) = b.get(FRAME_HEADER_BYTES..total) else {
+    let since_sync = if version == PAGE_VERSION_V1 { 0 } else { u32_at(head, 24) };
+    if version != PAGE_VERSION_V1 && u32_at(head, 28) != 0 {
+        return Err(FrameError::Bad("a reserved frame field is not zero".into()));
+    }
+    let total = header_bytes + len as usize;
+    let Some(payload) = b.get(header_bytes..total) else {
         return Err(FrameError::Incomplete { need: Some(total as u64) });
     };
     if u32_at(head, 4) != frame_crc(binding, head, payload) {
         return Err(FrameError::Bad("frame checksum mismatch".into()));
     }
-    Ok((FrameHead { len, seq: u64_at(head, 8), tx: u64_at(head, 16) }, FRAME_HEADER_BYTES..total))
+    Ok((FrameHead { len, seq: u64_at(head, 8), tx: u64_at(head, 16), since_sync }, header_bytes..total))
 }
 
 // ---- Journal records -------------------------------------------------------------------------------
@@ -335,24 +378,26 @@ mod tests {
         fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
             let binding = Binding { journal_id: [7; 16], segment_seq: 3 };
             let _ = PageHeader::decode(&b);
-            let _ = decode_frame(&binding, &b);
+            let _ = decode_frame(&binding, PAGE_VERSION, &b);
+            let _ = decode_frame(&binding, PAGE_VERSION_V1, &b);
             let _ = AddressRecord::decode(&b);
             let _ = CursorRecord::decode(&b);
             let _ = TxMarkRecord::decode(&b);
         }
 
         #[test]
-        fn frames_round_trip_and_bit_flips_are_caught(seq in any::<u64>(), tx in any::<u64>(), payload in proptest::collection::vec(any::<u8>(), 0..200), bit in any::<usize>()) {
+        fn frames_round_trip_and_bit_flips_are_caught(seq in any::<u64>(), tx in any::<u64>(), since_sync in any::<u32>(), payload in proptest::collection::vec(any::<u8>(), 0..200), bit in any::<usize>()) {
             let binding = Binding { journal_id: [7; 16], segment_seq: 3 };
             let mut out = Vec::new();
-            encode_frame(&binding, seq, tx, &payload, &mut out);
-            let (h, r) = decode_frame(&binding, &out).unwrap();
-            prop_assert_eq!((h.seq, h.tx, &out[r]), (seq, tx, &payload[..]));
+            let head = FrameHead { len: payload.len() as u32, seq, tx, since_sync };
+            encode_frame(&binding, head, &payload, &mut out);
+            let (h, r) = decode_frame(&binding, PAGE_VERSION, &out).unwrap();
+            prop_assert_eq!((h, &out[r]), (head, &payload[..]));
             let other = Binding { journal_id: [7; 16], segment_seq: 4 };
-            prop_assert!(decode_frame(&other, &out).is_err(), "a frame of another page must not validate");
+            prop_assert!(decode_frame(&other, PAGE_VERSION, &out).is_err(), "a frame of another page must not validate");
             let bit = bit % (out.len() * 8);
             out[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(decode_frame(&binding, &out).is_err());
+            prop_assert!(decode_frame(&binding, PAGE_VERSION, &out).is_err());
         }
 
         #[test]
@@ -369,7 +414,7 @@ mod tests {
 
         #[test]
         fn page_header_round_trips(page_id in any::<u64>(), first_seq in any::<u64>(), enc in any::<bool>(), bit in 0usize..1024) {
-            let h = PageHeader { store_id: [9; 16], page_id, first_seq, key: enc.then_some((3, [5; WRAPPED_KEY_BYTES])) };
+            let h = PageHeader { version: PAGE_VERSION, store_id: [9; 16], page_id, first_seq, key: enc.then_some((3, [5; WRAPPED_KEY_BYTES])) };
             let mut b = h.encode();
             prop_assert_eq!(PageHeader::decode(&b).unwrap(), h);
             b[bit / 8] ^= 1 << (bit % 8);

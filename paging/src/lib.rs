@@ -85,6 +85,9 @@ impl PagingOptions {
         if self.page_bytes < 64 << 10 {
             return bad("page_bytes", "must be at least 64 KiB");
         }
+        if self.page_bytes > 4 << 30 {
+            return bad("page_bytes", "must be at most 4 GiB");
+        }
         if self.read_ahead_bytes < 64 << 10 {
             return bad("read_ahead_bytes", "must be at least 64 KiB");
         }
@@ -308,9 +311,11 @@ pub mod __fuzz {
             assert_eq!(&h.encode()[..], &data[..format::PAGE_HEADER_BYTES]);
         }
         let binding = keel_journal::Binding { journal_id: [0; 16], segment_seq: 1 };
-        let mut at = 0;
-        while let Ok((_, r)) = format::decode_frame(&binding, &data[at..]) {
-            at += r.end;
+        for version in [1, format::PAGE_VERSION] {
+            let mut at = 0;
+            while let Ok((_, r)) = format::decode_frame(&binding, version, &data[at..]) {
+                at += r.end;
+            }
         }
         if let Ok(r) = AddressRecord::decode(data) {
             assert_eq!(r.encode(), data);
@@ -321,7 +326,8 @@ pub mod __fuzz {
         if let Ok(r) = TxMarkRecord::decode(data) {
             assert_eq!(r.encode(), data);
         }
-        let header = PageHeader { store_id: [0; 16], page_id: 1, first_seq: 0, key: None };
+        let header =
+            PageHeader { version: format::PAGE_VERSION, store_id: [0; 16], page_id: 1, first_seq: 0, key: None };
         let keying = PageKeying { header, cipher: None };
         let src: std::sync::Arc<[u8]> = data.into();
         let mut out = Vec::new();

@@ -10,7 +10,7 @@ use keel_journal::crypto::unit::{self, UNIT_HEADER_BYTES, UNIT_OVERHEAD_BYTES};
 use keel_journal::crypto::SegmentCipher;
 
 use crate::error::{io, PagingError};
-use crate::format::{decode_frame, FrameError, PageHeader, PAGE_HEADER_BYTES};
+use crate::format::{decode_frame, FrameError, FrameHead, PageHeader, PAGE_HEADER_BYTES, PAGE_VERSION};
 
 /// Positioned reads of a page's bytes: a file on the volume, or a page fetched whole from the object store.
 pub trait ReadAt {
@@ -137,7 +137,7 @@ pub fn create_page(
     first_seq: u64,
     keys: Option<&KeyRing>,
 ) -> Result<(File, PageKeying), PagingError> {
-    let mut header = PageHeader { store_id, page_id, first_seq, key: None };
+    let mut header = PageHeader { version: PAGE_VERSION, store_id, page_id, first_seq, key: None };
     let cipher = keys.map(|k| {
         let (key_id, master) = k.current();
         let (cipher, wrapped) = SegmentCipher::create(master, key_id, &header.binding());
@@ -229,8 +229,6 @@ pub struct ReadStop {
     /// Where the first byte that is not a whole valid frame (or unit) lies.
     pub offset: u64,
     pub why: String,
-    /// A frame (or unit) whose header is whole runs past `end`: a write cut short, not altered bytes.
-    pub past_end: bool,
 }
 
 /// Reads the whole frames (or units) from `offset` towards `end`, about `chunk` bytes' worth (more if one
@@ -248,6 +246,7 @@ pub fn read_messages(
         return Ok(offset);
     }
     let binding = keying.header.binding();
+    let version = keying.header.version;
     let want = (end - offset).min(chunk as u64) as usize;
     let mut buf = vec![0u8; want];
     file.read_exact_at(&mut buf, offset).map_err(Err)?;
@@ -258,15 +257,13 @@ pub fn read_messages(
             break;
         }
         let (consumed, incomplete) = match &keying.cipher {
-            None => match decode_frame(&binding, rest) {
+            None => match decode_frame(&binding, version, rest) {
                 Ok((h, r)) => {
                     out.push(Message { seq: h.seq, tx: h.tx, payload: rest[r.clone()].into() });
                     (r.end, None)
                 }
                 Err(FrameError::Incomplete { need }) => (0, Some(need)),
-                Err(FrameError::Bad(why)) => {
-                    return Err(Ok(ReadStop { offset: offset + at as u64, why, past_end: false }))
-                }
+                Err(FrameError::Bad(why)) => return Err(Ok(ReadStop { offset: offset + at as u64, why })),
             },
             Some(cipher) => {
                 if rest.len() < UNIT_HEADER_BYTES {
@@ -279,10 +276,10 @@ pub fn read_messages(
                     } else {
                         let unit_at = offset + at as u64;
                         let plain = unit::open_one(cipher, &binding, &rest[..total as usize], unit_at)
-                            .map_err(|e| Ok(ReadStop { offset: unit_at, why: e.to_string(), past_end: false }))?;
+                            .map_err(|e| Ok(ReadStop { offset: unit_at, why: e.to_string() }))?;
                         let mut p = 0;
                         while p < plain.len() {
-                            match decode_frame(&binding, &plain[p..]) {
+                            match decode_frame(&binding, version, &plain[p..]) {
                                 Ok((h, r)) => {
                                     out.push(Message {
                                         seq: h.seq,
@@ -293,7 +290,7 @@ pub fn read_messages(
                                 }
                                 Err(e) => {
                                     let why = format!("inside the unit at byte {unit_at}: {e:?}");
-                                    return Err(Ok(ReadStop { offset: unit_at, why, past_end: false }));
+                                    return Err(Ok(ReadStop { offset: unit_at, why }));
                                 }
                             }
                         }
@@ -317,11 +314,59 @@ pub fn read_messages(
                     }
                     _ => {
                         let why = format!("a frame runs past byte {end}, the end of the written bytes");
-                        return Err(Ok(ReadStop { offset, why, past_end: true }));
+                        return Err(Ok(ReadStop { offset, why }));
                     }
                 }
             }
         }
     }
     Ok(offset + at as u64)
+}
+
+/// A frame after damage that proves the damaged bytes had been fdatasynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaterGroup {
+    pub offset: u64,
+    pub seq: u64,
+}
+
+/// Searches a page's bytes after damage at `damaged` (where message `expected` should begin) up to `end`
+/// for a frame (encrypted: a unit that authenticates, judged by its first frame) that validates with a
+/// sequence number of at least `expected` and belongs to a sync group begun after `expected`. Reads the
+/// page whole: only the newest page is searched, after damage.
+pub fn later_group(
+    src: &dyn ReadAt,
+    keying: &PageKeying,
+    damaged: u64,
+    end: u64,
+    expected: u64,
+) -> std::io::Result<Option<LaterGroup>> {
+    let mut data = vec![0u8; usize::try_from(end).expect("a page fits in memory")];
+    src.read_exact_at(&mut data, 0)?;
+    let binding = keying.header.binding();
+    let version = keying.header.version;
+    let header_bytes = keying.header.frame_header_bytes();
+    let seq_max = expected + data.len() as u64 / header_bytes as u64 + 1;
+    let plausible = |h: &FrameHead| (expected..=seq_max).contains(&h.seq);
+    // Checked before a frame's checksum, which may cover megabytes.
+    let plausible_seq = |b: &[u8]| (expected..=seq_max).contains(&u64::from_le_bytes(b[8..16].try_into().expect("8")));
+    let mut at = damaged + 1;
+    while at + header_bytes as u64 <= end {
+        let b = &data[at as usize..];
+        let found = match &keying.cipher {
+            None if !plausible_seq(b) => None,
+            None => decode_frame(&binding, version, b).ok().map(|(h, _)| h),
+            Some(cipher) => unit::peek(&binding, &data, at)
+                .ok()
+                .and_then(|_| unit::open(cipher, &binding, &data, at).ok())
+                .and_then(|(plain, _)| decode_frame(&binding, version, &plain).ok())
+                .filter(|(h, _)| plausible(h))
+                .map(|(h, _)| h),
+        };
+        match found {
+            Some(h) if h.group_began_after(expected) => return Ok(Some(LaterGroup { offset: at, seq: h.seq })),
+            _ => at += 1,
+        }
+    }
+    Ok(None)
 }

@@ -8,12 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keel_journal::crypto::keys::KeyRing;
-use keel_journal::crypto::unit::UNIT_OVERHEAD_BYTES;
 use keel_journal::{Journal, PreparedTx, ReadError, RecordRef, TxOp};
 
-use crate::address::{self, Address, AddressInit, PageLocation, TxInfo, TxState, WRITE_BYTES_MAX};
+use crate::address::{self, Address, AddressInit, PageLocation, TxInfo, TxState};
 use crate::error::{io, PagingError};
-use crate::format::{self, AddressRecord, CursorRecord, TxMarkRecord, FRAME_HEADER_BYTES, PAGE_HEADER_BYTES};
+use crate::format::{self, AddressRecord, CursorRecord, TxMarkRecord, PAGE_HEADER_BYTES};
 use crate::page::{self, check_header, corrupt, list_pages, open_page, read_messages, Message, PageKeying, Source};
 use crate::ranges::RangeSet;
 use crate::remote::Remote;
@@ -284,13 +283,26 @@ pub fn scan_address(
                 Ok(next) => offset = next,
                 Err(Err(e)) => return Err(io(name, &path, "read page")(e)),
                 Err(Ok(stop)) => {
-                    let torn_bound = WRITE_BYTES_MAX + UNIT_OVERHEAD_BYTES + FRAME_HEADER_BYTES as u64;
+                    // The messages before the damage in this chunk are in `messages`, not yet counted.
+                    let at_damage = expected + messages.len() as u64;
+                    let damage = format!("at byte {}: {}", stop.offset, stop.why);
                     // Only the volume's newest page is appended to; an uploaded page was complete.
-                    let is_torn = local && Some(id) == newest && (stop.past_end || len - stop.offset <= torn_bound);
-                    if !is_torn {
-                        return Err(corrupt(name, &path, format!("at byte {}: {}", stop.offset, stop.why)));
+                    if !local || Some(id) != newest {
+                        return Err(corrupt(name, &path, damage));
                     }
-                    // The messages before the damage in this chunk are in `messages` already.
+                    let later = page::later_group(&source, &keying, stop.offset, len, at_damage).map_err(io(
+                        name,
+                        &path,
+                        "read page",
+                    ))?;
+                    if let Some(l) = later {
+                        let why = format!(
+                            "{damage}; message {} at byte {} was written by a later flush, so the damaged bytes \
+                             had been fdatasynced",
+                            l.seq, l.offset
+                        );
+                        return Err(corrupt(name, &path, why));
+                    }
                     torn = Some(TornTail { page: id, offset: stop.offset, bytes: len - stop.offset });
                     len = stop.offset;
                     offset = len;
@@ -335,11 +347,28 @@ pub fn scan_address(
         let first_seq = keying.header.first_seq;
         pages.push(ScannedPage { id, local, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
     }
-    if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > expected) {
-        let why = format!("subscription {:?} is at message {}, but the pages end before {expected}", c.name, c.floor);
+    check_cursors_within(name, dir, &cursors, expected)?;
+    Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, next_seq: expected })
+}
+
+/// Every cursor must lie within the messages the pages hold: a floor, a start or an acknowledged range at
+/// or past `end` names messages that existed, so pages that end before them lost acknowledged bytes.
+fn check_cursors_within(name: &str, dir: &Path, cursors: &[&(u64, CursorRecord)], end: u64) -> Result<(), PagingError> {
+    for (_, c) in cursors {
+        let acked_end = c.acked.iter().map(|(_, e)| e).max().unwrap_or(0);
+        let (what, at) = if c.floor > end {
+            ("acknowledged everything before message", c.floor)
+        } else if c.start > end {
+            ("starts at message", c.start)
+        } else if acked_end > end {
+            ("acknowledged message", acked_end - 1)
+        } else {
+            continue;
+        };
+        let why = format!("subscription {:?} {what} {at}, but the pages end before message {end}", c.name);
         return Err(corrupt(name, dir, why));
     }
-    Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, next_seq: expected })
+    Ok(())
 }
 
 /// Opens an address: scans it, deletes its garbage pages, cuts a torn tail, and builds its state.
@@ -398,7 +427,8 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
     let mut pages = BTreeMap::new();
     let mut page_firsts = Vec::with_capacity(scan.pages.len());
     for p in scan.pages {
-        let sealed = Some(p.id) != newest;
+        // A page of an older format is never appended to: the next message starts a new page.
+        let sealed = Some(p.id) != newest || p.keying.header.version != format::PAGE_VERSION;
         let location = match (p.local, sealed) {
             (false, _) => PageLocation::Remote,
             // The newest page takes appends: reopen it for writing.

@@ -113,3 +113,33 @@ fn stats_and_verify_read_uploaded_pages_from_the_object_store() {
     let o = keel(&["paging", "verify", "--dir", dir, "--objects", objects, "--objects-prefix", "b1/"]);
     assert!(o.status.success() && stdout(&o).contains("verify: ok"), "{}", stdout(&o));
 }
+
+/// Issue 31, defect 1, as a user meets it: one flipped bit in the length of a frame of the newest page
+/// (1000 → 16 MiB + 1000). `stats` reported a torn tail of every message from there on, `verify` said ok,
+/// and open would have cut fdatasynced messages and handed their numbers out again.
+#[test]
+fn verify_fails_on_a_flipped_length_bit_in_the_newest_page() {
+    let t = tempfile::tempdir().unwrap();
+    build(t.path());
+    let dir = t.path().to_str().unwrap();
+    let mut pages: Vec<_> =
+        std::fs::read_dir(t.path().join("pages/a-00000000")).unwrap().map(|e| e.unwrap().path()).collect();
+    pages.sort();
+    let newest = pages.last().unwrap();
+    let mut b = std::fs::read(newest).unwrap();
+    // The second frame: a version 2 page header is 128 bytes, a frame header 32.
+    let second = 128 + 32 + u32::from_le_bytes(b[128..132].try_into().unwrap()) as usize;
+    assert!(second + 64 < b.len(), "the newest page holds at least two frames");
+    b[second + 3] ^= 0x01;
+    std::fs::write(newest, &b).unwrap();
+
+    let o = keel(&["paging", "verify", "--dir", dir]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let out = stdout(&o);
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert!(out.contains("orders: ERROR") && out.contains(name) && out.contains(&format!("at byte {second}")), "{out}");
+    let o = keel(&["paging", "stats", "--dir", dir, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let orders = v["addresses"].as_array().unwrap().iter().find(|a| a["address"] == "orders").unwrap();
+    assert!(orders.get("torn_tail").is_none_or(|t| t.is_null()), "{orders}");
+}
