@@ -102,7 +102,11 @@ pub(crate) enum Visibility {
 
 #[derive(Debug, Default)]
 pub(crate) struct AddrState {
+    /// The sequence number the next message gets (messages below it may not be durable yet).
     pub next_seq: u64,
+    /// Messages below this one are durable: where a new subscription starts, so that a crash never
+    /// leaves its cursor past the pages' end.
+    durable_seq: u64,
     pub pages: BTreeMap<u64, PageInfo>,
     pending: Vec<PendingWrite>,
     appended: u64,
@@ -403,27 +407,31 @@ impl Address {
     /// Makes sure the newest page can take `frame_bytes` more, sealing it and creating the next if not.
     /// Returns whether it sealed a page.
     fn ensure_room(&self, st: &mut AddrState, frame_bytes: u64) -> Result<bool, PagingError> {
-        let mut sealed = false;
-        let (next_id, first_seq) = match st.pages.iter_mut().next_back() {
+        let (next_id, seal) = match st.pages.iter().next_back() {
             Some((&id, p)) if !p.sealed => {
                 let holds_one = p.assigned_len > PAGE_HEADER_BYTES as u64;
                 if !holds_one || p.assigned_len + frame_bytes <= self.page_bytes {
                     return Ok(false);
                 }
-                p.sealed = true;
-                p.close_if_complete();
-                sealed = true;
-                (id + 1, st.next_seq)
+                (id + 1, true)
             }
-            Some((&id, _)) => (id + 1, st.next_seq),
-            None => (1, st.next_seq),
+            Some((&id, _)) => (id + 1, false),
+            None => (1, false),
         };
+        let first_seq = st.next_seq;
+        // The next page exists before the full one is sealed: a sealed page is uploaded and leaves the
+        // volume, and a failed creation must not leave the newest page only in the object store.
         let (file, keying) = create_page(&self.name, &self.dir, self.store_id, next_id, first_seq, self.keys.as_ref())
             .inspect_err(|e| {
                 if matches!(e, PagingError::Poisoned { .. }) {
                     st.poisoned = Some(e.clone());
                 }
             })?;
+        if seal {
+            let full = st.pages.get_mut(&(next_id - 1)).expect("the newest page");
+            full.sealed = true;
+            full.close_if_complete();
+        }
         keel_crashpoint::hook("paging-page-created");
         st.pages.insert(
             next_id,
@@ -438,7 +446,7 @@ impl Address {
                 sealed: false,
             },
         );
-        Ok(sealed)
+        Ok(seal)
     }
 
     /// Waits until append `ticket` is durable, leading a group write + fdatasync if none is running.
@@ -542,6 +550,8 @@ impl Address {
             p.close_if_complete();
             if let Some(&(seq, _, _)) = w.messages.last() {
                 p.end_seq = seq + 1;
+                debug_assert!(seq >= st.durable_seq, "writes become durable in order");
+                st.durable_seq = seq + 1;
             }
             for &(seq, tx, len) in &w.messages {
                 if tx == 0 {
@@ -723,8 +733,8 @@ impl Address {
             if let Some(s) = st.subs.get(name) {
                 return Ok(s.clone());
             }
-            let start = st.next_seq;
-            let read_page = st.newest_page().unwrap_or(1);
+            let start = st.durable_seq;
+            let read_page = st.pages.iter().rev().find(|(_, p)| p.first_seq <= start).map_or(1, |(&id, _)| id);
             let cursor_id = format::cursor_id(self.sub_indexes.fetch_add(1, Ordering::SeqCst));
             let sub = Arc::new(Subscription::new(
                 self.clone(),
@@ -830,5 +840,73 @@ pub(crate) fn recovered_state(
     txs: HashMap<u64, TxInfo>,
     dead: RangeSet,
 ) -> AddrState {
-    AddrState { next_seq, pages, txs, dead, ..AddrState::default() }
+    AddrState { next_seq, durable_seq: next_seq, pages, txs, dead, ..AddrState::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keel_journal::{Journal, Options};
+
+    use crate::{format, Paging, PagingError, PagingOptions};
+
+    fn open(dir: &std::path::Path) -> Paging {
+        let jopts = Options { segment_bytes: 1 << 20, auto_maintenance: false, ..Options::default() };
+        let (journal, rec) = Journal::open(dir.join("journal"), jopts).unwrap();
+        let opts = PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, ..PagingOptions::default() };
+        Paging::open(dir.join("pages"), Arc::new(journal), &rec.prepared, opts).unwrap()
+    }
+
+    /// Issue 31, defect 3: a subscription created while a send was in flight started at the next number to
+    /// be assigned; a crash before that send was durable left its cursor past the pages' end, and the
+    /// address refused to open. Also: a store already in that state opens, and the cursor is rewritten.
+    #[test]
+    fn a_subscription_created_while_a_send_is_in_flight_starts_at_the_durable_end() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let paging = open(dir.path());
+            let a = paging.address("a").unwrap();
+            a.send(b"durable", None).unwrap();
+            // Hold every flush, as a slow fdatasync would, so the next send stays in flight.
+            a.lock().flushing = true;
+            let sender = {
+                let a = a.clone();
+                std::thread::spawn(move || a.send(b"in flight", None))
+            };
+            while a.lock().next_seq < 2 {
+                std::thread::yield_now();
+            }
+            let s = a.subscribe("s").unwrap();
+            assert_eq!(s.start(), 1, "the durable end, not the next number");
+            // The "crash": the in-flight send never reaches the page.
+            let mut st = a.lock();
+            st.poisoned = Some(PagingError::TxDecided(0));
+            a.changed.notify_all();
+            drop(st);
+            assert!(sender.join().unwrap().is_err());
+            a.lock().subs.clear();
+        }
+        let paging = open(dir.path());
+        let a = paging.address("a").unwrap();
+        let s = a.subscription("s").unwrap();
+        a.send(b"after", None).unwrap();
+        let d = s.receive().unwrap().unwrap();
+        assert_eq!((d.seq, &d.payload[..]), (1, &b"after"[..]));
+
+        // A cursor left past the end by an earlier build, which acknowledged nothing, is moved back to
+        // the end and its record rewritten.
+        let rec =
+            format::CursorRecord { address: 0, name: "old".into(), start: 40, floor: 40, acked: Default::default() };
+        paging.journal().add(format::cursor_id(99), format::KIND_CURSOR, &rec.encode()).unwrap();
+        drop((d, s, a));
+        drop(paging);
+        for _ in 0..2 {
+            let paging = open(dir.path());
+            let a = paging.address("a").unwrap();
+            let old = a.subscription("old").unwrap();
+            assert_eq!(old.start(), 2);
+            assert_eq!(old.pending().messages, 0);
+        }
+    }
 }

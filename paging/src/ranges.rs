@@ -65,8 +65,13 @@ impl RangeSet {
         self.ranges.iter().map(|(&s, &e)| (s, e))
     }
 
+    /// The number of disjoint ranges.
     pub fn len(&self) -> usize {
         self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
     }
 }
 

@@ -145,6 +145,8 @@ pub struct Scan {
     pub txs: HashMap<u64, TxInfo>,
     pub dead: RangeSet,
     pub cursors: Vec<(u64, CursorRecord, Pending)>,
+    /// Cursors moved back to the pages' end (see `repair_cursors_past_end`): open rewrites their records.
+    pub repaired: Vec<u64>,
     pub next_seq: u64,
 }
 
@@ -199,12 +201,6 @@ pub fn scan_address(
             let bytes = r.fetch(name, &key)?;
             let keying = check_header(name, Path::new(&key), &bytes, store_id, id, keys)?;
             headers.push((Source::Bytes(bytes), keying, false));
-        }
-    }
-    if ids.is_empty() {
-        if let Some((_, c)) = cursors.iter().find(|(_, c)| c.floor > 0) {
-            let why = format!("no page files, but subscription {:?} is at message {}", c.name, c.floor);
-            return Err(corrupt(name, dir, why));
         }
     }
     // Pages wholly below every cursor are garbage (a crash between deletes, or no subscriptions).
@@ -347,14 +343,38 @@ pub fn scan_address(
         let first_seq = keying.header.first_seq;
         pages.push(ScannedPage { id, local, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
     }
-    check_cursors_within(name, dir, &cursors, expected)?;
-    Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, next_seq: expected })
+    let repaired = repair_cursors_past_end(name, &mut counted, expected);
+    check_cursors_within(name, dir, &counted, expected)?;
+    Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, repaired, next_seq: expected })
+}
+
+/// Moves back to `end` the cursors that start past it and acknowledged nothing: subscriptions created
+/// before this build while sends were in flight started at the next number to be assigned, and a crash
+/// before those sends were durable left them past the pages' end. Nothing was acknowledged and nothing
+/// was delivered to them, so starting at `end` loses nothing. Returns their cursor ids.
+fn repair_cursors_past_end(name: &str, cursors: &mut [(u64, CursorRecord, Pending)], end: u64) -> Vec<u64> {
+    let mut repaired = Vec::new();
+    for (id, c, _) in cursors.iter_mut() {
+        if c.start > end && c.floor == c.start && c.acked.is_empty() {
+            tracing::warn!(address = %name, subscription = %c.name, was = c.start, now = end,
+                "a subscription created while sends were in flight starts at the pages' end");
+            c.start = end;
+            c.floor = end;
+            repaired.push(*id);
+        }
+    }
+    repaired
 }
 
 /// Every cursor must lie within the messages the pages hold: a floor, a start or an acknowledged range at
 /// or past `end` names messages that existed, so pages that end before them lost acknowledged bytes.
-fn check_cursors_within(name: &str, dir: &Path, cursors: &[&(u64, CursorRecord)], end: u64) -> Result<(), PagingError> {
-    for (_, c) in cursors {
+fn check_cursors_within(
+    name: &str,
+    dir: &Path,
+    cursors: &[(u64, CursorRecord, Pending)],
+    end: u64,
+) -> Result<(), PagingError> {
+    for (_, c, _) in cursors {
         let acked_end = c.acked.iter().map(|(_, e)| e).max().unwrap_or(0);
         let (what, at) = if c.floor > end {
             ("acknowledged everything before message", c.floor)
@@ -423,12 +443,18 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
         f.set_len(t.offset).map_err(io(&name, &path, "truncate torn tail"))?;
         f.sync_all().map_err(|e| page::poisoned(&name, &path, "fsync", e))?;
     }
+    for (id, c, _) in scan.cursors.iter().filter(|(id, _, _)| scan.repaired.contains(id)) {
+        init.journal.update(*id, format::KIND_CURSOR, &c.encode())?;
+    }
     let newest = scan.pages.last().map(|p| p.id);
     let mut pages = BTreeMap::new();
     let mut page_firsts = Vec::with_capacity(scan.pages.len());
     for p in scan.pages {
-        // A page of an older format is never appended to: the next message starts a new page.
-        let sealed = Some(p.id) != newest || p.keying.header.version != format::PAGE_VERSION;
+        // A page of an older format is never appended to: the next message starts a new page. Nor is a
+        // page in the object store, which was complete when uploaded: the newest page is there only if an
+        // earlier build sealed it and then failed to create the next (which held no message, since a page
+        // is created durably before its first message is written).
+        let sealed = Some(p.id) != newest || p.keying.header.version != format::PAGE_VERSION || !p.local;
         let location = match (p.local, sealed) {
             (false, _) => PageLocation::Remote,
             // The newest page takes appends: reopen it for writing.
@@ -440,12 +466,6 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
             // Complete pages are not kept open (see `PageLocation`).
             (true, true) => PageLocation::Local(None),
         };
-        if !p.local && !sealed {
-            // Only complete pages are uploaded, and a new page follows each; a remote newest page means the
-            // local open page is gone.
-            let why = format!("page {} is only in the object store, yet no page follows it on the volume", p.id);
-            return Err(corrupt(&name, &dir, why));
-        }
         page_firsts.push((p.id, p.first_seq));
         pages.insert(p.id, address::recovered_page(location, p.keying, p.first_seq, p.end_seq, p.len, sealed));
     }

@@ -147,3 +147,76 @@ fn an_acknowledged_message_past_a_torn_tail_refuses_the_address() {
     assert!(e.contains("acknowledged message 19") && e.contains("end before message 19"), "{e}");
     scan_fails(dir.path(), &common::always_paged());
 }
+
+/// Pages of address "q" whose objects lie under `objects` (a directory store), by page id.
+fn remote_pages(objects: &Path) -> Vec<(u64, String)> {
+    fn walk(root: &Path, p: &Path, out: &mut Vec<(u64, String)>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if let Some(id) = path.to_str().unwrap().strip_suffix(".kpage") {
+                let id = id.rsplit('/').next().unwrap().parse().unwrap();
+                out.push((id, path.strip_prefix(root).unwrap().to_str().unwrap().to_owned()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(objects, objects, &mut out);
+    out.sort();
+    out
+}
+
+/// Issue 31, defect 5: a failed page creation after the previous page was sealed let that page be
+/// uploaded and leave the volume, so the newest page was only in the object store; open then refused the
+/// address while verify said ok. The full page is now sealed only once the next exists, and a store left
+/// in that state by an earlier build opens (the newest page in the object store is complete: the next
+/// message starts a new page on the volume), with open and verify agreeing.
+#[test]
+fn a_failed_page_creation_never_leaves_the_newest_page_only_in_the_object_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let opts = || common::with_objects(keel_s3::dir::DirStore::open(objects.path()).unwrap().into());
+    let pages = dir.path().join(PAGES);
+    let sent = {
+        let (paging, _) = common::open(dir.path(), opts());
+        let a = paging.address("q").unwrap();
+        a.subscribe("s").unwrap();
+        // Page 3 cannot be created: its temporary name is taken by a directory.
+        std::fs::create_dir_all(pages.join("00000000000000000003.kpage.tmp")).unwrap();
+        let mut sent = 0u32;
+        while a.send(&vec![sent as u8; 1000], None).is_ok() {
+            sent += 1;
+        }
+        paging.wait_uploaded();
+        sent
+    };
+    std::fs::remove_dir(pages.join("00000000000000000003.kpage.tmp")).unwrap();
+    assert!(pages.join("00000000000000000002.kpage").exists(), "the full page stays on the volume, unsealed");
+    assert_eq!(remote_pages(objects.path()).iter().map(|p| p.0).collect::<Vec<_>>(), [1]);
+
+    // The state an earlier build left: page 2 uploaded, and no page after it on the volume.
+    let key = remote_pages(objects.path())[0].1.replace("00000000000000000001.kpage", "00000000000000000002.kpage");
+    let store = keel_s3::dir::DirStore::open(objects.path()).unwrap();
+    let body = keel_s3::PutBody::File(pages.join("00000000000000000002.kpage"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(keel_s3::ObjectStore::put(&store, &key, body, keel_s3::PutCondition::None)).unwrap();
+    std::fs::remove_file(pages.join("00000000000000000002.kpage")).unwrap();
+
+    let inspection = keel_paging::inspect::inspect(
+        &dir.path().join("pages"),
+        &dir.path().join("journal"),
+        None,
+        opts().remote,
+        &mut |_, _, _, _| {},
+    )
+    .unwrap();
+    assert!(inspection.addresses[0].scan.is_ok(), "{:?}", inspection.addresses[0].scan);
+    let (paging, _) = common::open(dir.path(), opts());
+    let a = paging.address("q").unwrap();
+    let s = a.subscription("s").unwrap();
+    assert_eq!(s.pending().messages, u64::from(sent));
+    a.send(b"after", None).unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(got, (0..=u64::from(sent)).collect::<Vec<_>>());
+}
