@@ -82,12 +82,36 @@ pub(crate) enum TxState {
     Committed,
 }
 
+/// One use of a journal transaction id on an address, keyed by its mark's number. A broker may use an id
+/// again once its first use is decided (after a restart the journal has rolled back every incomplete
+/// transaction, so a broker may restart its counter); each use has its own mark, and each paged message
+/// names the mark of the use that sent it (see `MessageTx`).
 #[derive(Debug)]
 pub(crate) struct TxInfo {
+    /// The journal transaction id.
+    pub tx: u64,
+    /// The address's next sequence number when the mark was made: a message naming this mark's number
+    /// below it belongs to an earlier use of the number (one rolled back before a restart).
+    pub first_seq: u64,
     pub state: TxState,
     pub mark_id: u64,
     /// The newest page holding one of its messages.
     pub last_page: u64,
+}
+
+/// What a frame's `tx` field holds in a version 2 page: 0, or the number of the transaction mark that
+/// covers the message, plus one.
+pub(crate) fn frame_tx(mark_number: Option<u64>) -> u64 {
+    mark_number.map_or(0, |n| n + 1)
+}
+
+/// The use of a transaction that sent message `seq`, whose frame's `tx` field is `field` (not 0).
+pub(crate) fn tx_of(txs: &BTreeMap<u64, TxInfo>, field: u64, seq: u64) -> Option<&TxInfo> {
+    txs.get(&(field - 1)).filter(|t| t.first_seq <= seq)
+}
+
+pub(crate) fn tx_of_mut(txs: &mut BTreeMap<u64, TxInfo>, field: u64, seq: u64) -> Option<&mut TxInfo> {
+    txs.get_mut(&(field - 1)).filter(|t| t.first_seq <= seq)
 }
 
 /// What a reader makes of a message.
@@ -113,7 +137,10 @@ pub(crate) struct AddrState {
     durable: u64,
     flushing: bool,
     pub poisoned: Option<PagingError>,
-    pub txs: HashMap<u64, TxInfo>,
+    /// Transaction uses by mark number.
+    pub txs: BTreeMap<u64, TxInfo>,
+    /// The undecided use of each journal transaction id: its mark number.
+    pub undecided: HashMap<u64, u64>,
     pub dead: RangeSet,
     pub subs: BTreeMap<String, Arc<Subscription>>,
     /// Producers between the decision to page and their message getting a sequence number.
@@ -130,7 +157,7 @@ impl AddrState {
         if tx == 0 {
             return Visibility::Visible;
         }
-        match self.txs.get(&tx).map(|t| &t.state) {
+        match tx_of(&self.txs, tx, seq).map(|t| &t.state) {
             Some(TxState::Committed) => Visibility::Visible,
             Some(TxState::Undecided { .. }) => Visibility::Undecided,
             None => Visibility::Dead,
@@ -343,10 +370,8 @@ impl Address {
 
     /// Appends one message to the pages and returns once it is durable.
     fn page(&self, payload: &[u8], tx: Option<TxId>) -> Result<u64, PagingError> {
-        let tx_raw = tx.map_or(0, TxId::get);
-        if let Some(tx) = tx {
-            self.mark_tx(tx)?;
-        }
+        let mark = tx.map(|tx| self.mark_tx(tx)).transpose()?;
+        let tx_field = frame_tx(mark);
         let ticket = {
             let mut st = self.lock();
             if let Some(e) = &st.poisoned {
@@ -379,7 +404,7 @@ impl Address {
                 grow += overhead;
             }
             st.pages.get_mut(&page_id).expect("open page").assigned_len += grow;
-            if let Some(t) = st.txs.get_mut(&tx_raw) {
+            if let Some(t) = mark.and_then(|n| st.txs.get_mut(&n)) {
                 t.last_page = page_id;
             }
             // Every pending write of this page goes into the next flush, and so into one sync group.
@@ -387,9 +412,9 @@ impl Address {
             let since_sync = group_first.map_or(0, |&(first, _, _)| seq - first);
             let since_sync = u32::try_from(since_sync).expect("a page holds fewer than 2^32 frames");
             let w = st.pending.last_mut().expect("pushed");
-            let head = FrameHead { len: payload.len() as u32, seq, tx: tx_raw, since_sync };
+            let head = FrameHead { len: payload.len() as u32, seq, tx: tx_field, since_sync };
             encode_frame(&binding, head, payload, &mut w.frames);
-            w.messages.push((seq, tx_raw, payload.len() as u64));
+            w.messages.push((seq, tx_field, payload.len() as u64));
             st.appended += 1;
             (st.appended, seq, sealed)
         };
@@ -558,41 +583,48 @@ impl Address {
                     for s in st.subs.values() {
                         s.count_new(seq, len);
                     }
-                } else if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) = st.txs.get_mut(&tx) {
+                } else if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) =
+                    tx_of_mut(&mut st.txs, tx, seq)
+                {
                     messages.push((seq, len));
                 }
             }
         }
     }
 
-    /// Adds this address's mark to journal transaction `tx`, once.
-    fn mark_tx(&self, tx: TxId) -> Result<(), PagingError> {
-        let mark_id = {
+    /// Adds this address's mark to journal transaction `tx`, once per use of its id; returns the mark's
+    /// number. A decided id used again is a new use with a new mark.
+    fn mark_tx(&self, tx: TxId) -> Result<u64, PagingError> {
+        let (number, mark_id, first_seq) = {
             let mut st = self.lock();
-            match st.txs.get(&tx.get()) {
-                Some(TxInfo { state: TxState::Undecided { .. }, .. }) => return Ok(()),
-                Some(_) => return Err(PagingError::TxDecided(tx.get())),
-                None => {}
+            if let Some(&n) = st.undecided.get(&tx.get()) {
+                return Ok(n);
             }
-            let mark_id = format::tx_mark_id(self.tx_marks.fetch_add(1, Ordering::SeqCst));
+            let number = self.tx_marks.fetch_add(1, Ordering::SeqCst);
             let last_page = st.newest_page().unwrap_or(1);
-            st.txs.insert(tx.get(), TxInfo { state: TxState::Undecided { messages: Vec::new() }, mark_id, last_page });
-            mark_id
+            let first_seq = st.next_seq;
+            let state = TxState::Undecided { messages: Vec::new() };
+            let info = TxInfo { tx: tx.get(), first_seq, state, mark_id: format::tx_mark_id(number), last_page };
+            assert!(st.txs.insert(number, info).is_none(), "mark numbers are not reused within a run");
+            st.undecided.insert(tx.get(), number);
+            (number, format::tx_mark_id(number), first_seq)
         };
         // Outside the lock: the append waits for its fdatasync. The broker commits only after its sends
         // returned, so the mark is in the transaction before the commit.
-        let rec = format::TxMarkRecord { address: self.index, tx: tx.get() };
+        let rec = format::TxMarkRecord { address: self.index, tx: tx.get(), first_seq };
         if let Err(e) = self.journal.add_tx(tx, mark_id, format::KIND_TX_MARK, &rec.encode()) {
-            self.lock().txs.remove(&tx.get());
+            let mut st = self.lock();
+            st.txs.remove(&number);
+            st.undecided.remove(&tx.get());
             return Err(e.into());
         }
-        Ok(())
+        Ok(number)
     }
 
     /// The journal committed `tx`: its messages become visible.
     pub(crate) fn tx_committed(&self, tx: u64) {
         let mut st = self.lock();
-        let Some(info) = st.txs.get_mut(&tx) else { return };
+        let Some(info) = st.undecided.remove(&tx).and_then(|n| st.txs.get_mut(&n)) else { return };
         let TxState::Undecided { messages } = std::mem::replace(&mut info.state, TxState::Committed) else { return };
         for (seq, len) in messages {
             for s in st.subs.values() {
@@ -607,7 +639,8 @@ impl Address {
     /// The journal rolled `tx` back: its messages are never delivered.
     pub(crate) fn tx_rolled_back(&self, tx: u64) {
         let mut st = self.lock();
-        if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) = st.txs.remove(&tx) {
+        let removed = st.undecided.remove(&tx).and_then(|n| st.txs.remove(&n));
+        if let Some(TxInfo { state: TxState::Undecided { messages }, .. }) = removed {
             for (seq, _) in messages {
                 st.dead.insert(seq);
             }
@@ -690,9 +723,9 @@ impl Address {
                 .txs
                 .iter()
                 .filter(|(_, t)| matches!(t.state, TxState::Committed) && t.last_page <= last)
-                .map(|(&tx, _)| tx)
+                .map(|(&key, _)| key)
                 .collect();
-            let marks: Vec<u64> = marks.into_iter().filter_map(|tx| st.txs.remove(&tx)).map(|t| t.mark_id).collect();
+            let marks: Vec<u64> = marks.into_iter().filter_map(|k| st.txs.remove(&k)).map(|t| t.mark_id).collect();
             st.dead.forget_below(floor);
             (local, remote_keys, marks)
         };
@@ -837,10 +870,12 @@ pub(crate) fn recovered_page(
 pub(crate) fn recovered_state(
     next_seq: u64,
     pages: BTreeMap<u64, PageInfo>,
-    txs: HashMap<u64, TxInfo>,
+    txs: BTreeMap<u64, TxInfo>,
     dead: RangeSet,
 ) -> AddrState {
-    AddrState { next_seq, durable_seq: next_seq, pages, txs, dead, ..AddrState::default() }
+    let undecided = txs.iter().filter(|(_, t)| matches!(t.state, TxState::Undecided { .. })).map(|(&n, t)| (t.tx, n));
+    let undecided = undecided.collect();
+    AddrState { next_seq, durable_seq: next_seq, pages, txs, undecided, dead, ..AddrState::default() }
 }
 
 #[cfg(test)]
@@ -881,7 +916,7 @@ mod tests {
             assert_eq!(s.start(), 1, "the durable end, not the next number");
             // The "crash": the in-flight send never reaches the page.
             let mut st = a.lock();
-            st.poisoned = Some(PagingError::TxDecided(0));
+            st.poisoned = Some(PagingError::MessageTooLarge { len: 0, max: 0 });
             a.changed.notify_all();
             drop(st);
             assert!(sender.join().unwrap().is_err());

@@ -45,8 +45,6 @@ pub enum PagingError {
     MessageTooLarge { len: u64, max: u64 },
     #[error("invalid option {name}: {why}")]
     InvalidOption { name: &'static str, why: String },
-    #[error("transaction {0} has paged messages and is already decided")]
-    TxDecided(u64),
 }
 
 impl From<AppendError> for PagingError {

@@ -349,22 +349,33 @@ impl CursorRecord {
 pub struct TxMarkRecord {
     pub address: u32,
     pub tx: u64,
+    /// The first sequence number the mark covers: messages of `tx` below it belong to an earlier use of
+    /// the id. 0 in version 1 records.
+    pub first_seq: u64,
 }
+
+/// A transaction mark's record version with `first_seq`.
+const TX_MARK_VERSION: u8 = 2;
 
 impl TxMarkRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![RECORD_VERSION];
+        let mut out = vec![TX_MARK_VERSION];
         out.extend_from_slice(&self.address.to_le_bytes());
         out.extend_from_slice(&self.tx.to_le_bytes());
+        out.extend_from_slice(&self.first_seq.to_le_bytes());
         out
     }
     pub fn decode(b: &[u8]) -> Result<TxMarkRecord, String> {
         let mut r = Bytes { b, at: 0 };
-        r.version()?;
+        let version = r.take(1)?[0];
+        if version != RECORD_VERSION && version != TX_MARK_VERSION {
+            return Err(format!("transaction mark version {version}; this build reads versions 1 and 2"));
+        }
         let address = r.u32()?;
         let tx = r.u64()?;
+        let first_seq = if version == TX_MARK_VERSION { r.u64()? } else { 0 };
         r.end()?;
-        Ok(TxMarkRecord { address, tx })
+        Ok(TxMarkRecord { address, tx, first_seq })
     }
 }
 
@@ -408,7 +419,7 @@ mod tests {
             for x in acks { acked.insert(x + floor); }
             let c = CursorRecord { address: index, name, start, floor, acked };
             prop_assert_eq!(CursorRecord::decode(&c.encode()).unwrap(), c);
-            let t = TxMarkRecord { address: index, tx: start };
+            let t = TxMarkRecord { address: index, tx: start, first_seq: floor };
             prop_assert_eq!(TxMarkRecord::decode(&t.encode()).unwrap(), t);
         }
 

@@ -324,7 +324,7 @@ pub mod __fuzz {
             assert_eq!(CursorRecord::decode(&r.encode()).as_ref(), Ok(&r));
         }
         if let Ok(r) = TxMarkRecord::decode(data) {
-            assert_eq!(r.encode(), data);
+            assert_eq!(TxMarkRecord::decode(&r.encode()), Ok(r));
         }
         let header =
             PageHeader { version: format::PAGE_VERSION, store_id: [0; 16], page_id: 1, first_seq: 0, key: None };

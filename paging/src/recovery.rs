@@ -2,7 +2,7 @@
 //! below every cursor removed, the rest checked frame by frame, a torn tail of the newest page cut off,
 //! and every subscription's exact pending counts recomputed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -142,7 +142,7 @@ pub struct Scan {
     /// on open, so that sequence numbers continue from the tear.
     pub after_torn: Vec<u64>,
     pub torn: Option<TornTail>,
-    pub txs: HashMap<u64, TxInfo>,
+    pub txs: BTreeMap<u64, TxInfo>,
     pub dead: RangeSet,
     pub cursors: Vec<(u64, CursorRecord, Pending)>,
     /// Cursors moved back to the pages' end (see `repair_cursors_past_end`): open rewrites their records.
@@ -175,10 +175,10 @@ pub fn scan_address(
         return Err(corrupt(name, dir, "the address directory is missing"));
     }
     let cursors: Vec<&(u64, CursorRecord)> = found.cursors.iter().filter(|(_, c)| c.address == index).collect();
-    let committed: HashMap<u64, u64> =
-        found.committed.iter().filter(|(_, m)| m.address == index).map(|(id, m)| (m.tx, *id)).collect();
-    let prepared: HashMap<u64, u64> =
-        found.prepared.iter().filter(|(_, m)| m.address == index).map(|(id, m)| (m.tx, *id)).collect();
+    let marks = |list: &[(u64, TxMarkRecord)]| -> Vec<(u64, TxMarkRecord)> {
+        list.iter().filter(|(_, m)| m.address == index).copied().collect()
+    };
+    let (committed, prepared) = (marks(&found.committed), marks(&found.prepared));
     let min_floor = cursors.iter().map(|(_, c)| c.floor).min();
 
     let local_ids = list_pages(name, dir)?;
@@ -235,12 +235,19 @@ pub fn scan_address(
 
     let mut counted: Vec<(u64, CursorRecord, Pending)> =
         cursors.iter().map(|(id, c)| (*id, c.clone(), Pending::default())).collect();
-    let mut txs: HashMap<u64, TxInfo> = HashMap::new();
-    for (&tx, &mark_id) in &committed {
-        txs.insert(tx, TxInfo { state: TxState::Committed, mark_id, last_page: 0 });
+    let mut txs: BTreeMap<u64, TxInfo> = BTreeMap::new();
+    let info = |mark_id: u64, m: &TxMarkRecord, state| TxInfo {
+        tx: m.tx,
+        first_seq: m.first_seq,
+        state,
+        mark_id,
+        last_page: 0,
+    };
+    for (mark_id, m) in &committed {
+        txs.insert(format::id_number(*mark_id), info(*mark_id, m, TxState::Committed));
     }
-    for (&tx, &mark_id) in &prepared {
-        txs.insert(tx, TxInfo { state: TxState::Undecided { messages: Vec::new() }, mark_id, last_page: 0 });
+    for (mark_id, m) in &prepared {
+        txs.insert(format::id_number(*mark_id), info(*mark_id, m, TxState::Undecided { messages: Vec::new() }));
     }
     let mut dead = RangeSet::default();
     let mut pages = Vec::with_capacity(ids.len());
@@ -310,9 +317,17 @@ pub fn scan_address(
                 }
                 expected += 1;
                 payload_bytes += m.payload.len() as u64;
+                if m.tx != 0 && keying.header.version != format::PAGE_VERSION {
+                    let why = format!(
+                        "message {} was sent in a transaction, and this build does not read the transactions of \
+                         page format version {} (drain the address with the build that wrote it)",
+                        m.seq, keying.header.version
+                    );
+                    return Err(corrupt(name, &path, why));
+                }
                 let standing = match m.tx {
                     0 => Standing::Visible,
-                    tx => match txs.get_mut(&tx) {
+                    tx => match address::tx_of_mut(&mut txs, tx, m.seq) {
                         Some(t) => {
                             t.last_page = id;
                             match &mut t.state {

@@ -220,3 +220,42 @@ fn a_failed_page_creation_never_leaves_the_newest_page_only_in_the_object_store(
     let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
     assert_eq!(got, (0..=u64::from(sent)).collect::<Vec<_>>());
 }
+
+/// Issue 31, defect 4: visibility was decided by transaction id alone. A broker that restarts its
+/// transaction counter (legitimate: the journal rolled back every incomplete transaction at open) made
+/// the earlier, rolled-back transaction's paged messages visible when the reused id committed.
+#[test]
+fn a_transaction_id_used_again_after_a_restart_does_not_revive_rolled_back_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let tx = keel_journal::TxId::new(7).unwrap();
+    {
+        let (paging, _) = common::open(dir.path(), common::always_paged());
+        let a = paging.address("q").unwrap();
+        a.subscribe("s").unwrap();
+        a.send(b"rolled back", Some(tx)).unwrap();
+        a.send(b"plain", None).unwrap();
+    }
+    {
+        let (paging, _) = common::open(dir.path(), common::always_paged());
+        let a = paging.address("q").unwrap();
+        let s = a.subscription("s").unwrap();
+        assert_eq!(s.pending().messages, 1);
+        a.send(b"committed", Some(tx)).unwrap();
+        paging.commit(tx).unwrap();
+        let got: Vec<(u64, Vec<u8>)> =
+            std::iter::from_fn(|| s.receive().unwrap().map(|d| (d.seq, d.payload.to_vec()))).collect();
+        assert_eq!(got, [(1, b"plain".to_vec()), (2, b"committed".to_vec())]);
+        // The same id once more, in the same run, after its commit: a new transaction, rolled back.
+        a.send(b"third use", Some(tx)).unwrap();
+        paging.rollback(tx).unwrap();
+        assert!(s.receive().unwrap().is_none());
+        // And once more, left undecided: the next open rolls it back while the committed use's mark lives.
+        a.send(b"fourth use", Some(tx)).unwrap();
+    }
+    let (paging, _) = common::open(dir.path(), common::always_paged());
+    let s = paging.address("q").unwrap().subscription("s").unwrap();
+    assert_eq!(s.pending().messages, 2);
+    let got: Vec<(u64, Vec<u8>)> =
+        std::iter::from_fn(|| s.receive().unwrap().map(|d| (d.seq, d.payload.to_vec()))).collect();
+    assert_eq!(got, [(1, b"plain".to_vec()), (2, b"committed".to_vec())]);
+}
