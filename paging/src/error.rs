@@ -43,6 +43,11 @@ pub enum PagingError {
     SubscriptionExists { address: String, subscription: String },
     #[error("message of {len} bytes exceeds the maximum of {max} bytes")]
     MessageTooLarge { len: u64, max: u64 },
+    #[error(
+        "address {address:?}: subscription {subscription:?} would hold {ranges} acknowledged ranges, more than \
+         its cursor record can ({max} bytes): acknowledge or hand back (nack) the oldest messages in flight"
+    )]
+    CursorTooLarge { address: String, subscription: String, ranges: usize, max: u64 },
     #[error("invalid option {name}: {why}")]
     InvalidOption { name: &'static str, why: String },
 }

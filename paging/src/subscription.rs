@@ -183,6 +183,12 @@ impl Subscription {
                 Visibility::Dead => {
                     let m = c.buffer.pop_front().expect("filled");
                     self.read_seq.fetch_max(m.seq + 1, Ordering::SeqCst);
+                    if !skip {
+                        // Rolled back: counted as acknowledged, so that the acknowledged ranges stay merged
+                        // across it while an older message is in flight (else every rolled-back message
+                        // would split them, and the cursor record would grow with each).
+                        c.acked.insert(m.seq);
+                    }
                 }
                 Visibility::Visible => {
                     let m = c.buffer.pop_front().expect("filled");
@@ -307,9 +313,11 @@ impl Subscription {
         self.ack_many(&[seq])
     }
 
-    /// Acknowledges delivered messages with one durable cursor update.
+    /// Acknowledges delivered messages with one durable cursor update. On an error nothing is
+    /// acknowledged as far as this subscription knows: the messages stay delivered, to be acknowledged again
+    /// or handed back with [`Subscription::nack`].
     pub fn ack_many(&self, seqs: &[u64]) -> Result<(), PagingError> {
-        let (pending, floor) = {
+        let (pending, floor, taken) = {
             let mut c = self.lock();
             if let Some(&bad) = seqs.iter().find(|s| !c.in_flight.contains_key(s)) {
                 return Err(PagingError::NotDelivered {
@@ -318,20 +326,48 @@ impl Subscription {
                     seq: bad,
                 });
             }
+            // The cursor as it will be, checked before anything changes.
+            let mut acked = c.acked.clone();
+            for s in seqs {
+                acked.insert(*s);
+            }
+            let (floor, acked) = self.advanced(c.floor, acked);
+            let rec =
+                CursorRecord { address: self.address.index, name: self.name.clone(), start: self.start, floor, acked };
+            let payload = rec.encode();
+            let max = self.address.journal.payload_bytes_max();
+            if payload.len() as u64 > max {
+                return Err(PagingError::CursorTooLarge {
+                    address: self.address.name.clone(),
+                    subscription: self.name.clone(),
+                    ranges: rec.acked.len(),
+                    max,
+                });
+            }
+            // Appended under the cursor lock, so cursor versions reach the journal in order.
+            let pending = self.address.journal.update_async(self.cursor_id, format::KIND_CURSOR, &payload);
+            let mut taken = Vec::with_capacity(seqs.len());
             for s in seqs {
                 if let Some(p) = c.in_flight.remove(s) {
-                    c.acked.insert(*s);
                     self.pending_messages.fetch_sub(1, Ordering::SeqCst);
                     self.pending_bytes.fetch_sub(p.len() as u64, Ordering::SeqCst);
+                    taken.push((*s, p));
                 }
             }
-            self.advance_floor(&mut c);
-            let rec = self.record(&c);
-            // Appended under the cursor lock, so cursor versions reach the journal in order.
-            let pending = self.address.journal.update_async(self.cursor_id, format::KIND_CURSOR, &rec.encode());
-            (pending, c.floor)
+            (c.floor, c.acked) = (rec.floor, rec.acked);
+            (pending, c.floor, taken)
         };
-        pending.wait()?;
+        if let Err(e) = pending.wait() {
+            // Whether the update is durable is unknown: the messages are delivered again, as if not
+            // acknowledged (an acknowledgement is idempotent, so their seqs may stay in the ranges).
+            let mut c = self.lock();
+            for (seq, p) in taken {
+                self.pending_messages.fetch_add(1, Ordering::SeqCst);
+                self.pending_bytes.fetch_add(p.len() as u64, Ordering::SeqCst);
+                c.in_flight.insert(seq, p);
+            }
+            return Err(e.into());
+        }
         keel_crashpoint::hook("paging-acked");
         if floor > self.floor_durable.fetch_max(floor, Ordering::SeqCst) {
             self.address.free_pages_logged();
@@ -351,28 +387,25 @@ impl Subscription {
         Ok(())
     }
 
-    fn record(&self, c: &Cursor) -> CursorRecord {
-        CursorRecord {
-            address: self.address.index,
-            name: self.name.clone(),
-            start: self.start,
-            floor: c.floor,
-            acked: c.acked.clone(),
-        }
+    fn advance_floor(&self, c: &mut Cursor) {
+        let acked = std::mem::take(&mut c.acked);
+        (c.floor, c.acked) = self.advanced(c.floor, acked);
     }
 
-    fn advance_floor(&self, c: &mut Cursor) {
+    /// The floor moved past every acknowledged or rolled-back message above it, and the ranges below it
+    /// dropped.
+    fn advanced(&self, mut floor: u64, mut acked: RangeSet) -> (u64, RangeSet) {
         let st = self.address.lock();
         loop {
-            let f = st.dead.skip(c.acked.skip(c.floor));
-            if f == c.floor {
+            let f = st.dead.skip(acked.skip(floor));
+            if f == floor {
                 break;
             }
-            c.floor = f;
+            floor = f;
         }
         drop(st);
-        let floor = c.floor;
-        c.acked.forget_below(floor);
+        acked.forget_below(floor);
+        (floor, acked)
     }
 
     /// After a rollback: the floor may pass rolled-back messages (in memory; the next ack records it).

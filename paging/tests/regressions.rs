@@ -259,3 +259,75 @@ fn a_transaction_id_used_again_after_a_restart_does_not_revive_rolled_back_messa
         std::iter::from_fn(|| s.receive().unwrap().map(|d| (d.seq, d.payload.to_vec()))).collect();
     assert_eq!(got, [(1, b"plain".to_vec()), (2, b"committed".to_vec())]);
 }
+
+/// Issue 31, defect 7: rolled-back messages above one held in flight split the acknowledged ranges, so
+/// the cursor record (rewritten whole on every acknowledgement) grew with each until the journal refused
+/// it. Rolled-back messages now count as acknowledged.
+#[test]
+fn rolled_back_messages_above_a_held_one_do_not_grow_the_cursor_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (paging, _) = common::open(dir.path(), common::always_paged());
+        let a = paging.address("q").unwrap();
+        let s = a.subscribe("s").unwrap();
+        a.send(b"held", None).unwrap();
+        let held = s.receive().unwrap().unwrap();
+        for i in 1..=100u64 {
+            let tx = keel_journal::TxId::new(i).unwrap();
+            a.send(b"visible", None).unwrap();
+            a.send(b"rolled back", Some(tx)).unwrap();
+            paging.rollback(tx).unwrap();
+            let d = s.receive().unwrap().unwrap();
+            assert_eq!(&d.payload[..], b"visible");
+            s.ack(d.seq).unwrap();
+        }
+        assert!(s.receive().unwrap().is_none());
+        assert_eq!(held.seq, 0);
+    }
+    let inspection = keel_paging::inspect::inspect(
+        &dir.path().join("pages"),
+        &dir.path().join("journal"),
+        None,
+        None,
+        &mut |_, _, _, _| {},
+    )
+    .unwrap();
+    let scan = inspection.addresses[0].scan.as_ref().unwrap();
+    let sub = &scan.subscriptions[0];
+    assert_eq!((sub.floor, sub.ack_ranges), (0, 1), "one range above the held message");
+    assert_eq!(sub.pending.messages, 1);
+}
+
+/// Defect 7's other half: an acknowledgement that fails was half applied (counts dropped, the message no
+/// longer in flight), so it could be neither retried nor handed back. Now nothing changes on an error.
+#[test]
+fn an_acknowledgement_the_journal_refuses_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The smallest journal segment: a cursor record holds about 4,000 ranges.
+    let jopts = keel_journal::Options { segment_bytes: 64 << 10, ..common::journal_options() };
+    let (paging, _) = common::open_with(dir.path(), jopts, common::always_paged());
+    let paging = std::sync::Arc::new(paging);
+    let a = paging.address("q").unwrap();
+    let s = a.subscribe("s").unwrap();
+    let n = 9_000u64;
+    let senders: Vec<_> = (0..8)
+        .map(|_| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for _ in 0..n / 8 {
+                    a.send(b"m", None).unwrap();
+                }
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    let all: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(all.len() as u64, n);
+    let every_other: Vec<u64> = all.iter().copied().filter(|x| x % 2 == 1).collect();
+    let e = s.ack_many(&every_other).unwrap_err();
+    assert!(matches!(e, keel_paging::PagingError::CursorTooLarge { .. }), "{e}");
+    assert_eq!((s.pending().messages, s.in_flight(), s.floor()), (n, n as usize, 0), "nothing applied");
+    // The messages can still be acknowledged, in order.
+    s.ack_many(&all).unwrap();
+    assert_eq!((s.pending().messages, s.in_flight(), s.floor()), (0, 0, n));
+}
