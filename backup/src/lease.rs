@@ -190,7 +190,8 @@ impl Repo {
                     self.require_conditional_writes()?;
                     break meta.etag;
                 }
-                Err(StoreError::PreconditionFailed { .. }) => {}
+                // Indeterminate: an earlier attempt may have landed; the lease read below tells.
+                Err(StoreError::PreconditionFailed { .. } | StoreError::Indeterminate { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
             let current = match self.block_on(self.get_sealed(NAME)) {
@@ -201,12 +202,17 @@ impl Repo {
             if let Some((plain, meta)) = current {
                 let other: Holder = serde_json::from_slice(&plain)
                     .map_err(|e| BackupError::damaged(&self.key(NAME), format!("lease is not valid JSON: {e}")))?;
+                if other.owner == owner {
+                    // Our own put, whose answer was lost or could not be confirmed.
+                    break meta.etag;
+                }
                 if other.expires_unix_ms < now {
                     tracing::warn!(holder = %other.describe(), "taking over an expired repository lease");
                     let cond = PutCondition::IfMatch(meta.etag);
                     match self.block_on(self.put_sealed(NAME, &encode(&holder(now)), cond)) {
                         Ok(meta) => break meta.etag,
-                        Err(StoreError::PreconditionFailed { .. }) => continue, // another taker won
+                        // Another taker won, or ours landed unconfirmed: the next read tells.
+                        Err(StoreError::PreconditionFailed { .. } | StoreError::Indeterminate { .. }) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -245,6 +251,18 @@ impl Repo {
                             tracing::error!("the repository lease was taken by another process; stopping");
                             lost.store(true, Ordering::Release);
                             return;
+                        }
+                        // The beat may have landed: if the lease is ours, its new etag is the one to match.
+                        Err(e @ StoreError::Indeterminate { .. }) => {
+                            tracing::warn!(error = %e, "lease heartbeat unconfirmed; reading the lease");
+                            let ours = async {
+                                let (meta, bytes) = store.get_all(&key).await.ok()?;
+                                let h: Holder = serde_json::from_slice(&keys.open(NAME, &bytes).ok()?).ok()?;
+                                (h.owner == holder.owner).then_some(meta.etag)
+                            };
+                            if let Some(etag_now) = ours.await {
+                                *etag.lock().unwrap_or_else(|p| p.into_inner()) = etag_now;
+                            }
                         }
                         // A transient error: the next beat retries; the lease lasts 3 periods.
                         Err(e) => tracing::warn!(error = %e, "lease heartbeat failed; retrying"),

@@ -10,13 +10,16 @@
 //! ```
 //! A put writes `<dir>/.keel-tmp-<random>`, fsyncs it, and renames it into place, then fsyncs the
 //! directory. Conditions are checked and the rename done under an exclusive `flock` of `<root>/.keel-lock`,
-//! so they hold between processes sharing the volume; `IfAbsent` also renames with `RENAME_NOREPLACE`.
+//! so they hold between processes sharing the volume. `IfAbsent` creates the name atomically where the
+//! filesystem allows (see [`CreateIfAbsent`]): NFS and many FUSE mounts, exactly the shared volumes this
+//! backend serves, refuse `RENAME_NOREPLACE` but support `link(2)`.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::error::Body;
@@ -82,6 +85,49 @@ impl ObjectHeader {
 #[derive(Clone, Debug)]
 pub struct DirStore {
     root: Arc<PathBuf>,
+    /// How `IfAbsent` creates a name: starts at the strongest and steps down, once, when the filesystem
+    /// refuses it, for every handle of this store.
+    create: Arc<AtomicU8>,
+}
+
+/// How a create-if-absent put puts its object in place. Each is done under the store's lock; the first two
+/// are atomic even against a writer that does not take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CreateIfAbsent {
+    /// `renameat2(RENAME_NOREPLACE)`: local filesystems.
+    RenameNoReplace = 0,
+    /// `link(2)` of the temporary file to the name, which fails if the name exists, then unlink of the
+    /// temporary: NFS, and FUSE filesystems without `rename2`.
+    Link = 1,
+    /// A check that the name is absent, then a plain rename, both under the lock: filesystems with neither
+    /// (some FUSE object-store mounts). Atomic only among Keel processes, which all take the lock.
+    Locked = 2,
+}
+
+impl CreateIfAbsent {
+    fn from_u8(v: u8) -> CreateIfAbsent {
+        match v {
+            0 => CreateIfAbsent::RenameNoReplace,
+            1 => CreateIfAbsent::Link,
+            _ => CreateIfAbsent::Locked,
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Errors with which a filesystem says it does not support an operation (Linux NFS answers
+/// `RENAME_NOREPLACE` with EINVAL, FUSE without `rename2` with ENOSYS or EINVAL).
+fn unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::PERM].contains(&e)
 }
 
 impl DirStore {
@@ -94,7 +140,62 @@ impl DirStore {
     pub fn open(root: impl AsRef<Path>) -> Result<DirStore, StoreError> {
         let root = root.as_ref().to_path_buf();
         create_dirs_durably(&root)?;
-        Ok(DirStore { root: Arc::new(root) })
+        Ok(DirStore { root: Arc::new(root), create: Arc::new(AtomicU8::new(CreateIfAbsent::RenameNoReplace as u8)) })
+    }
+
+    /// Starts create-if-absent puts at `how` rather than at the strongest operation, for a filesystem whose
+    /// refusal is not one of the errors detected, and for tests of the fallbacks.
+    pub fn with_create_if_absent(self, how: CreateIfAbsent) -> DirStore {
+        self.create.store(how as u8, Ordering::SeqCst);
+        self
+    }
+
+    /// How create-if-absent puts are done now.
+    pub fn create_if_absent(&self) -> CreateIfAbsent {
+        CreateIfAbsent::from_u8(self.create.load(Ordering::SeqCst))
+    }
+
+    /// Puts `tmp` in place at `path` only if no object is there; under the store's lock.
+    fn create_if_absent_at(&self, key: &str, tmp: &Path, path: &Path) -> Result<(), StoreError> {
+        let exists = || StoreError::PreconditionFailed { key: key.to_owned(), condition: "create-if-absent" };
+        let failed = |op| move |e: rustix::io::Errno| StoreError::io(tmp, op)(e.into());
+        loop {
+            let how = self.create_if_absent();
+            let result = match how {
+                CreateIfAbsent::RenameNoReplace => {
+                    let (cwd, flags) = (rustix::fs::CWD, rustix::fs::RenameFlags::NOREPLACE);
+                    rustix::fs::renameat_with(cwd, tmp, cwd, path, flags)
+                }
+                CreateIfAbsent::Link => rustix::fs::link(tmp, path).map(|()| {
+                    // The name holds the object now; the temporary is a second name for it.
+                    let _ = std::fs::remove_file(tmp);
+                }),
+                CreateIfAbsent::Locked => {
+                    match std::fs::symlink_metadata(path) {
+                        Ok(_) => return Err(exists()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(StoreError::io(path, "stat object")(e)),
+                    }
+                    return std::fs::rename(tmp, path).map_err(StoreError::io(tmp, "rename object into place"));
+                }
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::EXIST) if how == CreateIfAbsent::Link && same_file(tmp, path) => {
+                    // An NFS LINK that took effect, retransmitted after its reply was lost.
+                    let _ = std::fs::remove_file(tmp);
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::EXIST) => return Err(exists()),
+                Err(e) if unsupported(e) => {
+                    let next = CreateIfAbsent::from_u8(how as u8 + 1);
+                    tracing::warn!(root = %self.root.display(), refused = ?how, errno = %e, next = ?next,
+                        "the filesystem refuses this way of creating an object only if absent; using the next");
+                    let _ = self.create.compare_exchange(how as u8, next as u8, Ordering::SeqCst, Ordering::SeqCst);
+                }
+                Err(e) => return Err(failed("create object if absent")(e)),
+            }
+        }
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -153,21 +254,7 @@ impl DirStore {
             PutCondition::None => {
                 std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp, "rename object into place"))
             }
-            PutCondition::IfAbsent => {
-                match rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &tmp,
-                    rustix::fs::CWD,
-                    &path,
-                    rustix::fs::RenameFlags::NOREPLACE,
-                ) {
-                    Ok(()) => Ok(()),
-                    Err(rustix::io::Errno::EXIST) => {
-                        Err(StoreError::PreconditionFailed { key: key.to_owned(), condition: "create-if-absent" })
-                    }
-                    Err(e) => Err(StoreError::io(&tmp, "rename object into place")(e.into())),
-                }
-            }
+            PutCondition::IfAbsent => self.create_if_absent_at(key, &tmp, &path),
             PutCondition::IfMatch(want) => match Self::meta(key, &path) {
                 Ok((_, cur)) if &cur.etag == want => {
                     std::fs::rename(&tmp, &path).map_err(StoreError::io(&tmp, "rename object into place"))

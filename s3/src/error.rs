@@ -14,6 +14,11 @@ pub enum StoreError {
     /// The put's condition does not hold (the fencing case: another writer got there first).
     #[error("object {key:?}: {condition} does not hold")]
     PreconditionFailed { key: String, condition: &'static str },
+    #[error(
+        "object {key:?}: a retried put was refused ({condition}), and whether an earlier attempt took effect \
+         could not be read ({cause}); read the object to find out"
+    )]
+    Indeterminate { key: String, condition: &'static str, cause: String },
     #[error("object {key:?}: conflicting concurrent operation (409); retry the whole operation")]
     Conflict { key: String },
     #[error("object {key:?}: checksum mismatch: stored {stored:#010x}, read {computed:#010x} (the object is damaged)")]

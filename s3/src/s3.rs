@@ -27,6 +27,13 @@ use crate::{key, ETag, GetObject, ListPage, ObjectMeta, ObjectStore, PutBody, Pu
 const META_CRC: &str = "keel-crc32";
 const META_PUT: &str = "keel-put";
 
+/// Whether the object under a key is the one a put (identified by its token) wrote.
+enum Landed {
+    Ours(ObjectMeta),
+    NotOurs,
+    Unknown(StoreError),
+}
+
 /// How to reach a bucket.
 #[derive(Clone, Debug)]
 pub struct S3Config {
@@ -240,13 +247,19 @@ impl S3Store {
         }
     }
 
-    /// After a failed condition: was it our own earlier attempt that landed?
-    async fn landed(&self, key: &str, token: &str) -> Option<ObjectMeta> {
-        let h = self.client.head_object().bucket(&self.bucket).key(key).send().await.ok()?;
-        if h.metadata().and_then(|m| m.get(META_PUT)).map(String::as_str) == Some(token) {
-            return Some(meta_of(key, h.content_length(), h.e_tag(), h.metadata()));
+    /// After a failed or refused put: was it our own earlier attempt that landed? One HEAD (which the SDK
+    /// retries); a HEAD that fails says nothing either way.
+    async fn landed(&self, key: &str, token: &str) -> Landed {
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(h) if h.metadata().and_then(|m| m.get(META_PUT)).map(String::as_str) == Some(token) => {
+                Landed::Ours(meta_of(key, h.content_length(), h.e_tag(), h.metadata()))
+            }
+            Ok(_) => Landed::NotOurs,
+            Err(e) => match self.err("head", key, e) {
+                StoreError::NotFound { .. } => Landed::NotOurs,
+                e => Landed::Unknown(e),
+            },
         }
-        None
     }
 
     async fn put_single(
@@ -283,22 +296,28 @@ impl S3Store {
             Err(e) if Self::is_precondition(&e, cond) => self.precondition(key, cond, token).await,
             Err(e) => match self.landed(key, token).await {
                 // Stored, and only the answer was lost or unreadable.
-                Some(m) => Ok(m),
-                None => Err(self.err("put", key, e)),
+                Landed::Ours(m) => Ok(m),
+                Landed::NotOurs | Landed::Unknown(_) => Err(self.err("put", key, e)),
             },
         }
     }
 
     async fn precondition(&self, key: &str, cond: &PutCondition, token: &str) -> Result<ObjectMeta, StoreError> {
-        if let Some(m) = self.landed(key, token).await {
-            tracing::debug!(key, "a retried put found its own earlier attempt");
-            return Ok(m);
-        }
         let condition = match cond {
             PutCondition::IfAbsent => "create-if-absent",
             _ => "if-match (etag changed)",
         };
-        Err(StoreError::PreconditionFailed { key: key.to_owned(), condition })
+        match self.landed(key, token).await {
+            Landed::Ours(m) => {
+                tracing::debug!(key, "a retried put found its own earlier attempt");
+                Ok(m)
+            }
+            Landed::NotOurs => Err(StoreError::PreconditionFailed { key: key.to_owned(), condition }),
+            // An earlier attempt may have landed: a refusal of the retry proves nothing.
+            Landed::Unknown(e) => {
+                Err(StoreError::Indeterminate { key: key.to_owned(), condition, cause: e.to_string() })
+            }
+        }
     }
 
     fn meta_after_put(&self, key: &str, etag: Option<&str>, crc: u32, size: u64) -> ObjectMeta {
@@ -395,7 +414,7 @@ impl S3Store {
             Err(e) => {
                 // The server may have completed it and only the answer was lost or unreadable (moto 5.2
                 // answers with a misnamed XML root): our token on the object says so.
-                if let Some(m) = self.landed(key, token).await {
+                if let Landed::Ours(m) = self.landed(key, token).await {
                     return Ok(m);
                 }
                 abort().await;

@@ -203,3 +203,42 @@ async fn bad_configuration_is_one_clear_error() {
     let e = s.head("some/key").await.unwrap_err();
     assert!(e.to_string().contains("head") && e.to_string().contains("some/key"), "{e}");
 }
+
+/// Issue 31, defect 9: after a retried conditional put was refused, one HEAD decided whether the object
+/// was the put's own, and a HEAD that failed counted as "not ours": a put that took effect was reported as
+/// a failed condition. Now an unreadable answer is `Indeterminate`, and a readable one decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_that_landed_is_never_reported_as_a_failed_condition() {
+    let Proxied { _server, scratch: _scratch, keys, direct, addr, faults } = proxied().await;
+    let store_with_two_attempts = || async {
+        let bucket = direct.client().list_buckets().send().await.unwrap();
+        let name = bucket.buckets().last().and_then(|b| b.name()).unwrap().to_owned();
+        let mut cfg = keel_s3::s3::S3Config::new(name);
+        cfg.endpoint = Some(format!("http://{addr}"));
+        cfg.region = Some("us-east-1".into());
+        cfg.access_key_file = Some(keys.0.clone());
+        cfg.secret_key_file = Some(keys.1.clone());
+        cfg.attempt_timeout = Duration::from_secs(2);
+        cfg.max_attempts = 2;
+        S3Store::connect(cfg).await.unwrap()
+    };
+    for (i, head_failures) in [2usize, 1].into_iter().enumerate() {
+        let store = store_with_two_attempts().await;
+        let key = format!("landed-{i}");
+        let data = body(1000, i as u8);
+        // The put lands but its answer is lost; the retry is refused (412); then the HEAD fails as often.
+        faults.push(Fault::DropResponse);
+        faults.push(Fault::Status(412));
+        for _ in 0..head_failures {
+            faults.push(Fault::Status(500));
+        }
+        let r = store.put(&key, PutBody::Bytes(data.clone()), PutCondition::IfAbsent).await;
+        assert_eq!(faults.pending(), 0);
+        assert_eq!(direct.get(&key).await.unwrap().bytes().await.unwrap(), data, "the put took effect");
+        match (head_failures, r) {
+            (2, Err(StoreError::Indeterminate { .. })) => {}
+            (1, Ok(m)) => assert_eq!(m.size, 1000),
+            (_, r) => panic!("{head_failures} failed HEADs: {r:?}"),
+        }
+    }
+}

@@ -61,6 +61,17 @@ async fn directory_fencing_under_contention() {
     race(stores).await;
 }
 
+/// The same with each fallback for filesystems that refuse `RENAME_NOREPLACE` (NFS, FUSE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_fencing_under_contention_with_each_fallback() {
+    use keel_s3::dir::CreateIfAbsent;
+    for how in [CreateIfAbsent::Link, CreateIfAbsent::Locked] {
+        let root = tempfile::tempdir().unwrap();
+        let open = |_| DirStore::open(root.path()).unwrap().with_create_if_absent(how);
+        race((0..6).map(open).collect()).await;
+    }
+}
+
 /// The in-process server (s3s-fs, with the per-key write locks `keel_s3::test_server` adds so that a
 /// conditional put is atomic, as in S3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -102,6 +102,19 @@ async fn directory_backend() {
     suite(&any, root.path()).await;
 }
 
+/// Issue 31, defect 8: NFS and many FUSE mounts refuse `RENAME_NOREPLACE`, so every conditional put
+/// failed on exactly the shared volumes the directory backend serves. Each fallback passes the suite.
+#[tokio::test]
+async fn directory_backend_with_each_way_of_creating_if_absent() {
+    use keel_s3::dir::CreateIfAbsent;
+    for how in [CreateIfAbsent::Link, CreateIfAbsent::Locked] {
+        let root = tempfile::tempdir().unwrap();
+        let store = DirStore::open(root.path().join("store")).unwrap().with_create_if_absent(how);
+        suite(&store, root.path()).await;
+        assert_eq!(store.create_if_absent(), how);
+    }
+}
+
 #[tokio::test]
 async fn s3_backend_in_process_server() {
     let server = common::start_in_process();
