@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 pub mod backup;
 pub mod compaction;
 pub mod paging;
+pub mod paging_open;
 pub mod restart;
 pub mod s3;
 

@@ -88,6 +88,9 @@ pub enum BenchCommand {
         /// MiB of cold backlog to page in.
         #[arg(long, default_value_t = 512)]
         backlog_mib: u64,
+        /// MiB of backlog to open, on the volume and in a directory object store (0: skip).
+        #[arg(long, default_value_t = 2048)]
+        open_backlog_mib: u64,
     },
     /// Backup and restore of a journal of random records against restic (Debian package `restic`, local
     /// repositories on the same disk), and the bytes a second backup after 1 % new data stores; with the
@@ -238,7 +241,7 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }
-        BenchCommand::Paging { dir, sizes, producers, secs, backlog_mib } => {
+        BenchCommand::Paging { dir, sizes, producers, secs, backlog_mib, open_backlog_mib } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("--dir {}", dir.display()))?;
             let mut rows = Vec::new();
             for size in sizes {
@@ -251,7 +254,19 @@ pub fn run(command: BenchCommand) -> anyhow::Result<Outcome> {
                 );
                 rows.push(r);
             }
-            let out = serde_json::json!({ "benchmark": "paging", "machine": machine(), "rows": rows });
+            let mut open_rows = Vec::new();
+            if open_backlog_mib > 0 {
+                for r in keel_bench::paging_open::run(&dir, open_backlog_mib)? {
+                    eprintln!(
+                        "paging open with {} MiB backlog, pages on the {}: {:.1} s, peak RSS +{:.0} MiB (budget {} MiB)",
+                        r.backlog_mib, r.pages, r.open_secs, r.open_rss_mib, r.budget_mib
+                    );
+                    open_rows.push(r);
+                }
+            }
+            let out = serde_json::json!({
+                "benchmark": "paging", "machine": machine(), "rows": rows, "open": open_rows
+            });
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(Outcome::Ok)
         }

@@ -62,7 +62,7 @@ impl DataDir {
         let Some(o) = &self.objects else { return Ok(None) };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let store = rt.block_on(keel_s3::AnyStore::open(o))?;
-        Ok(Some(RemotePages { store, prefix: self.objects_prefix.clone(), cache_pages: 2 }))
+        Ok(Some(RemotePages { store, prefix: self.objects_prefix.clone() }))
     }
 
     fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {

@@ -80,7 +80,7 @@ pub fn inspect(
         .map_err(|e| PagingError::JournalOpen(std::sync::Arc::new(e)))?;
     let records: Vec<_> = j.recovered.records.iter().map(|(id, r)| (*id, *r)).collect();
     let found = recovery::records_from(records, &j.recovered.prepared, &|r| j.reader.read(r))?;
-    let remote = remote.map(crate::remote::Remote::new).transpose()?;
+    let remote = remote.map(crate::remote::Remote::new).transpose()?.map(std::sync::Arc::new);
     let mut addresses = Vec::new();
     let mut named = std::collections::BTreeSet::new();
     for rec in found.addresses.values() {

@@ -41,18 +41,32 @@ impl ReadAt for std::sync::Arc<File> {
     }
 }
 
-/// A page's bytes: its file on the volume, or the whole page fetched from the object store.
+/// A page in the object store, read in ranges.
+#[derive(Clone, Debug)]
+pub struct RemotePage {
+    pub remote: std::sync::Arc<crate::remote::Remote>,
+    pub key: String,
+    pub len: u64,
+}
+
+impl ReadAt for RemotePage {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.remote.read_range(&self.key, buf, offset)
+    }
+}
+
+/// A page's bytes: its file on the volume, or its object in the object store.
 #[derive(Debug)]
 pub enum Source {
     File(File),
-    Bytes(std::sync::Arc<[u8]>),
+    Remote(RemotePage),
 }
 
 impl ReadAt for Source {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
             Source::File(f) => FileExt::read_exact_at(f, buf, offset),
-            Source::Bytes(b) => b.read_exact_at(buf, offset),
+            Source::Remote(r) => r.read_exact_at(buf, offset),
         }
     }
 }
@@ -61,7 +75,7 @@ impl Source {
     pub fn len(&self) -> std::io::Result<u64> {
         match self {
             Source::File(f) => Ok(f.metadata()?.len()),
-            Source::Bytes(b) => Ok(b.len() as u64),
+            Source::Remote(r) => Ok(r.len),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keel_journal::crypto::keys::KeyRing;
@@ -167,7 +167,7 @@ pub fn scan_address(
     index: u32,
     store_id: [u8; 16],
     keys: Option<&KeyRing>,
-    remote: Option<&Remote>,
+    remote: Option<&Arc<Remote>>,
     found: &Found,
     visit: &mut dyn FnMut(u64, &Message, Standing),
 ) -> Result<Scan, PagingError> {
@@ -186,7 +186,7 @@ pub fn scan_address(
         Some(r) => r.list(name, &store_id)?,
         None => Vec::new(),
     };
-    let mut ids: Vec<u64> = local_ids.iter().chain(&remote_ids).copied().collect();
+    let mut ids: Vec<u64> = local_ids.iter().copied().chain(remote_ids.iter().map(|&(id, _)| id)).collect();
     ids.sort_unstable();
     ids.dedup();
     let mut headers = Vec::with_capacity(ids.len());
@@ -198,9 +198,10 @@ pub fn scan_address(
         } else {
             let r = remote.expect("listed remotely");
             let key = r.key(&store_id, id);
-            let bytes = r.fetch(name, &key)?;
-            let keying = check_header(name, Path::new(&key), &bytes, store_id, id, keys)?;
-            headers.push((Source::Bytes(bytes), keying, false));
+            let len = remote_ids[remote_ids.partition_point(|&(i, _)| i < id)].1;
+            let page = page::RemotePage { remote: r.clone(), key: key.clone(), len };
+            let keying = check_header(name, Path::new(&key), &page, store_id, id, keys)?;
+            headers.push((Source::Remote(page), keying, false));
         }
     }
     // Pages wholly below every cursor are garbage (a crash between deletes, or no subscriptions).
@@ -264,7 +265,11 @@ pub fn scan_address(
     let newest = last_with_frames.or(ids.last().copied());
     let mut after_torn = Vec::new();
     for (i, (&id, (source, keying, local))) in ids.iter().zip(headers).enumerate() {
-        let path = page::page_path(dir, id);
+        // Damage is named where it lies: the file, or the object.
+        let path = match &source {
+            Source::Remote(r) => PathBuf::from(&r.key),
+            Source::File(_) => page::page_path(dir, id),
+        };
         if torn.is_some() {
             // Only headers follow the tear (see above); these pages are recreated as appends continue.
             after_torn.push(id);
@@ -421,7 +426,7 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
         init.index,
         init.store_id,
         init.keys.as_ref(),
-        remote.as_deref(),
+        remote.as_ref(),
         found,
         &mut |_, _, _| {},
     )?;

@@ -1,6 +1,8 @@
 //! Sealed pages in an object store (a volume directory or S3, through keel-s3): uploaded once complete and
-//! then deleted locally; fetched whole (checksum verified) when a reader or recovery needs them, and kept in
-//! a small cache. The open page always stays on the local volume, where appends are fdatasynced.
+//! then deleted locally; read in ranges, a read-ahead chunk at a time, when a reader or recovery needs them
+//! (never held whole: the memory a backlog in the object store takes does not grow with it). A range is
+//! not covered by the object's checksum; every frame (or unit) it holds is checked by its own. The open
+//! page always stays on the local volume, where appends are fdatasynced.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,19 +19,13 @@ pub struct RemotePages {
     pub store: AnyStore,
     /// Key prefix, e.g. `broker-1/pages/` (a page is `<prefix><address store id>/<page id>.kpage`).
     pub prefix: String,
-    /// Fetched pages kept in memory (each up to `page_bytes`), shared by all subscriptions.
-    pub cache_pages: usize,
 }
-
-/// A page's bytes as fetched.
-pub type PageBytes = Arc<[u8]>;
 
 #[derive(Debug)]
 pub(crate) struct Remote {
     cfg: RemotePages,
     /// Always `Some` until drop (an `Option` so that drop can shut it down without blocking).
     rt: Option<tokio::runtime::Runtime>,
-    cache: Mutex<VecDeque<(String, PageBytes)>>,
 }
 
 fn remote_error(address: &str, key: &str, e: StoreError) -> PagingError {
@@ -48,7 +44,7 @@ impl Remote {
                 op: "start the object-store runtime",
                 source: Arc::new(e),
             })?;
-        Ok(Remote { cfg, rt: Some(rt), cache: Mutex::new(VecDeque::new()) })
+        Ok(Remote { cfg, rt: Some(rt) })
     }
 
     /// Runs `f` on the runtime and waits for it; callable from any thread, also a runtime's.
@@ -77,34 +73,29 @@ impl Remote {
         r.map(|_| ()).map_err(|e| remote_error(address, key, e))
     }
 
-    /// The whole page, verified, through the cache.
-    pub fn fetch(&self, address: &str, key: &str) -> Result<PageBytes, PagingError> {
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((_, b)) = cache.iter().find(|(k, _)| k == key) {
-                return Ok(b.clone());
-            }
+    /// Bytes `offset..offset + buf.len()` of the object `key`.
+    pub fn read_range(&self, key: &str, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let (store, k, end) = (self.cfg.store.clone(), key.to_owned(), offset + buf.len() as u64);
+        let got = self.run(async move { store.get_range(&k, offset..end).await?.into_vec().await });
+        let got = got.map_err(|e| std::io::Error::other(format!("object {key}: {e}")))?;
+        if got.len() != buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("object {key}: {} bytes at {offset}, wanted {}", got.len(), buf.len()),
+            ));
         }
-        let (store, k) = (self.cfg.store.clone(), key.to_owned());
-        let r = self.run(async move { store.get_all(&k).await });
-        let bytes: PageBytes = PageBytes::from(r.map_err(|e| remote_error(address, key, e))?.1);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|(k, _)| k != key);
-        cache.push_back((key.to_owned(), bytes.clone()));
-        while cache.len() > self.cfg.cache_pages.max(1) {
-            cache.pop_front();
-        }
-        Ok(bytes)
+        buf.copy_from_slice(&got);
+        Ok(())
     }
 
-    /// Page ids stored for an address.
-    pub fn list(&self, address: &str, store_id: &[u8; 16]) -> Result<Vec<u64>, PagingError> {
+    /// Page ids stored for an address, with each object's size.
+    pub fn list(&self, address: &str, store_id: &[u8; 16]) -> Result<Vec<(u64, u64)>, PagingError> {
         let prefix = self.address_prefix(store_id);
         let (store, p) = (self.cfg.store.clone(), prefix.clone());
-        let r = self.run(async move { store.list(&p).map_ok(|m| m.key).try_collect::<Vec<_>>().await });
-        let keys = r.map_err(|e| remote_error(address, &prefix, e))?;
-        let mut ids: Vec<u64> =
-            keys.iter().filter_map(|k| k.strip_prefix(&prefix)?.strip_suffix(".kpage")?.parse().ok()).collect();
+        let r = self.run(async move { store.list(&p).map_ok(|m| (m.key, m.size)).try_collect::<Vec<_>>().await });
+        let objects = r.map_err(|e| remote_error(address, &prefix, e))?;
+        let id = |k: &str| k.strip_prefix(&prefix)?.strip_suffix(".kpage")?.parse().ok();
+        let mut ids: Vec<(u64, u64)> = objects.iter().filter_map(|(k, size)| Some((id(k)?, *size))).collect();
         ids.sort_unstable();
         Ok(ids)
     }
@@ -112,10 +103,6 @@ impl Remote {
     pub fn delete(&self, address: &str, keys: Vec<String>) -> Result<(), PagingError> {
         if keys.is_empty() {
             return Ok(());
-        }
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|(k, _)| !keys.contains(k));
         }
         let first = keys[0].clone();
         let store = self.cfg.store.clone();

@@ -240,8 +240,11 @@ impl Subscription {
                 (p.location.clone(), p.keying.clone(), p.durable_len, p.complete(), has_next)
             };
             if c.read_offset < durable_len {
-                let path = page::page_path(&self.address.dir, c.read_page);
-                // A remote page is fetched whole (through the shared cache) without any lock held.
+                let path = match (&location, &self.address.remote) {
+                    (PageLocation::Remote, Some(r)) => r.key(&self.address.store_id, c.read_page).into(),
+                    _ => page::page_path(&self.address.dir, c.read_page),
+                };
+                // A remote page is read one chunk per request, without any lock held.
                 let (file, fetched) = match &location {
                     PageLocation::Local(Some(f)) => (Some(f.clone()), None),
                     PageLocation::Local(None) => match &c.open_page {
@@ -262,7 +265,7 @@ impl Subscription {
                     PageLocation::Remote => {
                         let remote = self.address.remote.as_ref().expect("remote pages need an object store");
                         let key = remote.key(&self.address.store_id, c.read_page);
-                        (None, Some(remote.fetch(&self.address.name, &key)?))
+                        (None, Some(page::RemotePage { remote: remote.clone(), key, len: durable_len }))
                     }
                 };
                 let src: &dyn page::ReadAt = match (&file, &fetched) {

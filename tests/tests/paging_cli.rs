@@ -83,7 +83,6 @@ fn stats_and_verify_read_uploaded_pages_from_the_object_store() {
         let remote = keel_paging::RemotePages {
             store: keel_s3::dir::DirStore::open(&objects).unwrap().into(),
             prefix: "b1/".into(),
-            cache_pages: 2,
         };
         let opts =
             PagingOptions { page_bytes: 64 << 10, max_size_bytes: 0, remote: Some(remote), ..PagingOptions::default() };

@@ -28,7 +28,7 @@ pub fn always_paged() -> PagingOptions {
 
 /// `always_paged`, with complete pages uploaded to `objects` (any keel-s3 store).
 pub fn with_objects(objects: keel_s3::AnyStore) -> PagingOptions {
-    let remote = keel_paging::RemotePages { store: objects, prefix: "broker-1/pages/".into(), cache_pages: 2 };
+    let remote = keel_paging::RemotePages { store: objects, prefix: "broker-1/pages/".into() };
     PagingOptions { remote: Some(remote), ..always_paged() }
 }
 
