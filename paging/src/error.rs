@@ -52,6 +52,18 @@ pub enum PagingError {
     InvalidOption { name: &'static str, why: String },
 }
 
+impl PagingError {
+    /// Whether the error may pass without anything being repaired: the object store or a file unreachable
+    /// for a while, not damage.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PagingError::AddressFailed { cause, .. } => cause.is_transient(),
+            PagingError::Remote { .. } | PagingError::Io { .. } | PagingError::StoreIo { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 impl From<AppendError> for PagingError {
     fn from(e: AppendError) -> PagingError {
         PagingError::Journal(Arc::new(e))

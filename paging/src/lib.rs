@@ -150,7 +150,15 @@ pub struct Paging {
 struct Registry {
     next_index: u32,
     addresses: BTreeMap<String, Result<Arc<Address>, PagingError>>,
+    /// Addresses whose recovery failed with an error that may pass (an object store down at start-up):
+    /// when it may be tried again.
+    retry: BTreeMap<String, std::time::Instant>,
+    /// The journal's prepared transactions not yet decided: what a retried recovery needs.
+    prepared: Vec<PreparedTx>,
 }
+
+/// How long an address whose recovery failed transiently waits before the next attempt.
+const RECOVERY_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Paging {
     /// Opens the paging store in `dir` (created if absent) over `journal`, recovering every address.
@@ -177,7 +185,8 @@ impl Paging {
         let uploader = remote.as_ref().map(|_| remote::Uploader::start());
         let tx_marks = Arc::new(AtomicU64::new(found.next_tx_mark));
         let sub_indexes = Arc::new(AtomicU64::new(found.next_sub_index));
-        let mut registry = Registry { next_index: found.next_address_index, addresses: BTreeMap::new() };
+        let mut registry =
+            Registry { next_index: found.next_address_index, prepared: prepared.to_vec(), ..Registry::default() };
         let paging = Paging {
             dir,
             journal,
@@ -190,15 +199,55 @@ impl Paging {
             registry: Mutex::new(Registry::default()),
         };
         for rec in found.addresses.values() {
-            let init = paging.init(rec.index, rec.store_id, rec.name.clone());
-            let result = recovery::recover_address(init, &found).map_err(|cause| {
-                tracing::error!(address = %rec.name, error = %cause, "address unavailable");
-                PagingError::AddressFailed { address: rec.name.clone(), cause: Box::new(cause) }
-            });
+            let result = paging.recover(rec, &found);
+            if result.as_ref().is_err_and(PagingError::is_transient) {
+                registry.retry.insert(rec.name.clone(), std::time::Instant::now() + RECOVERY_RETRY);
+            }
             registry.addresses.insert(rec.name.clone(), result);
         }
         *paging.registry.lock().unwrap_or_else(|p| p.into_inner()) = registry;
         Ok(paging)
+    }
+
+    fn recover(&self, rec: &format::AddressRecord, found: &recovery::Found) -> Result<Arc<Address>, PagingError> {
+        let init = self.init(rec.index, rec.store_id, rec.name.clone());
+        recovery::recover_address(init, found).map_err(|cause| {
+            tracing::error!(address = %rec.name, error = %cause, "address unavailable");
+            PagingError::AddressFailed { address: rec.name.clone(), cause: Box::new(cause) }
+        })
+    }
+
+    /// Recovers again an address whose recovery failed with an error that may have passed, at most once a
+    /// second.
+    fn retry_recovery(&self, reg: &mut Registry, name: &str) {
+        let due = reg.retry.get(name).is_some_and(|&at| std::time::Instant::now() >= at);
+        if !due {
+            return;
+        }
+        // The journal as it is now: transactions decided since the open are live marks or gone.
+        let found = match recovery::read_records(&self.journal, &reg.prepared) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(address = %name, error = %e, "reading paging records to retry recovery");
+                reg.retry.insert(name.to_owned(), std::time::Instant::now() + RECOVERY_RETRY);
+                return;
+            }
+        };
+        let Some(rec) = found.addresses.values().find(|r| r.name == name) else { return };
+        let result = self.recover(rec, &found);
+        match &result {
+            Ok(_) => {
+                tracing::info!(address = %name, "address recovered on a later attempt");
+                reg.retry.remove(name);
+            }
+            Err(e) if e.is_transient() => {
+                reg.retry.insert(name.to_owned(), std::time::Instant::now() + RECOVERY_RETRY);
+            }
+            Err(_) => {
+                reg.retry.remove(name);
+            }
+        }
+        reg.addresses.insert(name.to_owned(), result);
     }
 
     fn init(&self, index: u32, store_id: [u8; 16], name: String) -> address::AddressInit {
@@ -238,6 +287,9 @@ impl Paging {
             return Err(PagingError::InvalidOption { name: "address name", why: "1 to 65535 bytes".into() });
         }
         let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if reg.retry.contains_key(name) {
+            self.retry_recovery(&mut reg, name);
+        }
         if let Some(a) = reg.addresses.get(name) {
             return a.clone();
         }
@@ -270,6 +322,7 @@ impl Paging {
     /// Commits journal transaction `tx` and makes the messages it paged visible.
     pub fn commit(&self, tx: TxId) -> Result<Lsn, PagingError> {
         let lsn = self.journal.commit(tx)?;
+        self.decided(tx);
         for a in self.available() {
             a.tx_committed(tx.get());
         }
@@ -279,10 +332,16 @@ impl Paging {
     /// Rolls journal transaction `tx` back; the messages it paged are never delivered.
     pub fn rollback(&self, tx: TxId) -> Result<Lsn, PagingError> {
         let lsn = self.journal.rollback(tx)?;
+        self.decided(tx);
         for a in self.available() {
             a.tx_rolled_back(tx.get());
         }
         Ok(lsn)
+    }
+
+    fn decided(&self, tx: TxId) {
+        let mut reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        reg.prepared.retain(|p| p.tx != tx);
     }
 
     /// Memory-mode bytes held across addresses.

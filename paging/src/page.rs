@@ -170,12 +170,24 @@ pub fn create_page(
     file.write_all_at(&header.encode(), 0).map_err(io(address, &tmp, "write page header"))?;
     file.sync_all().map_err(|e| poisoned(address, &tmp, "fsync", e))?;
     keel_crashpoint::hook("paging-page-header-written");
-    if path.exists() {
+    if path.exists() && !unrecorded_header_only(&path, store_id, page_id) {
         return Err(corrupt(address, &path, "a page with this number already exists"));
     }
     std::fs::rename(&tmp, &path).map_err(io(address, &tmp, "rename page into place"))?;
-    sync_dir(address, dir)?;
+    if let Err(e) = sync_dir(address, dir) {
+        // Not recorded as created: take the name back, so that the next attempt starts clean (and, if this
+        // fails too, finds a header-only page of its own number, which it may replace).
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok((file, PageKeying { header, cipher }))
+}
+
+/// Whether `path` holds only a header of this address's page `page_id`: an earlier creation whose
+/// directory fsync failed left it, and no message was ever written to it.
+fn unrecorded_header_only(path: &Path, store_id: [u8; 16], page_id: u64) -> bool {
+    let Ok(b) = std::fs::read(path) else { return false };
+    b.len() == PAGE_HEADER_BYTES && PageHeader::decode(&b).is_ok_and(|h| h.store_id == store_id && h.page_id == page_id)
 }
 
 pub fn poisoned(address: &str, path: &Path, op: &'static str, e: std::io::Error) -> PagingError {

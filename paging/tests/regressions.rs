@@ -331,3 +331,63 @@ fn an_acknowledgement_the_journal_refuses_changes_nothing() {
     s.ack_many(&all).unwrap();
     assert_eq!((s.pending().messages, s.in_flight(), s.floor()), (0, 0, n));
 }
+
+/// Issue 31, defect 6: a page whose rename landed but whose directory fsync failed stayed under its name
+/// unrecorded, and every later creation of that page refused ("already exists"): every send failed until
+/// a restart. A header-only page of the address's own number is now replaced.
+#[test]
+fn a_header_only_page_left_by_a_failed_creation_does_not_block_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paging, _) = common::open(dir.path(), common::always_paged());
+    let a = paging.address("q").unwrap();
+    a.subscribe("s").unwrap();
+    a.send(&[1; 1000], None).unwrap();
+    // Page 2 as a creation that failed after its rename left it: its header only.
+    let pages = dir.path().join(PAGES);
+    let mut header = std::fs::read(pages.join("00000000000000000001.kpage")).unwrap()[..128].to_vec();
+    header[32..40].copy_from_slice(&2u64.to_le_bytes());
+    let crc = crc32fast::hash(&header[..124]);
+    header[124..128].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(pages.join("00000000000000000002.kpage"), &header).unwrap();
+    for i in 0..100u32 {
+        a.send(&vec![i as u8; 1000], None).unwrap_or_else(|e| panic!("send {i}: {e}"));
+    }
+    assert!(a.pages().len() >= 2);
+    drop(a);
+    drop(paging);
+    let (paging, _) = common::open(dir.path(), common::always_paged());
+    assert_eq!(paging.address("q").unwrap().subscription("s").unwrap().pending().messages, 101);
+}
+
+/// Defect 6: an object store unreachable at start-up made its addresses' recovery error stick for the
+/// life of the process. A transient failure is now tried again (at most once a second) when the address
+/// is asked for.
+#[test]
+fn an_address_whose_object_store_was_down_at_open_recovers_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = tempfile::tempdir().unwrap();
+    let store_root = objects.path().join("store");
+    let opts = || common::with_objects(keel_s3::dir::DirStore::open(&store_root).unwrap().into());
+    {
+        let (paging, _) = common::open(dir.path(), opts());
+        let a = paging.address("q").unwrap();
+        a.subscribe("s").unwrap();
+        for i in 0..200u32 {
+            a.send(&vec![i as u8; 1000], None).unwrap();
+        }
+        paging.wait_uploaded();
+    }
+    let remote_opts = opts();
+    // The store "down": its directory replaced by a file.
+    let aside = objects.path().join("aside");
+    std::fs::rename(&store_root, &aside).unwrap();
+    std::fs::write(&store_root, b"not a directory").unwrap();
+    let (paging, _) = common::open(dir.path(), remote_opts);
+    let e = paging.address("q").unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    std::fs::remove_file(&store_root).unwrap();
+    std::fs::rename(&aside, &store_root).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let a = paging.address("q").expect("recovered once the store is back");
+    assert_eq!(a.subscription("s").unwrap().pending().messages, 200);
+}
