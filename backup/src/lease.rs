@@ -154,7 +154,8 @@ impl Repo {
     fn require_conditional_writes(&self) -> Result<(), BackupError> {
         let probe = self.block_on(self.put_sealed(NAME, b"{}", PutCondition::IfAbsent));
         match probe {
-            Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            // Refused: the store honours the condition (the lease we hold is there).
+            Err(StoreError::PreconditionFailed { .. } | StoreError::Indeterminate { .. }) => Ok(()),
             Err(e) => Err(e.into()),
             Ok(_) => {
                 let _ = self.block_on(self.delete(NAME));
@@ -245,25 +246,30 @@ impl Repo {
                     h.expires_unix_ms = crate::now_ms() + opts.ttl.as_millis() as u64;
                     let body = keys.seal(NAME, &serde_json::to_vec(&h).expect("a lease serialises"));
                     let current = etag.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let ours = || async {
+                        let (meta, bytes) = store.get_all(&key).await.ok()?;
+                        let h: Holder = serde_json::from_slice(&keys.open(NAME, &bytes).ok()?).ok()?;
+                        (h.owner == holder.owner).then_some(meta.etag)
+                    };
                     match store.put(&key, keel_s3::PutBody::Bytes(body.into()), PutCondition::IfMatch(current)).await {
                         Ok(meta) => *etag.lock().unwrap_or_else(|p| p.into_inner()) = meta.etag,
-                        Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {
-                            tracing::error!("the repository lease was taken by another process; stopping");
-                            lost.store(true, Ordering::Release);
-                            return;
-                        }
-                        // The beat may have landed: if the lease is ours, its new etag is the one to match.
-                        Err(e @ StoreError::Indeterminate { .. }) => {
-                            tracing::warn!(error = %e, "lease heartbeat unconfirmed; reading the lease");
-                            let ours = async {
-                                let (meta, bytes) = store.get_all(&key).await.ok()?;
-                                let h: Holder = serde_json::from_slice(&keys.open(NAME, &bytes).ok()?).ok()?;
-                                (h.owner == holder.owner).then_some(meta.etag)
-                            };
-                            if let Some(etag_now) = ours.await {
-                                *etag.lock().unwrap_or_else(|p| p.into_inner()) = etag_now;
+                        // Refused, or unconfirmed: an earlier beat of ours may have landed unconfirmed and
+                        // changed the etag. The lease is lost only if another owner holds it.
+                        Err(
+                            e @ (StoreError::PreconditionFailed { .. }
+                            | StoreError::NotFound { .. }
+                            | StoreError::Indeterminate { .. }),
+                        ) => match ours().await {
+                            Some(etag_now) => *etag.lock().unwrap_or_else(|p| p.into_inner()) = etag_now,
+                            None if matches!(e, StoreError::Indeterminate { .. }) => {
+                                tracing::warn!(error = %e, "lease heartbeat unconfirmed; retrying")
                             }
-                        }
+                            None => {
+                                tracing::error!("the repository lease was taken by another process; stopping");
+                                lost.store(true, Ordering::Release);
+                                return;
+                            }
+                        },
                         // A transient error: the next beat retries; the lease lasts 3 periods.
                         Err(e) => tracing::warn!(error = %e, "lease heartbeat failed; retrying"),
                     }

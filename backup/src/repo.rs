@@ -174,8 +174,8 @@ impl Repo {
                 let put = rt.block_on(store.put(&key, PutBody::Bytes(b.clone().into()), PutCondition::IfAbsent));
                 match put {
                     Ok(_) => Bytes::from(b),
-                    // Another first run won; use its repository.
-                    Err(StoreError::PreconditionFailed { .. }) => {
+                    // Another first run won (or ours landed unconfirmed); use what is there.
+                    Err(StoreError::PreconditionFailed { .. } | StoreError::Indeterminate { .. }) => {
                         rt.block_on(store.get_all(&key)).map(|(_, b)| Bytes::from(b))?
                     }
                     Err(e) => return Err(e.into()),

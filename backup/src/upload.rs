@@ -190,7 +190,8 @@ async fn store_chunk(repo: &Repo, key: &str, body: Vec<u8>, buffers: &Buffers) -
         buffers.give(b.into());
     }
     match put {
-        Ok(_) | Err(StoreError::PreconditionFailed { .. }) => Ok(true),
+        // A refused create-if-absent proves a chunk of this content is there (ours or another's).
+        Ok(_) | Err(StoreError::PreconditionFailed { .. } | StoreError::Indeterminate { .. }) => Ok(true),
         Err(e) => Err(e.into()),
     }
 }

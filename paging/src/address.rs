@@ -97,6 +97,8 @@ pub(crate) struct TxInfo {
     pub mark_id: u64,
     /// The newest page holding one of its messages.
     pub last_page: u64,
+    /// The mark is being added to the journal transaction: no message may name it yet.
+    pub marking: bool,
 }
 
 /// What a frame's `tx` field holds in a version 2 page: 0, or the number of the transaction mark that
@@ -597,14 +599,20 @@ impl Address {
     fn mark_tx(&self, tx: TxId) -> Result<u64, PagingError> {
         let (number, mark_id, first_seq) = {
             let mut st = self.lock();
-            if let Some(&n) = st.undecided.get(&tx.get()) {
-                return Ok(n);
+            // Another send of this use may be adding the mark: its messages may name the mark only once the
+            // mark is in the transaction (if adding it fails, they would name a mark that never existed).
+            while let Some(&n) = st.undecided.get(&tx.get()) {
+                if !st.txs[&n].marking {
+                    return Ok(n);
+                }
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
             }
             let number = self.tx_marks.fetch_add(1, Ordering::SeqCst);
             let last_page = st.newest_page().unwrap_or(1);
             let first_seq = st.next_seq;
             let state = TxState::Undecided { messages: Vec::new() };
-            let info = TxInfo { tx: tx.get(), first_seq, state, mark_id: format::tx_mark_id(number), last_page };
+            let mark_id = format::tx_mark_id(number);
+            let info = TxInfo { tx: tx.get(), first_seq, state, mark_id, last_page, marking: true };
             assert!(st.txs.insert(number, info).is_none(), "mark numbers are not reused within a run");
             st.undecided.insert(tx.get(), number);
             (number, format::tx_mark_id(number), first_seq)
@@ -612,13 +620,26 @@ impl Address {
         // Outside the lock: the append waits for its fdatasync. The broker commits only after its sends
         // returned, so the mark is in the transaction before the commit.
         let rec = format::TxMarkRecord { address: self.index, tx: tx.get(), first_seq };
-        if let Err(e) = self.journal.add_tx(tx, mark_id, format::KIND_TX_MARK, &rec.encode()) {
-            let mut st = self.lock();
-            st.txs.remove(&number);
-            st.undecided.remove(&tx.get());
-            return Err(e.into());
+        let added = self.journal.add_tx(tx, mark_id, format::KIND_TX_MARK, &rec.encode());
+        let mut st = self.lock();
+        match &added {
+            Ok(_) => {
+                // Gone if the broker decided the transaction while its send was still running.
+                if let Some(t) = st.txs.get_mut(&number) {
+                    t.marking = false;
+                }
+            }
+            Err(_) => {
+                st.txs.remove(&number);
+                if st.undecided.get(&tx.get()) == Some(&number) {
+                    st.undecided.remove(&tx.get());
+                }
+            }
         }
-        Ok(number)
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+        added.map(|_| number).map_err(Into::into)
     }
 
     /// The journal committed `tx`: its messages become visible.
@@ -929,19 +950,43 @@ mod tests {
         let d = s.receive().unwrap().unwrap();
         assert_eq!((d.seq, &d.payload[..]), (1, &b"after"[..]));
 
-        // A cursor left past the end by an earlier build, which acknowledged nothing, is moved back to
-        // the end and its record rewritten.
+        // A cursor past the end is damage now (this build never starts one there): refused.
         let rec =
             format::CursorRecord { address: 0, name: "old".into(), start: 40, floor: 40, acked: Default::default() };
         paging.journal().add(format::cursor_id(99), format::KIND_CURSOR, &rec.encode()).unwrap();
         drop((d, s, a));
         drop(paging);
+        let e = open(dir.path()).address("a").unwrap_err().to_string();
+        assert!(e.contains("\"old\" starts at message 40"), "{e}");
+    }
+
+    /// A cursor an earlier build left past the end (its pages are version 1), having acknowledged nothing,
+    /// is moved back to the end at open, and its record rewritten.
+    #[test]
+    fn a_cursor_an_earlier_build_left_past_the_end_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let paging = open(dir.path());
+        let store_id = {
+            let a = paging.address("a").unwrap();
+            a.store_id
+        };
+        let rec =
+            format::CursorRecord { address: 0, name: "old".into(), start: 40, floor: 40, acked: Default::default() };
+        paging.journal().add(format::cursor_id(99), format::KIND_CURSOR, &rec.encode()).unwrap();
+        drop(paging);
+        // The earlier build's newest page: a version 1 header, no message yet.
+        let header = format::PageHeader { version: 1, store_id, page_id: 1, first_seq: 0, key: None };
+        std::fs::write(crate::page::page_path(&dir.path().join("pages/a-00000000"), 1), header.encode()).unwrap();
         for _ in 0..2 {
             let paging = open(dir.path());
             let a = paging.address("a").unwrap();
             let old = a.subscription("old").unwrap();
-            assert_eq!(old.start(), 2);
-            assert_eq!(old.pending().messages, 0);
+            assert_eq!((old.start(), old.floor()), (0, 0));
+            a.send(b"next", None).unwrap();
+            assert_eq!(old.pending().messages, 1);
+            drop((old, a));
+            drop(paging);
+            std::fs::remove_file(crate::page::page_path(&dir.path().join("pages/a-00000000"), 2)).ok();
         }
     }
 }

@@ -12,7 +12,7 @@ use keel_journal::crypto::SegmentCipher;
 use crate::error::{io, PagingError};
 use crate::format::{decode_frame, FrameError, FrameHead, PageHeader, PAGE_HEADER_BYTES, PAGE_VERSION};
 
-/// Positioned reads of a page's bytes: a file on the volume, or a page fetched whole from the object store.
+/// Positioned reads of a page's bytes: a file on the volume, or a page's object in the object store.
 pub trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
 }
@@ -255,6 +255,8 @@ pub struct ReadStop {
     /// Where the first byte that is not a whole valid frame (or unit) lies.
     pub offset: u64,
     pub why: String,
+    /// The damage is a bad frame inside a unit that authenticates (so was written whole): never a tear.
+    pub in_valid_unit: bool,
 }
 
 /// Reads the whole frames (or units) from `offset` towards `end`, about `chunk` bytes' worth (more if one
@@ -289,7 +291,9 @@ pub fn read_messages(
                     (r.end, None)
                 }
                 Err(FrameError::Incomplete { need }) => (0, Some(need)),
-                Err(FrameError::Bad(why)) => return Err(Ok(ReadStop { offset: offset + at as u64, why })),
+                Err(FrameError::Bad(why)) => {
+                    return Err(Ok(ReadStop { offset: offset + at as u64, why, in_valid_unit: false }))
+                }
             },
             Some(cipher) => {
                 if rest.len() < UNIT_HEADER_BYTES {
@@ -302,7 +306,7 @@ pub fn read_messages(
                     } else {
                         let unit_at = offset + at as u64;
                         let plain = unit::open_one(cipher, &binding, &rest[..total as usize], unit_at)
-                            .map_err(|e| Ok(ReadStop { offset: unit_at, why: e.to_string() }))?;
+                            .map_err(|e| Ok(ReadStop { offset: unit_at, why: e.to_string(), in_valid_unit: false }))?;
                         let mut p = 0;
                         while p < plain.len() {
                             match decode_frame(&binding, version, &plain[p..]) {
@@ -316,7 +320,7 @@ pub fn read_messages(
                                 }
                                 Err(e) => {
                                     let why = format!("inside the unit at byte {unit_at}: {e:?}");
-                                    return Err(Ok(ReadStop { offset: unit_at, why }));
+                                    return Err(Ok(ReadStop { offset: unit_at, why, in_valid_unit: true }));
                                 }
                             }
                         }
@@ -340,7 +344,7 @@ pub fn read_messages(
                     }
                     _ => {
                         let why = format!("a frame runs past byte {end}, the end of the written bytes");
-                        return Err(Ok(ReadStop { offset, why }));
+                        return Err(Ok(ReadStop { offset, why, in_valid_unit: false }));
                     }
                 }
             }

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use keel_journal::crypto::keys::KeyRing;
 use keel_journal::{Journal, PreparedTx, ReadError, RecordRef, TxOp};
 
-use crate::address::{self, Address, AddressInit, PageLocation, TxInfo, TxState};
+use crate::address::{self, Address, AddressInit, PageLocation, TxInfo, TxState, WRITE_BYTES_MAX};
 use crate::error::{io, PagingError};
 use crate::format::{self, AddressRecord, CursorRecord, TxMarkRecord, PAGE_HEADER_BYTES};
 use crate::page::{self, check_header, corrupt, list_pages, open_page, read_messages, Message, PageKeying, Source};
 use crate::ranges::RangeSet;
 use crate::remote::Remote;
 use crate::subscription::{Pending, Subscription};
+use keel_journal::crypto::unit::UNIT_OVERHEAD_BYTES;
 
 /// Bytes recovery reads from a page at a time.
 const SCAN_CHUNK: usize = 4 << 20;
@@ -243,6 +244,7 @@ pub fn scan_address(
         state,
         mark_id,
         last_page: 0,
+        marking: false,
     };
     for (mark_id, m) in &committed {
         txs.insert(format::id_number(*mark_id), info(*mark_id, m, TxState::Committed));
@@ -298,18 +300,13 @@ pub fn scan_address(
                     if !local || Some(id) != newest {
                         return Err(corrupt(name, &path, damage));
                     }
-                    let later = page::later_group(&source, &keying, stop.offset, len, at_damage).map_err(io(
-                        name,
-                        &path,
-                        "read page",
-                    ))?;
-                    if let Some(l) = later {
-                        let why = format!(
-                            "{damage}; message {} at byte {} was written by a later flush, so the damaged bytes \
-                             had been fdatasynced",
-                            l.seq, l.offset
-                        );
-                        return Err(corrupt(name, &path, why));
+                    if stop.in_valid_unit {
+                        // A unit that authenticates was written whole: what it holds is not a tear.
+                        return Err(corrupt(name, &path, damage));
+                    }
+                    let proof = synced_proof(&source, &keying, stop.offset, len, at_damage);
+                    if let Some(proof) = proof.map_err(io(name, &path, "read page"))? {
+                        return Err(corrupt(name, &path, format!("{damage}; {proof}")));
                     }
                     torn = Some(TornTail { page: id, offset: stop.offset, bytes: len - stop.offset });
                     len = stop.offset;
@@ -363,9 +360,35 @@ pub fn scan_address(
         let first_seq = keying.header.first_seq;
         pages.push(ScannedPage { id, local, keying, first_seq, end_seq: expected, len, file_bytes, payload_bytes });
     }
-    let repaired = repair_cursors_past_end(name, &mut counted, expected);
+    // Only an earlier build (whose pages are version 1) started subscriptions past the durable end.
+    let legacy = pages.last().is_some_and(|p| p.keying.header.version != format::PAGE_VERSION);
+    let repaired = if legacy { repair_cursors_past_end(name, &mut counted, expected) } else { Vec::new() };
     check_cursors_within(name, dir, &counted, expected)?;
     Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, repaired, next_seq: expected })
+}
+
+/// Why damage at `damaged` of the newest page, where message `expected` should begin, cannot be a tear:
+/// a later flush's frame after it (version 2), or, in a version 1 page, which has no sync groups, more than
+/// one write (its largest) before the end of the page.
+fn synced_proof(
+    source: &Source,
+    keying: &PageKeying,
+    damaged: u64,
+    len: u64,
+    expected: u64,
+) -> std::io::Result<Option<String>> {
+    if keying.header.version != format::PAGE_VERSION {
+        let bound = WRITE_BYTES_MAX + UNIT_OVERHEAD_BYTES + keying.header.frame_header_bytes() as u64;
+        let far = len - damaged > bound;
+        return Ok(far.then(|| format!("more than one write ({bound} bytes) before the end of a version 1 page")));
+    }
+    let later = page::later_group(source, keying, damaged, len, expected)?;
+    Ok(later.map(|l| {
+        format!(
+            "message {} at byte {} was written by a later flush, so the damaged bytes had been fdatasynced",
+            l.seq, l.offset
+        )
+    }))
 }
 
 /// Moves back to `end` the cursors that start past it and acknowledged nothing: subscriptions created
@@ -396,10 +419,10 @@ fn check_cursors_within(
 ) -> Result<(), PagingError> {
     for (_, c, _) in cursors {
         let acked_end = c.acked.iter().map(|(_, e)| e).max().unwrap_or(0);
-        let (what, at) = if c.floor > end {
-            ("acknowledged everything before message", c.floor)
-        } else if c.start > end {
+        let (what, at) = if c.start > end {
             ("starts at message", c.start)
+        } else if c.floor > end {
+            ("acknowledged everything before message", c.floor)
         } else if acked_end > end {
             ("acknowledged message", acked_end - 1)
         } else {

@@ -35,6 +35,8 @@ struct Cursor {
     delivered_before: u64,
     /// The complete page being read, opened by this subscription.
     open_page: Option<(u64, Arc<std::fs::File>)>,
+    /// Cursor updates queued to the journal: an update that fails is undone only if none followed it.
+    updates: u64,
 }
 
 /// One subscription of an address. Obtain it from [`Address::subscribe`].
@@ -91,6 +93,7 @@ impl Subscription {
                 redeliver: BTreeMap::new(),
                 delivered_before: 0,
                 open_page: None,
+                updates: 0,
             }),
         }
     }
@@ -316,11 +319,11 @@ impl Subscription {
         self.ack_many(&[seq])
     }
 
-    /// Acknowledges delivered messages with one durable cursor update. On an error nothing is
-    /// acknowledged as far as this subscription knows: the messages stay delivered, to be acknowledged again
-    /// or handed back with [`Subscription::nack`].
+    /// Acknowledges delivered messages with one durable cursor update. On an error the messages stay
+    /// delivered, to be acknowledged again or handed back with [`Subscription::nack`]; the cursor is as it
+    /// was, unless a later acknowledgement (whose update records these too) was queued meanwhile.
     pub fn ack_many(&self, seqs: &[u64]) -> Result<(), PagingError> {
-        let (pending, floor, taken) = {
+        let (pending, floor, taken, undo) = {
             let mut c = self.lock();
             if let Some(&bad) = seqs.iter().find(|s| !c.in_flight.contains_key(s)) {
                 return Err(PagingError::NotDelivered {
@@ -357,13 +360,20 @@ impl Subscription {
                     taken.push((*s, p));
                 }
             }
-            (c.floor, c.acked) = (rec.floor, rec.acked);
-            (pending, c.floor, taken)
+            let before = (c.floor, std::mem::replace(&mut c.acked, rec.acked));
+            c.floor = rec.floor;
+            c.updates += 1;
+            (pending, c.floor, taken, (c.updates, before))
         };
         if let Err(e) = pending.wait() {
-            // Whether the update is durable is unknown: the messages are delivered again, as if not
-            // acknowledged (an acknowledgement is idempotent, so their seqs may stay in the ranges).
+            // Whether the update is durable is unknown: the messages are in flight again, as if not
+            // acknowledged, and the cursor is as before unless a later update (which holds these
+            // acknowledgements too) was queued since.
             let mut c = self.lock();
+            let (update, (floor, acked)) = undo;
+            if c.updates == update {
+                (c.floor, c.acked) = (floor, acked);
+            }
             for (seq, p) in taken {
                 self.pending_messages.fetch_add(1, Ordering::SeqCst);
                 self.pending_bytes.fetch_add(p.len() as u64, Ordering::SeqCst);

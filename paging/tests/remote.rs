@@ -1,4 +1,4 @@
-//! Pages in an object store: complete pages are uploaded and deleted locally, read back through the cache,
+//! Pages in an object store: complete pages are uploaded and deleted locally, read back in ranges,
 //! recovered from the store after a reopen, and deleted from it once every cursor is past them — on a
 //! directory store and on an S3 server started in this process (s3s-fs, signatures checked).
 

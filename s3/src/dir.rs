@@ -101,7 +101,8 @@ pub enum CreateIfAbsent {
     /// temporary: NFS, and FUSE filesystems without `rename2`.
     Link = 1,
     /// A check that the name is absent, then a plain rename, both under the lock: filesystems with neither
-    /// (some FUSE object-store mounts). Atomic only among Keel processes, which all take the lock.
+    /// (some FUSE object-store mounts). Atomic only among Keel processes whose `flock`s exclude each other,
+    /// which many FUSE mounts do only within one host: never chosen automatically.
     Locked = 2,
 }
 
@@ -124,10 +125,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Errors with which a filesystem says it does not support an operation (Linux NFS answers
-/// `RENAME_NOREPLACE` with EINVAL, FUSE without `rename2` with ENOSYS or EINVAL).
+/// `RENAME_NOREPLACE` with EINVAL, FUSE without `rename2` with ENOSYS or EINVAL). EPERM is not among them:
+/// it also means a permission, which stepping down would not fix.
 fn unsupported(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
-    [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP, Errno::PERM].contains(&e)
+    [Errno::INVAL, Errno::NOSYS, Errno::OPNOTSUPP].contains(&e)
 }
 
 impl DirStore {
@@ -187,6 +189,17 @@ impl DirStore {
                     return Ok(());
                 }
                 Err(rustix::io::Errno::EXIST) => return Err(exists()),
+                Err(e) if unsupported(e) && how == CreateIfAbsent::Link => {
+                    let why = format!(
+                        "the filesystem supports neither RENAME_NOREPLACE nor link(2) ({e}): no atomic \
+                         create-if-absent; choose DirStore::with_create_if_absent(CreateIfAbsent::Locked) only if \
+                         every process using this store runs on one host"
+                    );
+                    return Err(StoreError::Config {
+                        what: format!("directory store {}", self.root.display()),
+                        fix: why,
+                    });
+                }
                 Err(e) if unsupported(e) => {
                     let next = CreateIfAbsent::from_u8(how as u8 + 1);
                     tracing::warn!(root = %self.root.display(), refused = ?how, errno = %e, next = ?next,
@@ -301,9 +314,7 @@ impl DirStore {
 
     fn list_blocking(&self, prefix: &str, after: Option<String>) -> Result<ListPage, StoreError> {
         let mut keys = Vec::new();
-        walk(&self.root, "", &mut keys)?;
-        keys.retain(|k| k.starts_with(prefix) && after.as_ref().is_none_or(|a| k.as_str() > a.as_str()));
-        keys.sort();
+        walk_ordered(&self.root, "", prefix, after.as_deref(), LIST_PAGE + 1, &mut keys)?;
         let more = keys.len() > LIST_PAGE;
         keys.truncate(LIST_PAGE);
         let mut objects = Vec::with_capacity(keys.len());
@@ -426,24 +437,53 @@ fn remove_stale(dir: &Path, older_than: std::time::Duration, removed: &mut usize
 }
 
 /// Collects the keys under `dir` (reserved names skipped).
-fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), StoreError> {
+/// Appends to `out`, in key order, up to `limit` keys under `dir` (whose keys begin with `base`) that start
+/// with `prefix` and sort after `after`. Entries are visited in key order — a directory sorts as its name
+/// and a `/`, so that `a-b` < `a/x` < `a0` as keys do — and subtrees that cannot hold a wanted key are not
+/// read: a page of a listing costs the keys it returns and the directories on their way, not the store.
+fn walk_ordered(
+    dir: &Path,
+    base: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+    out: &mut Vec<String>,
+) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io(dir, "list directory")(e)),
     };
+    let mut items = Vec::new();
     for e in entries {
         let e = e.map_err(StoreError::io(dir, "list directory"))?;
         let Some(name) = e.file_name().to_str().map(str::to_owned) else { continue };
         if name.starts_with(RESERVED_PREFIX) {
             continue;
         }
-        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
         let ft = e.file_type().map_err(StoreError::io(e.path(), "stat"))?;
         if ft.is_dir() {
-            walk(&e.path(), &key, out)?;
+            items.push((format!("{base}{name}/"), Some(e.path())));
         } else if ft.is_file() {
-            out.push(key);
+            items.push((format!("{base}{name}"), None));
+        }
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (key, subdir) in items {
+        if out.len() >= limit {
+            break;
+        }
+        match subdir {
+            Some(path) => {
+                let holds_prefix = key.starts_with(prefix) || prefix.starts_with(&key);
+                // Every key below sorts before `after` when they part within `key`.
+                let all_before = after.is_some_and(|a| !a.starts_with(&key) && key.as_str() < a);
+                if holds_prefix && !all_before {
+                    walk_ordered(&path, &key, prefix, after, limit, out)?;
+                }
+            }
+            None if key.starts_with(prefix) && after.is_none_or(|a| key.as_str() > a) => out.push(key),
+            None => {}
         }
     }
     Ok(())
@@ -504,5 +544,50 @@ impl ObjectStore for DirStore {
             self.delete(k).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Issue 31, defect 10: a listing walked the whole store for every page. The ordered walk returns
+        /// exactly what sorting and filtering every key would, page by page.
+        #[test]
+        fn the_ordered_walk_pages_as_a_sorted_filter_would(
+            keys in proptest::collection::btree_set("[a0-]{1,2}(/[a0-]{1,2}){0,2}", 1..40),
+            prefix in "[a0/-]{0,3}",
+            limit in 1usize..7,
+        ) {
+            let root = tempfile::tempdir().unwrap();
+            let mut made = Vec::new();
+            for k in &keys {
+                let path = root.path().join(k);
+                std::fs::create_dir_all(path.parent().unwrap()).ok();
+                // A name is a file or a directory, not both: keep the first.
+                if !path.exists() && std::fs::write(&path, b"x").is_ok() {
+                    made.push(k.clone());
+                }
+            }
+            made.retain(|k| root.path().join(k).is_file());
+            made.sort();
+            let want: Vec<String> = made.iter().filter(|k| k.starts_with(&prefix)).cloned().collect();
+            let mut got = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut page = Vec::new();
+                walk_ordered(root.path(), "", &prefix, after.as_deref(), limit, &mut page).unwrap();
+                got.extend(page.iter().cloned());
+                if page.len() < limit {
+                    break;
+                }
+                after = page.last().cloned();
+            }
+            prop_assert_eq!(got, want);
+        }
     }
 }

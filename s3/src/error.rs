@@ -15,8 +15,8 @@ pub enum StoreError {
     #[error("object {key:?}: {condition} does not hold")]
     PreconditionFailed { key: String, condition: &'static str },
     #[error(
-        "object {key:?}: a retried put was refused ({condition}), and whether an earlier attempt took effect \
-         could not be read ({cause}); read the object to find out"
+        "object {key:?}: a put was refused ({condition}) after an attempt whose outcome is unknown, and \
+         whether that attempt took effect could not be read ({cause}); read the object to find out"
     )]
     Indeterminate { key: String, condition: &'static str, cause: String },
     #[error("object {key:?}: conflicting concurrent operation (409); retry the whole operation")]
