@@ -142,6 +142,7 @@ impl DirStore {
     pub fn open(root: impl AsRef<Path>) -> Result<DirStore, StoreError> {
         let root = root.as_ref().to_path_buf();
         create_dirs_durably(&root)?;
+        sweep_in_background(&root);
         Ok(DirStore { root: Arc::new(root), create: Arc::new(AtomicU8::new(CreateIfAbsent::RenameNoReplace as u8)) })
     }
 
@@ -248,8 +249,9 @@ impl DirStore {
         create_dirs_durably(&dir)?;
         let tmp = dir.join(format!("{RESERVED_PREFIX}tmp-{}", crate::token()));
         let written = write_tmp(&tmp, &body);
-        let header = match written {
-            Ok(h) => h,
+        // Held (and so `flock`ed) until the rename: the sweep of stale temporaries passes it over.
+        let (_tmp_file, header) = match written {
+            Ok(w) => w,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
@@ -345,8 +347,10 @@ fn etag_of(x: u64) -> ETag {
 }
 
 /// Writes header and body to a new temporary file and fsyncs it.
-fn write_tmp(tmp: &Path, body: &PutBody) -> Result<ObjectHeader, StoreError> {
+/// Writes a temporary object file, `flock`ed for as long as the returned file is open.
+fn write_tmp(tmp: &Path, body: &PutBody) -> Result<(File, ObjectHeader), StoreError> {
     let mut f = File::options().create_new(true).write(true).open(tmp).map_err(StoreError::io(tmp, "create"))?;
+    f.lock().map_err(StoreError::io(tmp, "lock"))?;
     let mut etag = [0u8; 8];
     getrandom::fill(&mut etag).expect("the operating system's random source failed");
     let mut header = ObjectHeader { size: 0, crc32: 0, etag: u64::from_le_bytes(etag) };
@@ -375,7 +379,7 @@ fn write_tmp(tmp: &Path, body: &PutBody) -> Result<ObjectHeader, StoreError> {
     header.crc32 = crc.finalize();
     f.write_all_at(&header.encode(), 0).map_err(StoreError::io(tmp, "write header"))?;
     f.sync_all().map_err(StoreError::io(tmp, "fsync"))?;
-    Ok(header)
+    Ok((f, header))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -402,6 +406,44 @@ fn create_dirs_durably(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Temporaries older than this that no put holds are removed: puts killed mid-write leave them.
+const STALE_TEMPORARY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes stale temporaries under `root` on a thread of its own, at most once per `STALE_TEMPORARY` for
+/// all processes sharing the store (the modification time of `<root>/.keel-swept` says when it last ran).
+fn sweep_in_background(root: &Path) {
+    let marker = root.join(format!("{RESERVED_PREFIX}swept"));
+    let due = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .map_or(true, |t| t.elapsed().map_or(true, |age| age >= STALE_TEMPORARY));
+    if !due {
+        return;
+    }
+    if File::create(&marker).is_err() {
+        return;
+    }
+    let root = root.to_path_buf();
+    let spawned = std::thread::Builder::new().name("keel-s3-sweep".into()).spawn(move || {
+        let mut removed = 0;
+        match remove_stale(&root, STALE_TEMPORARY, &mut removed) {
+            Ok(()) if removed > 0 => tracing::info!(root = %root.display(), removed, "removed stale temporaries"),
+            Ok(()) => {}
+            Err(e) => tracing::warn!(root = %root.display(), error = %e, "sweeping stale temporaries"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting the sweep of stale temporaries");
+    }
+}
+
+/// Whether a put is still writing the temporary file at `path` (it holds its `flock`).
+fn in_use(path: &Path) -> bool {
+    match File::open(path) {
+        Ok(f) => matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 fn remove_stale(dir: &Path, older_than: std::time::Duration, removed: &mut usize) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -418,7 +460,7 @@ fn remove_stale(dir: &Path, older_than: std::time::Duration, removed: &mut usize
             remove_stale(&e.path(), older_than, removed)?;
         } else if ft.is_file() && is_tmp {
             let modified = e.metadata().and_then(|m| m.modified()).map_err(StoreError::io(e.path(), "stat"))?;
-            if modified.elapsed().is_ok_and(|age| age >= older_than) {
+            if modified.elapsed().is_ok_and(|age| age >= older_than) && !in_use(&e.path()) {
                 match std::fs::remove_file(e.path()) {
                     Ok(()) => {
                         *removed += 1;
@@ -551,6 +593,37 @@ impl ObjectStore for DirStore {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Issue 31, defect 10: temporaries of puts killed mid-write stayed forever (the sweep ran only in
+    /// tests). Opening a store sweeps, in the background, those older than an hour that no put holds.
+    #[test]
+    fn opening_a_store_sweeps_stale_temporaries_no_put_holds() {
+        let root = tempfile::tempdir().unwrap();
+        let sub = root.path().join("a/b");
+        std::fs::create_dir_all(&sub).unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        let make = |name: &str, old: bool| {
+            let f = File::create(sub.join(name)).unwrap();
+            f.set_len(1 << 20).unwrap();
+            if old {
+                f.set_modified(two_hours_ago).unwrap();
+            }
+            f
+        };
+        drop(make(".keel-tmp-killed", true));
+        drop(make(".keel-tmp-young", false));
+        let held = make(".keel-tmp-held", true);
+        held.lock().unwrap();
+        let _store = DirStore::open(root.path()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sub.join(".keel-tmp-killed").exists() {
+            assert!(std::time::Instant::now() < deadline, "the stale temporary was not swept");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(sub.join(".keel-tmp-young").exists() && sub.join(".keel-tmp-held").exists());
+        drop(held);
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
