@@ -126,6 +126,23 @@ pub(crate) enum Visibility {
     Undecided,
 }
 
+/// The tickets `lo + 1..=hi` of a flush whose write failed (see `Address::rewind`).
+#[derive(Debug)]
+struct FailedTickets {
+    lo: u64,
+    /// Senders yet to take the error (each ticket has one).
+    waiting: u64,
+    error: PagingError,
+}
+
+/// Why a flush failed.
+enum FlushError {
+    /// A write (ENOSPC, EIO): nothing it held was acknowledged; the appends are undone and sends go on.
+    Write(PagingError),
+    /// An fdatasync: what the page holds is unknown, and retrying cannot tell; the address stops.
+    Sync(PagingError),
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct AddrState {
     /// The sequence number the next message gets (messages below it may not be durable yet).
@@ -139,6 +156,8 @@ pub(crate) struct AddrState {
     durable: u64,
     flushing: bool,
     pub poisoned: Option<PagingError>,
+    /// Appends a failed write undid, by their last ticket: each waiting sender takes its error.
+    failed: BTreeMap<u64, FailedTickets>,
     /// Transaction uses by mark number.
     pub txs: BTreeMap<u64, TxInfo>,
     /// The undecided use of each journal transaction id: its mark number.
@@ -480,6 +499,14 @@ impl Address {
     fn wait_durable(&self, ticket: u64) -> Result<(), PagingError> {
         let mut st = self.lock();
         loop {
+            if let Some((&hi, failed)) = st.failed.range_mut(ticket..).next().filter(|(_, f)| ticket > f.lo) {
+                let e = failed.error.clone();
+                failed.waiting -= 1;
+                if failed.waiting == 0 {
+                    st.failed.remove(&hi);
+                }
+                return Err(e);
+            }
             if st.durable >= ticket {
                 return Ok(());
             }
@@ -516,25 +543,67 @@ impl Address {
                     st.durable = hi;
                     self.queue_uploads(&mut st);
                 }
-                Err(e) => {
-                    tracing::error!(address = %self.name, error = %e, "page write failed; the address stops");
+                Err(FlushError::Sync(e)) => {
+                    tracing::error!(address = %self.name, error = %e, "page fdatasync failed; the address stops");
                     st.poisoned = Some(e);
                 }
+                Err(FlushError::Write(e)) => match self.rewind(&mut st) {
+                    Ok(()) => {
+                        tracing::warn!(address = %self.name, error = %e,
+                            "page write failed; the sends it held failed and were undone, the address goes on");
+                        let (lo, hi) = (st.durable, st.appended);
+                        st.failed.insert(hi, FailedTickets { lo, waiting: hi - lo, error: e });
+                        st.durable = hi;
+                    }
+                    Err(fatal) => {
+                        tracing::error!(address = %self.name, error = %e, undo = %fatal,
+                            "page write failed and could not be undone; the address stops");
+                        st.poisoned = Some(fatal);
+                    }
+                },
             }
             st.generation += 1;
             self.changed.notify_all();
         }
     }
 
+    /// After a failed write: undoes every append not yet durable — the flush's and those queued behind
+    /// it, whose sends all fail — so that the address goes on from its durable end. The pages are cut back
+    /// to their durable length (and fdatasynced), and pages created for the failed messages deleted.
+    fn rewind(&self, st: &mut AddrState) -> Result<(), PagingError> {
+        st.pending.clear();
+        let end = st.durable_seq;
+        st.next_seq = end;
+        let created_for_failed: Vec<u64> =
+            st.pages.iter().filter(|(_, p)| p.first_seq > end).map(|(&id, _)| id).collect();
+        for id in &created_for_failed {
+            st.pages.remove(id);
+            let path = page::page_path(&self.dir, *id);
+            std::fs::remove_file(&path).map_err(|e| poisoned(&self.name, &path, "delete page", e))?;
+        }
+        if !created_for_failed.is_empty() {
+            page::sync_dir(&self.name, &self.dir)?;
+        }
+        for (&id, p) in st.pages.iter_mut().filter(|(_, p)| p.assigned_len > p.durable_len) {
+            let path = page::page_path(&self.dir, id);
+            let f = File::options().write(true).open(&path).map_err(|e| poisoned(&self.name, &path, "open", e))?;
+            f.set_len(p.durable_len).map_err(|e| poisoned(&self.name, &path, "truncate", e))?;
+            f.sync_all().map_err(|e| poisoned(&self.name, &path, "fsync", e))?;
+            p.assigned_len = p.durable_len;
+            p.close_if_complete();
+        }
+        Ok(())
+    }
+
     fn write_and_sync(
         &self,
         mut writes: Vec<PendingWrite>,
         files: &[(u64, Arc<File>, Arc<PageKeying>)],
-    ) -> Result<Vec<PendingWrite>, PagingError> {
+    ) -> Result<Vec<PendingWrite>, FlushError> {
         let find = |id: u64| files.iter().find(|f| f.0 == id).expect("collected");
         let sync = |id: u64, file: &File| {
             let path = page::page_path(&self.dir, id);
-            file.sync_data().map_err(|e| poisoned(&self.name, &path, "fdatasync", e))
+            file.sync_data().map_err(|e| FlushError::Sync(poisoned(&self.name, &path, "fdatasync", e)))
         };
         // Pages are made durable in order: a page's writes are synced before the next page's are issued,
         // so a crash can tear only the last page with frames, never one followed by frames.
@@ -558,7 +627,8 @@ impl Address {
                     b
                 }
             };
-            file.write_all_at(&bytes, w.offset).map_err(|e| poisoned(&self.name, &path, "write", e))?;
+            file.write_all_at(&bytes, w.offset)
+                .map_err(|e| FlushError::Write(crate::error::io(&self.name, &path, "write page")(e)))?;
             w.written = bytes.len() as u64;
         }
         keel_crashpoint::hook("paging-written");
@@ -905,6 +975,7 @@ mod tests {
 
     use keel_journal::{Journal, Options};
 
+    use super::PageLocation;
     use crate::{format, Paging, PagingError, PagingOptions};
 
     fn open(dir: &std::path::Path) -> Paging {
@@ -958,6 +1029,94 @@ mod tests {
         drop(paging);
         let e = open(dir.path()).address("a").unwrap_err().to_string();
         assert!(e.contains("\"old\" starts at message 40"), "{e}");
+    }
+
+    /// Issue 31, defect 6: a failed page write (a transient ENOSPC) poisoned the address until the store
+    /// was reopened. Now the failed sends fail, their appends are undone, and the next send goes on from
+    /// the durable end; nothing acknowledged is lost and sequence numbers stay consecutive.
+    #[test]
+    fn a_failed_page_write_fails_its_sends_and_the_address_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let paging = open(dir.path());
+            let a = paging.address("a").unwrap();
+            let s = a.subscribe("s").unwrap();
+            for i in 0..5u8 {
+                a.send(&[i; 100], None).unwrap();
+            }
+            // The newest page's handle swapped for one that cannot write, as a full disk would refuse.
+            let newest = a.lock().newest_page().unwrap();
+            let path = crate::page::page_path(&a.dir, newest);
+            let writable = {
+                let mut st = a.lock();
+                let p = st.pages.get_mut(&newest).unwrap();
+                let read_only = Arc::new(std::fs::File::open(&path).unwrap());
+                std::mem::replace(&mut p.location, PageLocation::Local(Some(read_only)))
+            };
+            let e = a.send(&[9; 100], None).unwrap_err();
+            assert!(!matches!(e, PagingError::Poisoned { .. }), "{e}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), a.lock().pages[&newest].durable_len);
+            a.lock().pages.get_mut(&newest).unwrap().location = writable;
+            let Ok(crate::Sent::Paged(seq)) = a.send(&[5; 100], None) else { panic!("the address goes on") };
+            assert_eq!(seq, 5, "the failed send's number is given again");
+            let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+            assert_eq!(got, (0..6).collect::<Vec<_>>());
+            a.lock().subs.clear();
+        }
+        let paging = open(dir.path());
+        let s = paging.address("a").unwrap().subscription("s").unwrap();
+        let got: Vec<(u64, u8)> = std::iter::from_fn(|| s.receive().unwrap().map(|d| (d.seq, d.payload[0]))).collect();
+        assert_eq!(got, (0..6).map(|i| (i, i as u8)).collect::<Vec<_>>());
+    }
+
+    /// The same when the failed flush spanned a page it had created: that page is deleted, the full one
+    /// cut back, and the next send starts again from the durable end.
+    #[test]
+    fn a_failed_flush_across_a_new_page_is_undone_with_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let paging = open(dir.path());
+        let a = paging.address("a").unwrap();
+        let s = a.subscribe("s").unwrap();
+        a.send(&[0; 20_000], None).unwrap();
+        // Queue three more sends behind a held flush: the third needs page 2.
+        a.lock().flushing = true;
+        let senders: Vec<_> = (1..=3u8)
+            .map(|i| {
+                let sender = a.clone();
+                let t = std::thread::spawn(move || sender.send(&[i; 20_000], None));
+                while a.lock().next_seq < u64::from(i) + 1 {
+                    std::thread::yield_now();
+                }
+                t
+            })
+            .collect();
+        assert_eq!(a.lock().pages.len(), 2, "the queued sends created page 2");
+        let path = crate::page::page_path(&a.dir, 1);
+        let writable = {
+            let mut st = a.lock();
+            let read_only = Arc::new(std::fs::File::open(&path).unwrap());
+            let p = st.pages.get_mut(&1).unwrap();
+            std::mem::replace(&mut p.location, PageLocation::Local(Some(read_only)))
+        };
+        // Release the flush; one of the senders leads it, and it fails.
+        a.lock().flushing = false;
+        a.changed.notify_all();
+        for t in senders {
+            assert!(t.join().unwrap().is_err());
+        }
+        {
+            let mut st = a.lock();
+            assert_eq!((st.next_seq, st.pages.len()), (1, 1), "page 2 deleted, numbers rewound");
+            assert!(!crate::page::page_path(&a.dir, 2).exists());
+            st.pages.get_mut(&1).unwrap().location = writable;
+        }
+        for i in 1..=3u8 {
+            let Ok(crate::Sent::Paged(seq)) = a.send(&[i; 20_000], None) else { panic!("send {i}") };
+            assert_eq!(seq, u64::from(i));
+        }
+        let got: Vec<(u64, u8)> = std::iter::from_fn(|| s.receive().unwrap().map(|d| (d.seq, d.payload[0]))).collect();
+        assert_eq!(got, (0..4).map(|i| (i, i as u8)).collect::<Vec<_>>());
+        a.lock().subs.clear();
     }
 
     /// A cursor an earlier build left past the end (its pages are version 1), having acknowledged nothing,
