@@ -142,3 +142,49 @@ fn verify_fails_on_a_flipped_length_bit_in_the_newest_page() {
     let orders = v["addresses"].as_array().unwrap().iter().find(|a| a["address"] == "orders").unwrap();
     assert!(orders.get("torn_tail").is_none_or(|t| t.is_null()), "{orders}");
 }
+
+/// Issue 31, defect 2, as a user meets it: `keel paging verify` (like open) fetched every page in the
+/// object store whole and held them all, so its memory grew with the backlog. With 160 MiB of pages in a
+/// directory store, its peak RSS now stays far below the backlog.
+#[test]
+fn verify_with_pages_in_an_object_store_does_not_hold_the_backlog() {
+    let t = tempfile::tempdir().unwrap();
+    let objects = t.path().join("objects");
+    {
+        let jopts = Options { auto_maintenance: false, ..Options::default() };
+        let (journal, rec) = Journal::open(t.path().join("data/journal"), jopts).unwrap();
+        let remote = keel_paging::RemotePages {
+            store: keel_s3::dir::DirStore::open(&objects).unwrap().into(),
+            prefix: "b1/".into(),
+        };
+        let opts = PagingOptions { max_size_bytes: 0, remote: Some(remote), ..PagingOptions::default() };
+        let paging = Paging::open(t.path().join("data/pages"), Arc::new(journal), &rec.prepared, opts).unwrap();
+        let a = paging.address("orders").unwrap();
+        a.subscribe("billing").unwrap();
+        let senders: Vec<_> = (0..4)
+            .map(|_| {
+                let a = a.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..640 {
+                        a.send(&[0x5A; 64 << 10], None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        senders.into_iter().for_each(|s| s.join().unwrap());
+        paging.wait_uploaded();
+    }
+    let child = std::process::Command::new(keel_tests::keel_bin())
+        .args(["paging", "verify", "--dir", t.path().join("data").to_str().unwrap()])
+        .args(["--objects", objects.to_str().unwrap(), "--objects-prefix", "b1/"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: wait4 on our own child's pid with valid out-pointers; the child is not waited for elsewhere.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as libc::pid_t);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "verify failed: {status}");
+    let peak_mib = usage.ru_maxrss / 1024;
+    assert!(peak_mib < 80, "verify of 160 MiB of remote pages peaked at {peak_mib} MiB");
+}
