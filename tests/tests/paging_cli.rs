@@ -174,6 +174,8 @@ fn verify_with_pages_in_an_object_store_does_not_hold_the_backlog() {
         senders.into_iter().for_each(|s| s.join().unwrap());
         paging.wait_uploaded();
     }
+    // Reaped by wait4 below, which also reports its peak RSS.
+    #[allow(clippy::zombie_processes)]
     let child = std::process::Command::new(keel_tests::keel_bin())
         .args(["paging", "verify", "--dir", t.path().join("data").to_str().unwrap()])
         .args(["--objects", objects.to_str().unwrap(), "--objects-prefix", "b1/"])
