@@ -39,6 +39,8 @@ pub enum BackupError {
     PointInTime { what: String, why: String },
     #[error("{}: {why}", path.display())]
     Data { path: PathBuf, why: String },
+    #[error("{}: shrank while it was read (the journal reclaimed it after the cut)", path.display())]
+    SourceChanged { path: PathBuf },
     #[error("invalid {name}: {why}")]
     Invalid { name: &'static str, why: String },
     #[error("deadline of {secs} s exceeded during {during}")]

@@ -15,6 +15,9 @@ use crate::seal::hex;
 use crate::source::capture_data;
 use crate::upload::{store_files, Previous};
 
+/// Cuts `create` takes before giving up when the writer keeps reclaiming the segments it reads.
+const CUT_ATTEMPTS: u32 = 3;
+
 /// How `create` runs.
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
@@ -60,15 +63,29 @@ impl Repo {
         lease: &Lease,
     ) -> Result<Snapshot, BackupError> {
         let created_unix_ms = crate::now_ms();
-        let source = capture_data(data, opts.journal_keys.as_ref())?;
-        // The previous snapshot of the same journal names chunks certainly present: skip checking those,
-        // and skip reading sealed segments it already read.
-        let previous = match (opts.check_all, self.latest_of(&source.journal_id)?) {
-            (false, Some(prev)) => Previous::of(&prev.files),
-            _ => Previous::default(),
+        let mut attempt = 1;
+        let (source, stored) = loop {
+            let mut source = capture_data(data, opts.journal_keys.as_ref())?;
+            #[cfg(test)]
+            tests::after_capture();
+            // The previous snapshot of the same journal names chunks certainly present: skip checking those,
+            // and skip reading sealed segments it already read.
+            let previous = match (opts.check_all, self.latest_of(&source.journal_id)?) {
+                (false, Some(prev)) => Previous::of(&prev.files),
+                _ => Previous::default(),
+            };
+            let files = Arc::new(std::mem::take(&mut source.files));
+            match store_files(self, files, &previous, opts.parallel, progress, lease) {
+                Ok(stored) => break (source, stored),
+                // The writer reclaimed a segment of the cut while it was read: take a new cut (the chunks
+                // stored so far are reused).
+                Err(e @ BackupError::SourceChanged { .. }) if attempt < CUT_ATTEMPTS => {
+                    tracing::warn!(error = %e, attempt, "taking a new cut");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
         };
-        let files = Arc::new(source.files);
-        let stored = store_files(self, files.clone(), &previous, opts.parallel, progress, lease)?;
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).expect("the OS random source works");
         let snapshot = Snapshot {
@@ -149,5 +166,75 @@ impl Repo {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    thread_local! {
+        static AFTER_CAPTURE: RefCell<Option<Box<dyn FnMut()>>> = RefCell::new(None);
+    }
+
+    /// Runs between a cut and the reading of its files, on the thread that takes the cut.
+    pub(super) fn after_capture() {
+        AFTER_CAPTURE.with(|h| {
+            if let Some(f) = h.borrow_mut().as_mut() {
+                f();
+            }
+        });
+    }
+
+    /// Issue 24, defect 9: `backup create` on a live journal failed when a paced reclaim shrank a segment
+    /// the cut had opened. Now it takes a new cut, and the snapshot restores every live record.
+    #[test]
+    fn a_segment_reclaimed_while_it_is_read_makes_create_take_a_new_cut() {
+        use keel_journal::{Journal, Options};
+
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let opts = Options { segment_bytes: 64 << 10, auto_maintenance: false, ..Options::default() };
+        let (j, _) = Journal::open(&data, opts.clone()).unwrap();
+        for id in 0..40u64 {
+            j.add(id, 1, &vec![id as u8; 6000]).unwrap();
+        }
+        j.close().unwrap();
+        // The reclaim's shrink, once, after the first cut: the oldest segment loses its second half.
+        let oldest = std::fs::read_dir(&data)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "kseg"))
+            .min()
+            .unwrap();
+        // Once, right after the first cut: the writer deletes the oldest segment's records and reclaims it,
+        // shrinking the file (as a paced reclaim does, through the inode the cut has open too).
+        let calls = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (hook_calls, hook_data) = (calls.clone(), data.clone());
+        AFTER_CAPTURE.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move || {
+                hook_calls.set(hook_calls.get() + 1);
+                if hook_calls.get() > 1 {
+                    return;
+                }
+                let inode = std::fs::OpenOptions::new().write(true).open(&oldest).unwrap();
+                let (j, _) = Journal::open(&hook_data, opts.clone()).unwrap();
+                for id in 0..12u64 {
+                    j.delete(id).unwrap();
+                }
+                let reclaimed = j.reclaim().unwrap();
+                assert!(!reclaimed.segments.is_empty(), "the oldest segment was reclaimed");
+                j.close().unwrap();
+                inode.set_len(inode.metadata().unwrap().len() / 2).unwrap();
+            }))
+        });
+        let repo_dir = tmp.path().join("repo");
+        let keys = keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}\n", "ab".repeat(32)), "test").unwrap();
+        let repo = crate::repo::Repo::open(repo_dir.to_str().unwrap(), keys, crate::repo::Create::IfAbsent).unwrap();
+        let created = repo.create(&data, &crate::CreateOptions::default(), &crate::progress::Progress::default());
+        AFTER_CAPTURE.with(|h| *h.borrow_mut() = None);
+        let snap = created.expect("a second cut after the reclaim");
+        assert_eq!(calls.get(), 2, "a second cut was taken");
+        assert!(snap.files.iter().any(|f| f.path.ends_with(".kseg")));
     }
 }

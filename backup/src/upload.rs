@@ -109,8 +109,12 @@ pub(crate) fn store_files(
                         envelope_into(&mut buf, at + len);
                         if let Err(e) = file.read_at(&mut buf[at..], offset) {
                             buffers.give(buf);
+                            let path = file.path.clone().into();
+                            if e.kind() == std::io::ErrorKind::UnexpectedEof && file.segment.is_some() {
+                                return Err(BackupError::SourceChanged { path });
+                            }
                             let why = format!("read at {offset}: {e}");
-                            return Err(BackupError::Data { path: file.path.clone().into(), why });
+                            return Err(BackupError::Data { path, why });
                         }
                         let plain = &buf[at..];
                         if plain.iter().all(|b| *b == 0) {
