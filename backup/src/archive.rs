@@ -96,10 +96,13 @@ impl Repo {
         let wanted: HashSet<u64> = todo.iter().map(|t| t.0).collect();
         let files: Vec<_> =
             source.files.into_iter().filter(|f| f.segment.is_some_and(|s| wanted.contains(&s.seq))).collect();
+        // Only entries archived after chunks were last removed are trusted to name chunks that exist.
+        let removed = self.chunks_removed_unix_ms()?;
+        let trusted = |p: &&ArchiveEntry| p.points.last().is_some_and(|&(at, _)| at > removed);
         let previous = crate::upload::Previous {
             chunks: todo
                 .iter()
-                .flat_map(|t| t.3.iter().flat_map(|p| p.chunks.iter().filter_map(|c| c.id.clone())))
+                .flat_map(|t| t.3.iter().filter(trusted).flat_map(|p| p.chunks.iter().filter_map(|c| c.id.clone())))
                 .collect(),
             files: Default::default(),
         };

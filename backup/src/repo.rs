@@ -115,6 +115,9 @@ fn split_location(location: &str) -> (String, String) {
     }
 }
 
+/// The object saying when chunks were last removed.
+pub(crate) const CHUNKS_REMOVED: &str = "state/chunks-removed";
+
 /// Whether to create the repository when the prefix holds none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Create {
@@ -221,6 +224,19 @@ impl Repo {
     }
 
     /// Reads and opens the sealed object `name`.
+    /// When `verify --remove-damaged` last removed chunks (unix ms), or 0 (docs/BACKUP-FORMAT.md,
+    /// "state/chunks-removed").
+    pub(crate) fn chunks_removed_unix_ms(&self) -> Result<u64, BackupError> {
+        match self.block_on(self.get_sealed(CHUNKS_REMOVED)) {
+            Ok((plain, _)) => std::str::from_utf8(&plain)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| BackupError::damaged(&self.key(CHUNKS_REMOVED), "not a time in unix ms".to_owned())),
+            Err(BackupError::Store(keel_s3::StoreError::NotFound { .. })) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) async fn get_sealed(&self, name: &str) -> Result<(Vec<u8>, ObjectMeta), BackupError> {
         let key = self.key(name);
         let (meta, bytes) = self.store.get_all(&key).await?;

@@ -70,8 +70,10 @@ impl Repo {
             tests::after_capture();
             // The previous snapshot of the same journal names chunks certainly present: skip checking those,
             // and skip reading sealed segments it already read.
+            // Not one made before chunks were last removed: it may name some of them.
+            let removed = self.chunks_removed_unix_ms()?;
             let previous = match (opts.check_all, self.latest_of(&source.journal_id)?) {
-                (false, Some(prev)) => Previous::of(&prev.files),
+                (false, Some(prev)) if prev.created_unix_ms > removed => Previous::of(&prev.files),
                 _ => Previous::default(),
             };
             let files = Arc::new(std::mem::take(&mut source.files));

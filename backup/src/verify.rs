@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use futures::{StreamExt, TryStreamExt};
 use keel_s3::{ObjectStore, StoreError};
 
+use keel_s3::PutCondition;
+
 use crate::error::BackupError;
 use crate::manifest::ChunkRef;
 use crate::progress::Progress;
@@ -135,6 +137,9 @@ impl Repo {
         if opts.remove_damaged && opts.read_data && !damaged.is_empty() {
             let lease = self.lease("verify --remove-damaged", opts.lease)?;
             lease.confirm()?;
+            // Before the deletes: from now on no create or archive trusts a chunk list made before them.
+            let now = crate::now_ms().to_string();
+            self.block_on(self.put_sealed(crate::repo::CHUNKS_REMOVED, now.as_bytes(), PutCondition::None))?;
             let keys: Vec<String> = damaged.iter().map(|n| self.key(n)).collect();
             self.block_on(self.store.delete_many(&keys))?;
             lease.release()?;

@@ -86,3 +86,74 @@ fn restore_with_force_touches_nothing_until_the_point_resolves_and_finishes_an_i
     let (_, recovered) = Journal::open(&r.journal_dir, journal_options(None)).unwrap();
     assert_eq!(recovered.records.len(), 20);
 }
+
+/// Issue 24, defect 9: `archive` trusted the chunk list of its previous entry for a segment, so after
+/// `verify --remove-damaged` deleted damaged chunks, the next entry named them again (never stored
+/// again) and a restore from it failed. Chunk lists made before a removal are no longer trusted.
+#[test]
+fn archive_after_removing_damaged_chunks_stores_them_again() {
+    let data = tempfile::tempdir().unwrap();
+    let repo_dir = tempfile::tempdir().unwrap();
+    let repo = open_repo(&store(Backend::Dir, repo_dir.path()));
+    let aopts = keel_backup::ArchiveOptions {
+        create: CreateOptions { lease: quick_lease(), ..Default::default() },
+        interval: std::time::Duration::ZERO,
+    };
+    // Segments larger than a chunk, and a writer that stays open, so that the open segment's first chunk
+    // is the same from one round to the next.
+    let jopts = keel_journal::Options { segment_bytes: 16 << 20, ..journal_options(None) };
+    let (j, _) = Journal::open(data.path(), jopts).unwrap();
+    let append = |ids: std::ops::Range<u64>| {
+        for id in ids {
+            j.add(id, 1, &vec![id as u8; 4000]).unwrap();
+        }
+    };
+    // Two rounds, so that the open segment has an entry of its own.
+    for ids in [0..1200, 1200..1210] {
+        append(ids);
+        repo.archive_once(data.path(), &aopts, &Progress::default()).unwrap();
+    }
+
+    // Every stored chunk damaged, then removed by verify.
+    fn chunk_files(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                chunk_files(&p, out);
+            } else if !p.file_name().unwrap().to_string_lossy().starts_with('.') {
+                out.push(p);
+            }
+        }
+    }
+    let mut chunks = Vec::new();
+    chunk_files(&repo_dir.path().join("repo/data"), &mut chunks);
+    assert!(!chunks.is_empty());
+    let sizes: std::collections::HashMap<_, _> =
+        chunks.iter().map(|c| (c.clone(), std::fs::metadata(c).unwrap().len())).collect();
+    for c in &chunks {
+        let mut b = std::fs::read(c).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x01;
+        std::fs::write(c, b).unwrap();
+    }
+    let vopts = keel_backup::VerifyOptions {
+        read_data: true,
+        remove_damaged: true,
+        lease: quick_lease(),
+        ..Default::default()
+    };
+    let report = repo.verify(&vopts, &Progress::default()).unwrap();
+    assert!(!report.removed.is_empty(), "{report:?}");
+
+    // The open segment's first chunk (a whole 4 MiB, the same in every round) is among the removed.
+    let big: Vec<_> = chunks.iter().filter(|c| sizes[*c] >= 4 << 20).collect();
+    assert_eq!(big.len(), 1, "one full chunk");
+    let big = big[0].clone();
+    assert!(!big.exists(), "removed");
+
+    // The open segment grows; the next round archives it again, from its start: its first chunk must be
+    // stored again rather than named from the previous entry.
+    append(1210..1220);
+    repo.archive_once(data.path(), &aopts, &Progress::default()).unwrap();
+    assert!(big.exists(), "the first chunk of the open segment was stored again");
+}
