@@ -1119,6 +1119,50 @@ mod tests {
         a.lock().subs.clear();
     }
 
+    /// Found in review: a send of a transaction whose mark another send was still adding used that mark's
+    /// number at once; when adding it then failed, the message named a mark that never existed and stayed
+    /// invisible after the broker committed. Now the send waits, then adds a mark of its own.
+    #[test]
+    fn a_send_waits_for_its_transactions_mark_and_outlives_its_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let paging = open(dir.path());
+        let a = paging.address("a").unwrap();
+        let s = a.subscribe("s").unwrap();
+        let tx = keel_journal::TxId::new(7).unwrap();
+        // Another send of tx 7 is adding mark 999 to the journal transaction (and will fail to).
+        {
+            let mut st = a.lock();
+            let info = super::TxInfo {
+                tx: 7,
+                first_seq: 0,
+                state: super::TxState::Undecided { messages: Vec::new() },
+                mark_id: format::tx_mark_id(999),
+                last_page: 1,
+                marking: true,
+            };
+            st.txs.insert(999, info);
+            st.undecided.insert(7, 999);
+        }
+        let sender = {
+            let a = a.clone();
+            std::thread::spawn(move || a.send(b"in the transaction", Some(tx)))
+        };
+        // Time for the send to reach the mark (the old code used it at once).
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        {
+            let mut st = a.lock();
+            st.txs.remove(&999);
+            st.undecided.remove(&7);
+            st.generation += 1;
+        }
+        a.changed.notify_all();
+        assert!(matches!(sender.join().unwrap(), Ok(crate::Sent::Paged(0))));
+        paging.commit(tx).unwrap();
+        let d = s.receive().unwrap().expect("the committed message is visible");
+        assert_eq!(&d.payload[..], b"in the transaction");
+        a.lock().subs.clear();
+    }
+
     /// A cursor an earlier build left past the end (its pages are version 1), having acknowledged nothing,
     /// is moved back to the end at open, and its record rewritten.
     #[test]
