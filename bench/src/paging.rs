@@ -36,7 +36,7 @@ pub struct PagingRow {
     pub peak_rss_paging_in_mib: f64,
 }
 
-fn to_io(e: impl std::fmt::Display) -> io::Error {
+pub(crate) fn to_io(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
@@ -60,7 +60,7 @@ fn evict_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Resets the peak RSS (`VmHWM`) to the current RSS.
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -12,6 +12,7 @@ use keel_journal::{Journal, Options};
 use keel_paging::{Paging, PagingOptions, RemotePages};
 use serde::Serialize;
 
+use crate::paging::{reset_peak_rss, to_io};
 use crate::restart::proc_status_kib;
 
 #[derive(Clone, Debug, Serialize)]
@@ -24,10 +25,6 @@ pub struct OpenRow {
     pub open_rss_mib: f64,
     /// The memory budget (`global_max_bytes`) the issue bounds open by (plus 64 MiB).
     pub budget_mib: u64,
-}
-
-fn to_io(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
 }
 
 fn options(objects: Option<&Path>) -> io::Result<PagingOptions> {
@@ -81,7 +78,7 @@ pub fn run(dir: &Path, backlog_mib: u64) -> io::Result<Vec<OpenRow>> {
         let objects = remote.then(|| scratch.path().join("objects"));
         fill(&data, objects.as_deref(), backlog_mib)?;
         let before = proc_status_kib("VmRSS")?;
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        reset_peak_rss();
         let t = Instant::now();
         let paging = open(&data, objects.as_deref())?;
         let sub =

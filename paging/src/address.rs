@@ -1031,6 +1031,13 @@ mod tests {
         assert!(e.contains("\"old\" starts at message 40"), "{e}");
     }
 
+    /// Swaps page `id`'s handle for a read-only one, so that writes to it fail; returns the writable one.
+    fn refuse_writes(a: &super::Address, id: u64) -> PageLocation {
+        let read_only = Arc::new(std::fs::File::open(crate::page::page_path(&a.dir, id)).unwrap());
+        let mut st = a.lock();
+        std::mem::replace(&mut st.pages.get_mut(&id).unwrap().location, PageLocation::Local(Some(read_only)))
+    }
+
     /// Issue 31, defect 6: a failed page write (a transient ENOSPC) poisoned the address until the store
     /// was reopened. Now the failed sends fail, their appends are undone, and the next send goes on from
     /// the durable end; nothing acknowledged is lost and sequence numbers stay consecutive.
@@ -1047,12 +1054,7 @@ mod tests {
             // The newest page's handle swapped for one that cannot write, as a full disk would refuse.
             let newest = a.lock().newest_page().unwrap();
             let path = crate::page::page_path(&a.dir, newest);
-            let writable = {
-                let mut st = a.lock();
-                let p = st.pages.get_mut(&newest).unwrap();
-                let read_only = Arc::new(std::fs::File::open(&path).unwrap());
-                std::mem::replace(&mut p.location, PageLocation::Local(Some(read_only)))
-            };
+            let writable = refuse_writes(&a, newest);
             let e = a.send(&[9; 100], None).unwrap_err();
             assert!(!matches!(e, PagingError::Poisoned { .. }), "{e}");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), a.lock().pages[&newest].durable_len);
@@ -1091,13 +1093,7 @@ mod tests {
             })
             .collect();
         assert_eq!(a.lock().pages.len(), 2, "the queued sends created page 2");
-        let path = crate::page::page_path(&a.dir, 1);
-        let writable = {
-            let mut st = a.lock();
-            let read_only = Arc::new(std::fs::File::open(&path).unwrap());
-            let p = st.pages.get_mut(&1).unwrap();
-            std::mem::replace(&mut p.location, PageLocation::Local(Some(read_only)))
-        };
+        let writable = refuse_writes(&a, 1);
         // Release the flush; one of the senders leads it, and it fails.
         a.lock().flushing = false;
         a.changed.notify_all();
