@@ -2,14 +2,14 @@
 //! transaction visibility, and deleting pages every cursor has passed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::IoSlice;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 
 use keel_journal::crypto::keys::KeyRing;
 use keel_journal::crypto::unit;
+use keel_journal::vfs::{OpenMode, Vfs, VfsFile};
 use keel_journal::{Journal, TxId};
 
 use crate::error::PagingError;
@@ -29,7 +29,7 @@ pub(crate) const WRITE_BYTES_MAX: u64 = 1 << 20;
 pub(crate) enum PageLocation {
     /// On the volume. Only a page still taking writes keeps its file open (`Some`): a large backlog must
     /// not cost a file descriptor per page; readers open complete pages themselves.
-    Local(Option<Arc<File>>),
+    Local(Option<Arc<dyn VfsFile>>),
     /// Uploaded to the object store and deleted locally.
     Remote,
 }
@@ -227,6 +227,7 @@ pub struct Address {
     pub(crate) index: u32,
     pub(crate) store_id: [u8; 16],
     pub(crate) dir: PathBuf,
+    pub(crate) vfs: Arc<dyn Vfs>,
     pub(crate) journal: Arc<Journal>,
     pub(crate) keys: Option<KeyRing>,
     pub(crate) page_bytes: u64,
@@ -243,6 +244,8 @@ pub struct Address {
     pub(crate) state: Mutex<AddrState>,
     /// Signalled when appends become durable, a transaction is decided, or the address fails.
     pub(crate) changed: Condvar,
+    /// What the open that recovered this address cut off its newest page.
+    pub(crate) torn_tail: std::sync::OnceLock<crate::recovery::TornTail>,
 }
 
 pub(crate) struct AddressInit {
@@ -250,6 +253,7 @@ pub(crate) struct AddressInit {
     pub index: u32,
     pub store_id: [u8; 16],
     pub dir: PathBuf,
+    pub vfs: Arc<dyn Vfs>,
     pub journal: Arc<Journal>,
     pub keys: Option<KeyRing>,
     pub page_bytes: u64,
@@ -271,6 +275,7 @@ impl Address {
             index: init.index,
             store_id: init.store_id,
             dir: init.dir,
+            vfs: init.vfs,
             journal: init.journal,
             keys: init.keys,
             page_bytes: init.page_bytes,
@@ -286,6 +291,7 @@ impl Address {
             paging: AtomicBool::new(backlog),
             state: Mutex::new(state),
             changed: Condvar::new(),
+            torn_tail: std::sync::OnceLock::new(),
         });
         let mut st = a.lock();
         a.queue_uploads(&mut st);
@@ -313,7 +319,7 @@ impl Address {
             _ => return Ok(()),
         }
         let key = remote.key(&self.store_id, id);
-        remote.upload(&self.name, &key, &path)?;
+        remote.upload(&self.name, &key, &*self.vfs, &path)?;
         keel_crashpoint::hook("paging-uploaded");
         let freed_meanwhile = match self.lock().pages.get_mut(&id) {
             Some(p) => {
@@ -322,8 +328,8 @@ impl Address {
             }
             None => true,
         };
-        match std::fs::remove_file(&path) {
-            Ok(()) => page::sync_dir(&self.name, &self.dir)?,
+        match self.vfs.remove_file(&path) {
+            Ok(()) => page::sync_dir(&*self.vfs, &self.name, &self.dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(crate::error::io(&self.name, &path, "delete uploaded page")(e)),
         }
@@ -331,6 +337,17 @@ impl Address {
             remote.delete(&self.name, vec![key])?;
         }
         Ok(())
+    }
+
+    /// The directory of the address's page files.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The torn tail (an unacknowledged write a crash cut short) that recovery cut off the newest page when
+    /// this address was opened.
+    pub fn torn_tail(&self) -> Option<&crate::recovery::TornTail> {
+        self.torn_tail.get()
     }
 
     /// Waits until every complete page of this address was uploaded (no-op without an object store).
@@ -403,10 +420,11 @@ impl Address {
             let page_id = st.newest_page().expect("ensure_room leaves an open page");
             let seq = st.next_seq;
             st.next_seq += 1;
-            let encrypted = self.keys.is_some();
-            let (binding, assigned) = {
+            // As the page's header says, not as the options do: keys added at a reopen leave the plaintext
+            // newest page plaintext (the next page is encrypted).
+            let (binding, assigned, encrypted) = {
                 let info = &st.pages[&page_id];
-                (info.keying.header.binding(), info.assigned_len)
+                (info.keying.header.binding(), info.assigned_len, info.keying.cipher.is_some())
             };
             let join = st
                 .pending
@@ -467,12 +485,13 @@ impl Address {
         let first_seq = st.next_seq;
         // The next page exists before the full one is sealed: a sealed page is uploaded and leaves the
         // volume, and a failed creation must not leave the newest page only in the object store.
-        let (file, keying) = create_page(&self.name, &self.dir, self.store_id, next_id, first_seq, self.keys.as_ref())
-            .inspect_err(|e| {
-                if matches!(e, PagingError::Poisoned { .. }) {
-                    st.poisoned = Some(e.clone());
-                }
-            })?;
+        let (file, keying) =
+            create_page(&*self.vfs, &self.name, &self.dir, self.store_id, next_id, first_seq, self.keys.as_ref())
+                .inspect_err(|e| {
+                    if matches!(e, PagingError::Poisoned { .. }) {
+                        st.poisoned = Some(e.clone());
+                    }
+                })?;
         if seal {
             let full = st.pages.get_mut(&(next_id - 1)).expect("the newest page");
             full.sealed = true;
@@ -482,7 +501,7 @@ impl Address {
         st.pages.insert(
             next_id,
             PageInfo {
-                location: PageLocation::Local(Some(Arc::new(file))),
+                location: PageLocation::Local(Some(file)),
                 upload_queued: false,
                 keying: Arc::new(keying),
                 first_seq,
@@ -520,7 +539,7 @@ impl Address {
             st.flushing = true;
             let writes = std::mem::take(&mut st.pending);
             let hi = st.appended;
-            let files: Vec<(u64, Arc<File>, Arc<PageKeying>)> = writes
+            let files: Vec<(u64, Arc<dyn VfsFile>, Arc<PageKeying>)> = writes
                 .iter()
                 .map(|w| w.page_id)
                 .collect::<std::collections::BTreeSet<_>>()
@@ -579,14 +598,14 @@ impl Address {
         for id in &created_for_failed {
             st.pages.remove(id);
             let path = page::page_path(&self.dir, *id);
-            std::fs::remove_file(&path).map_err(|e| poisoned(&self.name, &path, "delete page", e))?;
+            self.vfs.remove_file(&path).map_err(|e| poisoned(&self.name, &path, "delete page", e))?;
         }
         if !created_for_failed.is_empty() {
-            page::sync_dir(&self.name, &self.dir)?;
+            page::sync_dir(&*self.vfs, &self.name, &self.dir)?;
         }
         for (&id, p) in st.pages.iter_mut().filter(|(_, p)| p.assigned_len > p.durable_len) {
             let path = page::page_path(&self.dir, id);
-            let f = File::options().write(true).open(&path).map_err(|e| poisoned(&self.name, &path, "open", e))?;
+            let f = self.vfs.open(&path, OpenMode::ReadWrite).map_err(|e| poisoned(&self.name, &path, "open", e))?;
             f.set_len(p.durable_len).map_err(|e| poisoned(&self.name, &path, "truncate", e))?;
             f.sync_all().map_err(|e| poisoned(&self.name, &path, "fsync", e))?;
             p.assigned_len = p.durable_len;
@@ -598,10 +617,10 @@ impl Address {
     fn write_and_sync(
         &self,
         mut writes: Vec<PendingWrite>,
-        files: &[(u64, Arc<File>, Arc<PageKeying>)],
+        files: &[(u64, Arc<dyn VfsFile>, Arc<PageKeying>)],
     ) -> Result<Vec<PendingWrite>, FlushError> {
         let find = |id: u64| files.iter().find(|f| f.0 == id).expect("collected");
-        let sync = |id: u64, file: &File| {
+        let sync = |id: u64, file: &dyn VfsFile| {
             let path = page::page_path(&self.dir, id);
             file.sync_data().map_err(|e| FlushError::Sync(poisoned(&self.name, &path, "fdatasync", e)))
         };
@@ -611,7 +630,7 @@ impl Address {
         for w in &mut writes {
             let (_, file, keying) = find(w.page_id);
             if let Some(prev) = previous.filter(|&p| p != w.page_id) {
-                sync(prev, &find(prev).1)?;
+                sync(prev, &*find(prev).1)?;
             }
             previous = Some(w.page_id);
             let path = page::page_path(&self.dir, w.page_id);
@@ -627,13 +646,13 @@ impl Address {
                     b
                 }
             };
-            file.write_all_at(&bytes, w.offset)
+            file.write_all_at(&[IoSlice::new(&bytes)], w.offset)
                 .map_err(|e| FlushError::Write(crate::error::io(&self.name, &path, "write page")(e)))?;
             w.written = bytes.len() as u64;
         }
         keel_crashpoint::hook("paging-written");
         if let Some(last) = previous {
-            sync(last, &find(last).1)?;
+            sync(last, &*find(last).1)?;
         }
         Ok(writes)
     }
@@ -822,7 +841,7 @@ impl Address {
         };
         let deleted = local.len() + remote_keys.len();
         for p in &local {
-            match std::fs::remove_file(p) {
+            match self.vfs.remove_file(p) {
                 Ok(()) => {}
                 // Uploaded (and deleted locally) between our look and now.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -830,7 +849,7 @@ impl Address {
             }
         }
         if !local.is_empty() {
-            page::sync_dir(&self.name, &self.dir)?;
+            page::sync_dir(&*self.vfs, &self.name, &self.dir)?;
         }
         if let Some(r) = &self.remote {
             r.delete(&self.name, remote_keys)?;
@@ -975,6 +994,8 @@ mod tests {
 
     use keel_journal::{Journal, Options};
 
+    use keel_journal::vfs::{OpenMode, StdVfs, Vfs};
+
     use super::PageLocation;
     use crate::{format, Paging, PagingError, PagingOptions};
 
@@ -1033,7 +1054,8 @@ mod tests {
 
     /// Swaps page `id`'s handle for a read-only one, so that writes to it fail; returns the writable one.
     fn refuse_writes(a: &super::Address, id: u64) -> PageLocation {
-        let read_only = Arc::new(std::fs::File::open(crate::page::page_path(&a.dir, id)).unwrap());
+        let path = crate::page::page_path(&a.dir, id);
+        let read_only = Vfs::open(&StdVfs, &path, OpenMode::Read).unwrap().into();
         let mut st = a.lock();
         std::mem::replace(&mut st.pages.get_mut(&id).unwrap().location, PageLocation::Local(Some(read_only)))
     }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use keel_journal::crypto::keys::KeyRing;
+use keel_journal::vfs::StdVfs;
 use keel_journal::RecoveryMode;
 
 use crate::error::PagingError;
@@ -87,49 +88,58 @@ pub fn inspect(
         let dir = pages.join(format!("a-{:08}", rec.index));
         named.insert(dir.clone());
         let mut v = |page: u64, m: &Message, s: Standing| visit(&rec.name, page, m, s);
-        let scan =
-            recovery::scan_address(&rec.name, &dir, rec.index, rec.store_id, keys, remote.as_ref(), &found, &mut v)
-                .map(|s| AddressScan {
-                    pages: s
-                        .pages
-                        .iter()
-                        .map(|p| PageReport {
-                            id: p.id,
-                            path: crate::page::page_path(&dir, p.id),
-                            first_seq: p.first_seq,
-                            end_seq: p.end_seq,
-                            payload_bytes: p.payload_bytes,
-                            file_bytes: p.file_bytes,
-                            key_id: p.keying.header.key.as_ref().map(|k| k.0),
-                            local: p.local,
-                        })
-                        .collect(),
-                    garbage_pages: s.garbage.iter().map(|g| g.0).collect(),
-                    torn_tail: s.torn,
-                    subscriptions: s
-                        .cursors
-                        .iter()
-                        .map(|(_, c, pending)| SubscriptionReport {
-                            name: c.name.clone(),
-                            start: c.start,
-                            floor: c.floor,
-                            ack_ranges: c.acked.len(),
-                            pending: *pending,
-                        })
-                        .collect(),
-                    next_seq: s.next_seq,
-                    committed_transactions: s
-                        .txs
-                        .values()
-                        .filter(|t| matches!(t.state, crate::address::TxState::Committed))
-                        .count(),
-                    undecided_transactions: s
-                        .txs
-                        .values()
-                        .filter(|t| !matches!(t.state, crate::address::TxState::Committed))
-                        .count(),
-                    rolled_back_messages: s.dead.iter().map(|(a, b)| b - a).sum(),
-                });
+        let scan = recovery::scan_address(
+            &StdVfs,
+            &rec.name,
+            &dir,
+            rec.index,
+            rec.store_id,
+            keys,
+            remote.as_ref(),
+            &found,
+            &mut v,
+        )
+        .map(|s| AddressScan {
+            pages: s
+                .pages
+                .iter()
+                .map(|p| PageReport {
+                    id: p.id,
+                    path: crate::page::page_path(&dir, p.id),
+                    first_seq: p.first_seq,
+                    end_seq: p.end_seq,
+                    payload_bytes: p.payload_bytes,
+                    file_bytes: p.file_bytes,
+                    key_id: p.keying.header.key.as_ref().map(|k| k.0),
+                    local: p.local,
+                })
+                .collect(),
+            garbage_pages: s.garbage.iter().map(|g| g.0).collect(),
+            torn_tail: s.torn,
+            subscriptions: s
+                .cursors
+                .iter()
+                .map(|(_, c, pending)| SubscriptionReport {
+                    name: c.name.clone(),
+                    start: c.start,
+                    floor: c.floor,
+                    ack_ranges: c.acked.len(),
+                    pending: *pending,
+                })
+                .collect(),
+            next_seq: s.next_seq,
+            committed_transactions: s
+                .txs
+                .values()
+                .filter(|t| matches!(t.state, crate::address::TxState::Committed))
+                .count(),
+            undecided_transactions: s
+                .txs
+                .values()
+                .filter(|t| !matches!(t.state, crate::address::TxState::Committed))
+                .count(),
+            rolled_back_messages: s.dead.iter().map(|(a, b)| b - a).sum(),
+        });
         addresses.push(AddressReport { name: rec.name.clone(), index: rec.index, dir, scan });
     }
     let mut orphan_dirs = Vec::new();

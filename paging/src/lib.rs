@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use keel_journal::crypto::keys::KeyRing;
+use keel_journal::vfs::{StdVfs, Vfs};
 use keel_journal::{Journal, Lsn, PreparedTx, TxId};
 
 pub use address::{Address, MemoryGrant, PageSummary, Sent};
@@ -64,6 +65,8 @@ pub struct PagingOptions {
     pub keys: Option<KeyRing>,
     /// Upload complete pages to an object store and delete them locally; `None`: pages stay on the volume.
     pub remote: Option<RemotePages>,
+    /// The filesystem pages live on: the operating system's, or a test's (the storage-fault simulator).
+    pub vfs: Arc<dyn Vfs>,
 }
 
 impl Default for PagingOptions {
@@ -75,6 +78,7 @@ impl Default for PagingOptions {
             read_ahead_bytes: 1 << 20,
             keys: None,
             remote: None,
+            vfs: Arc::new(StdVfs),
         }
     }
 }
@@ -175,7 +179,7 @@ impl Paging {
     ) -> Result<Paging, PagingError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        recovery::create_dir_durably(&dir)?;
+        recovery::create_dir_durably(&*options.vfs, &dir)?;
         let global = Arc::new(GlobalMemory { used: AtomicU64::new(0), max: options.global_max_bytes });
         let found = recovery::read_records(&journal, prepared)?;
         let remote = match &options.remote {
@@ -253,6 +257,7 @@ impl Paging {
     fn init(&self, index: u32, store_id: [u8; 16], name: String) -> address::AddressInit {
         address::AddressInit {
             dir: self.dir.join(format!("a-{index:08}")),
+            vfs: self.options.vfs.clone(),
             name,
             index,
             store_id,
@@ -298,7 +303,7 @@ impl Paging {
         getrandom::fill(&mut store_id).expect("the operating system's random source failed");
         let init = self.init(index, store_id, name.to_owned());
         // The directory first: an address record always has its directory.
-        recovery::create_dir_durably(&init.dir)?;
+        recovery::create_dir_durably(&*init.vfs, &init.dir)?;
         let rec = format::AddressRecord { index, store_id, name: name.to_owned() };
         self.journal.add(format::address_id(index), format::KIND_ADDRESS, &rec.encode())?;
         reg.next_index += 1;

@@ -1,13 +1,14 @@
 //! Page files on disk: create one, open one (checking its header against the address and its key), and
 //! read its messages in bounded chunks, checking every frame (and, encrypted, every unit's tag).
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::IoSlice;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use keel_journal::crypto::keys::KeyRing;
 use keel_journal::crypto::unit::{self, UNIT_HEADER_BYTES, UNIT_OVERHEAD_BYTES};
 use keel_journal::crypto::SegmentCipher;
+use keel_journal::vfs::{OpenMode, Vfs, VfsFile};
 
 use crate::error::{io, PagingError};
 use crate::format::{decode_frame, FrameError, FrameHead, PageHeader, PAGE_HEADER_BYTES, PAGE_VERSION};
@@ -17,13 +18,19 @@ pub trait ReadAt {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
 }
 
-impl ReadAt for File {
+impl ReadAt for dyn VfsFile {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        FileExt::read_exact_at(self, buf, offset)
+        VfsFile::read_exact_at(self, buf, offset)
     }
 }
 
-impl ReadAt for std::sync::Arc<[u8]> {
+impl ReadAt for Arc<dyn VfsFile> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        VfsFile::read_exact_at(&**self, buf, offset)
+    }
+}
+
+impl ReadAt for Arc<[u8]> {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         let src = start
@@ -35,16 +42,10 @@ impl ReadAt for std::sync::Arc<[u8]> {
     }
 }
 
-impl ReadAt for std::sync::Arc<File> {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        FileExt::read_exact_at(&**self, buf, offset)
-    }
-}
-
 /// A page in the object store, read in ranges.
 #[derive(Clone, Debug)]
 pub struct RemotePage {
-    pub remote: std::sync::Arc<crate::remote::Remote>,
+    pub remote: Arc<crate::remote::Remote>,
     pub key: String,
     pub len: u64,
 }
@@ -58,14 +59,14 @@ impl ReadAt for RemotePage {
 /// A page's bytes: its file on the volume, or its object in the object store.
 #[derive(Debug)]
 pub enum Source {
-    File(File),
+    File(Arc<dyn VfsFile>),
     Remote(RemotePage),
 }
 
 impl ReadAt for Source {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         match self {
-            Source::File(f) => FileExt::read_exact_at(f, buf, offset),
+            Source::File(f) => VfsFile::read_exact_at(&**f, buf, offset),
             Source::Remote(r) => r.read_exact_at(buf, offset),
         }
     }
@@ -74,7 +75,7 @@ impl ReadAt for Source {
 impl Source {
     pub fn len(&self) -> std::io::Result<u64> {
         match self {
-            Source::File(f) => Ok(f.metadata()?.len()),
+            Source::File(f) => f.size(),
             Source::Remote(r) => Ok(r.len),
         }
     }
@@ -86,7 +87,7 @@ pub struct Message {
     pub seq: u64,
     /// The journal transaction that paged it; 0: none.
     pub tx: u64,
-    pub payload: std::sync::Arc<[u8]>,
+    pub payload: Arc<[u8]>,
 }
 
 pub fn page_path(dir: &Path, page_id: u64) -> PathBuf {
@@ -99,28 +100,26 @@ pub fn temporary_path(dir: &Path, page_id: u64) -> PathBuf {
 }
 
 /// Removes page files a crash left under their temporary name (they never held a message).
-pub fn remove_temporaries(address: &str, dir: &Path) -> Result<usize, PagingError> {
+pub fn remove_temporaries(vfs: &dyn Vfs, address: &str, dir: &Path) -> Result<usize, PagingError> {
     let mut removed = 0;
-    for e in std::fs::read_dir(dir).map_err(io(address, dir, "list pages"))? {
-        let e = e.map_err(io(address, dir, "list pages"))?;
-        if e.file_name().to_str().is_some_and(|n| n.ends_with(".kpage.tmp")) {
-            std::fs::remove_file(e.path()).map_err(io(address, &e.path(), "remove temporary page"))?;
+    for name in vfs.list(dir).map_err(io(address, dir, "list pages"))? {
+        if name.ends_with(".kpage.tmp") {
+            let path = dir.join(&name);
+            vfs.remove_file(&path).map_err(io(address, &path, "remove temporary page"))?;
             removed += 1;
         }
     }
     if removed > 0 {
-        sync_dir(address, dir)?;
+        sync_dir(vfs, address, dir)?;
     }
     Ok(removed)
 }
 
 /// The page ids present in an address directory, ascending.
-pub fn list_pages(address: &str, dir: &Path) -> Result<Vec<u64>, PagingError> {
+pub fn list_pages(vfs: &dyn Vfs, address: &str, dir: &Path) -> Result<Vec<u64>, PagingError> {
     let mut ids = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io(address, dir, "list pages"))? {
-        let e = e.map_err(io(address, dir, "list pages"))?;
-        let name = e.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".kpage")) else { continue };
+    for name in vfs.list(dir).map_err(io(address, dir, "list pages"))? {
+        let Some(stem) = name.strip_suffix(".kpage") else { continue };
         if stem.len() == 20 {
             if let Ok(id) = stem.parse() {
                 ids.push(id);
@@ -131,8 +130,13 @@ pub fn list_pages(address: &str, dir: &Path) -> Result<Vec<u64>, PagingError> {
     Ok(ids)
 }
 
-pub fn sync_dir(address: &str, dir: &Path) -> Result<(), PagingError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(address, dir, "fsync directory"))
+pub fn sync_dir(vfs: &dyn Vfs, address: &str, dir: &Path) -> Result<(), PagingError> {
+    vfs.sync_dir(dir).map_err(io(address, dir, "fsync directory"))
+}
+
+/// Whether `dir` exists (as a directory that can be listed).
+pub fn dir_exists(vfs: &dyn Vfs, dir: &Path) -> bool {
+    vfs.list(dir).is_ok()
 }
 
 /// A page's identity and data key.
@@ -144,13 +148,14 @@ pub struct PageKeying {
 
 /// Creates a page file holding only its header, durably (file and directory fsynced).
 pub fn create_page(
+    vfs: &dyn Vfs,
     address: &str,
     dir: &Path,
     store_id: [u8; 16],
     page_id: u64,
     first_seq: u64,
     keys: Option<&KeyRing>,
-) -> Result<(File, PageKeying), PagingError> {
+) -> Result<(Arc<dyn VfsFile>, PageKeying), PagingError> {
     let mut header = PageHeader { version: PAGE_VERSION, store_id, page_id, first_seq, key: None };
     let cipher = keys.map(|k| {
         let (key_id, master) = k.current();
@@ -162,22 +167,26 @@ pub fn create_page(
     // file without a whole header.
     let path = page_path(dir, page_id);
     let tmp = temporary_path(dir, page_id);
-    let file = File::options().create(true).truncate(true).read(true).write(true).open(&tmp).map_err(io(
-        address,
-        &tmp,
-        "create page",
-    ))?;
-    file.write_all_at(&header.encode(), 0).map_err(io(address, &tmp, "write page header"))?;
+    match vfs.remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(address, &tmp, "remove old temporary")(e)),
+        _ => {}
+    }
+    let file: Arc<dyn VfsFile> = vfs.open(&tmp, OpenMode::CreateNew).map_err(io(address, &tmp, "create page"))?.into();
+    file.write_all_at(&[IoSlice::new(&header.encode())], 0).map_err(io(address, &tmp, "write page header"))?;
     file.sync_all().map_err(|e| poisoned(address, &tmp, "fsync", e))?;
     keel_crashpoint::hook("paging-page-header-written");
-    if path.exists() && !unrecorded_header_only(&path, store_id, page_id) {
-        return Err(corrupt(address, &path, "a page with this number already exists"));
+    match vfs.open(&path, OpenMode::Read) {
+        Ok(existing) if !unrecorded_header_only(&*existing, store_id, page_id) => {
+            return Err(corrupt(address, &path, "a page with this number already exists"));
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(address, &path, "open page")(e)),
+        _ => {}
     }
-    std::fs::rename(&tmp, &path).map_err(io(address, &tmp, "rename page into place"))?;
-    if let Err(e) = sync_dir(address, dir) {
+    vfs.rename(&tmp, &path).map_err(io(address, &tmp, "rename page into place"))?;
+    if let Err(e) = sync_dir(vfs, address, dir) {
         // Not recorded as created: take the name back, so that the next attempt starts clean (and, if this
         // fails too, finds a header-only page of its own number, which it may replace).
-        let _ = std::fs::remove_file(&path);
+        let _ = vfs.remove_file(&path);
         return Err(e);
     }
     Ok((file, PageKeying { header, cipher }))
@@ -185,9 +194,11 @@ pub fn create_page(
 
 /// Whether `path` holds only a header of this address's page `page_id`: an earlier creation whose
 /// directory fsync failed left it, and no message was ever written to it.
-fn unrecorded_header_only(path: &Path, store_id: [u8; 16], page_id: u64) -> bool {
-    let Ok(b) = std::fs::read(path) else { return false };
-    b.len() == PAGE_HEADER_BYTES && PageHeader::decode(&b).is_ok_and(|h| h.store_id == store_id && h.page_id == page_id)
+fn unrecorded_header_only(file: &dyn VfsFile, store_id: [u8; 16], page_id: u64) -> bool {
+    let mut b = [0u8; PAGE_HEADER_BYTES];
+    file.size().is_ok_and(|len| len == PAGE_HEADER_BYTES as u64)
+        && file.read_exact_at(&mut b, 0).is_ok()
+        && PageHeader::decode(&b).is_ok_and(|h| h.store_id == store_id && h.page_id == page_id)
 }
 
 pub fn poisoned(address: &str, path: &Path, op: &'static str, e: std::io::Error) -> PagingError {
@@ -200,15 +211,17 @@ pub fn corrupt(address: &str, path: &Path, why: impl Into<String>) -> PagingErro
 
 /// Opens a page and checks that its header is this address's page `page_id` and that a key opens it.
 pub fn open_page(
+    vfs: &dyn Vfs,
     address: &str,
     dir: &Path,
     store_id: [u8; 16],
     page_id: u64,
     keys: Option<&KeyRing>,
     write: bool,
-) -> Result<(File, PageKeying), PagingError> {
+) -> Result<(Arc<dyn VfsFile>, PageKeying), PagingError> {
     let path = page_path(dir, page_id);
-    let file = File::options().read(true).write(write).open(&path).map_err(io(address, &path, "open page"))?;
+    let mode = if write { OpenMode::ReadWrite } else { OpenMode::Read };
+    let file: Arc<dyn VfsFile> = vfs.open(&path, mode).map_err(io(address, &path, "open page"))?.into();
     let keying = check_header(address, &path, &file, store_id, page_id, keys)?;
     Ok((file, keying))
 }

@@ -6,9 +6,11 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
+use keel_journal::vfs::{OpenMode, Vfs};
 use keel_s3::{AnyStore, ObjectStore, PutBody, PutCondition, StoreError};
 
 use crate::error::PagingError;
@@ -66,10 +68,22 @@ impl Remote {
         format!("{}{page_id:020}.kpage", self.address_prefix(store_id))
     }
 
-    pub fn upload(&self, address: &str, key: &str, path: &std::path::Path) -> Result<(), PagingError> {
-        let (store, k, p) = (self.cfg.store.clone(), key.to_owned(), path.to_path_buf());
+    pub fn upload(&self, address: &str, key: &str, vfs: &dyn Vfs, path: &Path) -> Result<(), PagingError> {
+        // On the operating system's files keel-s3 streams the page itself (in parallel parts when large);
+        // behind another filesystem (the simulator's) the page is read whole through it.
+        let body = match vfs.os_path(path) {
+            Some(p) => PutBody::File(p),
+            None => {
+                let read = |e| crate::error::io(address, path, "read page to upload")(e);
+                let file = vfs.open(path, OpenMode::Read).map_err(read)?;
+                let mut bytes = vec![0; file.size().map_err(read)? as usize];
+                file.read_exact_at(&mut bytes, 0).map_err(read)?;
+                PutBody::Bytes(bytes.into())
+            }
+        };
+        let (store, k) = (self.cfg.store.clone(), key.to_owned());
         // Immutable content: a repeated upload (after a crash before the local delete) writes the same bytes.
-        let r = self.run(async move { store.put(&k, PutBody::File(p), PutCondition::None).await });
+        let r = self.run(async move { store.put(&k, body, PutCondition::None).await });
         r.map(|_| ()).map_err(|e| remote_error(address, key, e))
     }
 

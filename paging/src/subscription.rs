@@ -34,7 +34,7 @@ struct Cursor {
     /// Everything below was delivered before the last restart: a delivery is a redelivery.
     delivered_before: u64,
     /// The complete page being read, opened by this subscription.
-    open_page: Option<(u64, Arc<std::fs::File>)>,
+    open_page: Option<(u64, Arc<dyn keel_journal::vfs::VfsFile>)>,
     /// Cursor updates queued to the journal: an update that fails is undone only if none followed it.
     updates: u64,
 }
@@ -252,9 +252,9 @@ impl Subscription {
                     PageLocation::Local(Some(f)) => (Some(f.clone()), None),
                     PageLocation::Local(None) => match &c.open_page {
                         Some((id, f)) if *id == c.read_page => (Some(f.clone()), None),
-                        _ => match std::fs::File::open(&path) {
+                        _ => match self.address.vfs.open(&path, keel_journal::vfs::OpenMode::Read) {
                             Ok(f) => {
-                                let f = Arc::new(f);
+                                let f: Arc<dyn keel_journal::vfs::VfsFile> = f.into();
                                 c.open_page = Some((c.read_page, f.clone()));
                                 (Some(f), None)
                             }
@@ -290,8 +290,8 @@ impl Subscription {
                         c.read_offset = next;
                         // Let the kernel read the next chunks while this one is consumed.
                         let ahead = (2 * self.address.read_ahead_bytes as u64).min(durable_len.saturating_sub(next));
-                        if let (Some(len), Some(f)) = (std::num::NonZeroU64::new(ahead), &file) {
-                            let _ = rustix::fs::fadvise(&**f, next, Some(len), rustix::fs::Advice::WillNeed);
+                        if let Some(f) = &file {
+                            f.will_need(next, ahead);
                         }
                         c.buffer.extend(got);
                         return Ok(true);

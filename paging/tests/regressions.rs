@@ -391,3 +391,26 @@ fn an_address_whose_object_store_was_down_at_open_recovers_later() {
     let a = paging.address("q").expect("recovered once the store is back");
     assert_eq!(a.subscription("s").unwrap().pending().messages, 200);
 }
+
+/// Found by the paging simulator: an address reopened with keys appended to its plaintext newest page
+/// as if encrypted — each write's offset reserved room for a unit header and tag that the plaintext write
+/// did not fill, leaving 48 zero bytes between frames; the next open refused the address as corrupt.
+/// A page is written as its header says (plaintext stays plaintext until the next page).
+#[test]
+fn keys_added_at_reopen_leave_the_plaintext_newest_page_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), common::always_paged(), 10);
+    let keys = keel_journal::crypto::keys::KeyRing::parse(&format!("1:{}\n", "cd".repeat(32)), "test").unwrap();
+    let with_keys = PagingOptions { keys: Some(keys), ..common::always_paged() };
+    {
+        let (paging, _) = common::open(dir.path(), with_keys.clone());
+        let a = paging.address("q").unwrap();
+        for i in 0..5u8 {
+            a.send(&[i; 40], None).unwrap();
+        }
+    }
+    let (paging, _) = common::open(dir.path(), with_keys);
+    let s = paging.address("q").unwrap().subscription("s").unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(got, (0..15).collect::<Vec<_>>());
+}

@@ -565,7 +565,9 @@ impl Vfs for SimVfs {
         self.with(|st| {
             // Directories themselves are durable at once: the journal's own directory is made once, and
             // its entries are what this disk models.
-            st.dirs.entry(dir.to_path_buf()).or_default();
+            for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+                st.dirs.entry(d.to_path_buf()).or_default();
+            }
             Ok(())
         })
     }

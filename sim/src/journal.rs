@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_journal::crypto::keys::KeyRing;
@@ -18,39 +18,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::disk::{Faults, Flip, SimDisk};
+use crate::harness::{self, Watchdog};
+pub use crate::harness::{Profile, Stats, Violation};
 use crate::model::{Expect, History, Op, Payload, State, Tx};
-
-/// What a run did.
-#[derive(Clone, Debug, Default)]
-pub struct Stats {
-    pub ops: u64,
-    pub opens: u64,
-    pub crashes: u64,
-    pub damaged: u64,
-    pub refused: u64,
-    pub disk_ops: u64,
-}
-
-/// A broken guarantee: the seed that replays it and what was seen.
-#[derive(Debug)]
-pub struct Violation {
-    pub seed: u64,
-    pub step: u64,
-    pub what: String,
-    pub recent: Vec<String>,
-}
-
-impl std::fmt::Display for Violation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "journal simulator: seed {} step {}: {}", self.seed, self.step, self.what)?;
-        writeln!(f, "replay: KEEL_SIM_SEED={} cargo test -p keel-sim --release --test journal", self.seed)?;
-        writeln!(f, "last events:")?;
-        for e in &self.recent {
-            writeln!(f, "  {e}")?;
-        }
-        Ok(())
-    }
-}
 
 const IDS: u64 = 48;
 const TXS: u64 = 6;
@@ -79,74 +49,16 @@ struct Sim {
     step: u64,
     recent: VecDeque<String>,
     /// A copy of the recent events for the watchdog, which reports a run that stops making progress.
-    watchdog: Arc<Mutex<(u64, Vec<String>)>>,
+    watchdog: Watchdog,
 }
-
-/// Which faults a run injects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// Power loss between operations and inside them, options that change across opens, concurrent
-    /// maintenance: what the default test run searches (the wider profiles still find violations under
-    /// triage, see docs/SIMULATOR.md).
-    PowerLoss,
-    /// Power loss at any point (between operations and inside them), fsync failures, a full disk, options
-    /// that change across opens, concurrent maintenance.
-    Crashes,
-    /// All of `Crashes`, and damage to synced data: bit flips, EIO on reads.
-    Full,
-}
-
-/// How long a run may go without logging an event before it is reported as hung.
-const STALL: Duration = Duration::from_secs(30);
 
 /// Runs one seeded simulation of about `ops` operations. A run that makes no progress for 30 s (a
 /// deadlock in the journal) is reported as a violation with its last events; its threads are left behind.
 pub fn run(seed: u64, ops: u64, profile: Profile) -> Result<Stats, Violation> {
-    let watchdog = Arc::new(Mutex::new((0u64, Vec::new())));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let w = watchdog.clone();
-    std::thread::Builder::new()
-        .name(format!("keel-sim-{seed}"))
-        .spawn(move || {
-            let _ = tx.send(run_inner(seed, ops, profile, w));
-        })
-        .expect("spawn the simulation thread");
-    let mut last = (0u64, std::time::Instant::now());
-    loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(result) => return result,
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(Violation { seed, step: last.0, what: "the run died".into(), recent: Vec::new() })
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let (step, recent) = watchdog.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if step != last.0 {
-                    last = (step, std::time::Instant::now());
-                } else if last.1.elapsed() > STALL {
-                    if std::env::var_os("KEEL_SIM_GDB").is_some() {
-                        // Where every thread waits, for the report (gdb attaches to this process).
-                        let _ = std::process::Command::new("gdb")
-                            .args(["-p", &std::process::id().to_string(), "-batch"])
-                            .args(match std::env::var("KEEL_SIM_GDB").ok().filter(|s| !s.is_empty() && s != "1") {
-                                Some(script) => vec!["-x".to_owned(), script],
-                                None => vec!["-ex".to_owned(), "thread apply all bt 30".to_owned()],
-                            })
-                            .status();
-                    }
-                    let what = format!("no progress for {} s: a hang (after the last event below)", STALL.as_secs());
-                    return Err(Violation { seed, step, what, recent });
-                }
-            }
-        }
-    }
+    harness::supervised("journal", seed, move |watchdog| run_inner(seed, ops, profile, watchdog))
 }
 
-fn run_inner(
-    seed: u64,
-    ops: u64,
-    profile: Profile,
-    watchdog: Arc<Mutex<(u64, Vec<String>)>>,
-) -> Result<Stats, Violation> {
+fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Watchdog) -> Result<Stats, Violation> {
     let tmp = tempfile::tempdir().expect("tempdir for the journal's LOCK file");
     let mut sim = Sim {
         seed,
@@ -218,7 +130,13 @@ impl Sim {
     }
 
     fn violation(&self, what: String) -> Violation {
-        Violation { seed: self.seed, step: self.step, what, recent: self.recent.iter().cloned().collect() }
+        Violation {
+            sim: "journal",
+            seed: self.seed,
+            step: self.step,
+            what,
+            recent: self.recent.iter().cloned().collect(),
+        }
     }
 
     fn main_loop(&mut self, ops: u64) -> Result<(), Violation> {

@@ -13,8 +13,10 @@
 //! not always the same interleaving.
 
 pub mod disk;
+pub mod harness;
 pub mod journal;
 pub mod model;
+pub mod paging;
 
 /// Seeds to run: `KEEL_SIM_SEED` alone if set, else consecutive seeds from one drawn now.
 pub fn seeds() -> (u64, bool) {

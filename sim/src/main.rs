@@ -1,4 +1,4 @@
-//! The soak: `keel-sim journal --secs N [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]` runs seeds until the time is up, printing
+//! The soak: `keel-sim journal|paging --secs N [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]` runs seeds until the time is up, printing
 //! totals; it exits 1 with the replay command at the first violation.
 
 use std::time::{Duration, Instant};
@@ -22,37 +22,38 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    if args.get(1).map(String::as_str) != Some("journal") {
-        eprintln!("usage: keel-sim journal [--secs N] [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]   (KEEL_SIM_SEED=S replays one seed)");
+    let sim = match args.get(1).map(String::as_str) {
+        Some("journal") => "journal",
+        Some("paging") => "paging",
+        _ => "",
+    };
+    if sim.is_empty() {
+        eprintln!("usage: keel-sim journal|paging [--secs N] [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]   (KEEL_SIM_SEED=S replays one seed)");
         std::process::exit(2);
     }
     let secs = flag("--secs", 60);
     let per_seed = flag("--ops-per-seed", 20_000);
     let profile = match args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).map(String::as_str) {
-        Some("full") => keel_sim::journal::Profile::Full,
-        Some("crashes") => keel_sim::journal::Profile::Crashes,
-        _ => keel_sim::journal::Profile::PowerLoss,
+        Some("full") => keel_sim::harness::Profile::Full,
+        Some("crashes") => keel_sim::harness::Profile::Crashes,
+        _ => keel_sim::harness::Profile::PowerLoss,
     };
     let verbose = args.iter().any(|a| a == "--verbose");
     let (first, only) = keel_sim::seeds();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let started = Instant::now();
-    let mut total = keel_sim::journal::Stats::default();
+    let mut total = keel_sim::harness::Stats::default();
     let mut seeds = 0u64;
     let mut seed = first;
     loop {
         if verbose {
             eprintln!("seed {seed}");
         }
-        match keel_sim::journal::run(seed, per_seed, profile) {
+        let run = if sim == "journal" { keel_sim::journal::run } else { keel_sim::paging::run };
+        match run(seed, per_seed, profile) {
             Ok(s) => {
                 seeds += 1;
-                total.ops += s.ops;
-                total.opens += s.opens;
-                total.crashes += s.crashes;
-                total.damaged += s.damaged;
-                total.refused += s.refused;
-                total.disk_ops += s.disk_ops;
+                total.add(&s);
             }
             Err(v) => {
                 eprintln!("{v}");
@@ -65,7 +66,7 @@ fn main() {
         seed += 1;
     }
     println!(
-        "journal simulator: seeds {first}..={seed} ({seeds} runs), {} operations, {} opens, {} crashes, {} bits flipped \
+        "{sim} simulator: seeds {first}..={seed} ({seeds} runs), {} operations, {} opens, {} crashes, {} bits flipped \
          ({} opens refused naming them), {} disk operations, in {:.1} s: no violation",
         total.ops,
         total.opens,

@@ -149,6 +149,10 @@ impl VfsFile for FaultyFile {
         self.faults.check_sync()?;
         self.inner.set_len(len)
     }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        self.inner.will_need(offset, len)
+    }
 }
 
 impl Vfs for FaultyVfs {

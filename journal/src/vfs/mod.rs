@@ -35,8 +35,11 @@ pub trait VfsFile: Send + Sync + fmt::Debug {
     /// fsync.
     fn sync_all(&self) -> io::Result<()>;
     fn size(&self) -> io::Result<u64>;
-    /// ftruncate: used only to shrink a dead segment in steps before it is deleted.
+    /// ftruncate: shrinks a dead segment in steps before it is deleted; paging cuts a page back to its
+    /// durable end.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// A hint that `len` bytes from `offset` will be read soon (posix_fadvise WILLNEED); may do nothing.
+    fn will_need(&self, _offset: u64, _len: u64) {}
 }
 
 /// The filesystem.
@@ -49,6 +52,11 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// Names (not paths) of the entries of `dir`.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Where code outside this seam (keel-s3's streaming upload) may open the file itself: `Some` only when
+    /// the files are the operating system's.
+    fn os_path(&self, _path: &Path) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// The real filesystem through std and rustix.
@@ -77,6 +85,12 @@ impl VfsFile for StdFile {
 
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    fn will_need(&self, offset: u64, len: u64) {
+        if let Some(len) = std::num::NonZeroU64::new(len) {
+            let _ = rustix::fs::fadvise(&self.0, offset, Some(len), rustix::fs::Advice::WillNeed);
+        }
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -142,5 +156,9 @@ impl Vfs for StdVfs {
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
+    }
+
+    fn os_path(&self, path: &Path) -> Option<std::path::PathBuf> {
+        Some(path.to_path_buf())
     }
 }
