@@ -255,6 +255,14 @@ impl Journal {
         // into place and stopped before fsyncing the directory; records written into that spare would go
         // with its name at a power loss.
         vfs.sync_dir(&dir).map_err(OpenError::io(&dir, "fsync directory"))?;
+        // What recovery read may be only in the page cache: the writes of a process that stopped without a
+        // power loss, or those after an fdatasync that failed (a roll-over's seal, say). Nothing new may
+        // become durable ahead of them, or a later power loss leaves a hole before it that strict recovery
+        // refuses: make every segment read durable first.
+        for s in dr.segments.iter().filter(|s| !dr.delete.contains(&s.path)) {
+            let file = vfs.open(&s.path, OpenMode::Read).map_err(OpenError::io(&s.path, "open"))?;
+            file.sync_data().map_err(OpenError::io(&s.path, "fdatasync"))?;
+        }
 
         let journal_id = dr.identity.journal_id;
         // With keys, nothing new may go into a plaintext segment: seal it where it ends and start an

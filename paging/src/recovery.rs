@@ -365,7 +365,7 @@ pub fn scan_address(
     // Only an earlier build (whose pages are version 1) started subscriptions past the durable end.
     let legacy = pages.last().is_some_and(|p| p.keying.header.version != format::PAGE_VERSION);
     let repaired = if legacy { repair_cursors_past_end(name, &mut counted, expected) } else { Vec::new() };
-    check_cursors_within(name, dir, &counted, expected)?;
+    check_cursors_within(name, dir, &counted, expected, torn.as_ref())?;
     Ok(Scan { pages, garbage, after_torn, torn, txs, dead, cursors: counted, repaired, next_seq: expected })
 }
 
@@ -413,11 +413,13 @@ fn repair_cursors_past_end(name: &str, cursors: &mut [(u64, CursorRecord, Pendin
 
 /// Every cursor must lie within the messages the pages hold: a floor, a start or an acknowledged range at
 /// or past `end` names messages that existed, so pages that end before them lost acknowledged bytes.
+/// After a torn tail, the error names the page and byte where the tail was cut: those bytes were damage.
 fn check_cursors_within(
     name: &str,
     dir: &Path,
     cursors: &[(u64, CursorRecord, Pending)],
     end: u64,
+    torn: Option<&TornTail>,
 ) -> Result<(), PagingError> {
     for (_, c, _) in cursors {
         let acked_end = c.acked.iter().map(|(_, e)| e).max().unwrap_or(0);
@@ -431,7 +433,18 @@ fn check_cursors_within(
             continue;
         };
         let why = format!("subscription {:?} {what} {at}, but the pages end before message {end}", c.name);
-        return Err(corrupt(name, dir, why));
+        return Err(match torn {
+            None => corrupt(name, dir, why),
+            Some(t) => corrupt(
+                name,
+                &page::page_path(dir, t.page),
+                format!(
+                    "at byte {}: the {} bytes from here look like a torn write, but {why}: they were damaged after \
+                     they were made durable",
+                    t.offset, t.bytes
+                ),
+            ),
+        });
     }
     Ok(())
 }

@@ -145,6 +145,8 @@ fn an_acknowledged_message_past_a_torn_tail_refuses_the_address() {
     flip(&page, last + 40, 0x01);
     let e = refused(dir.path(), common::always_paged());
     assert!(e.contains("acknowledged message 19") && e.contains("end before message 19"), "{e}");
+    let at = format!("{}: at byte {last}", page.display());
+    assert!(e.contains(&at), "the refusal names the page and byte where the damage was cut: {e}");
     scan_fails(dir.path(), &common::always_paged());
 }
 

@@ -77,8 +77,9 @@ struct SimTx {
 
 #[derive(Debug, Default)]
 struct SubModel {
-    /// Messages with a tag from here on were sent after it subscribed.
-    from_tag: u64,
+    /// Its first message: every one numbered from here on is for it. Known once subscribe returned (or an
+    /// open showed the subscription).
+    start: Option<u64>,
     outcome: Option<Outcome>,
     in_flight: BTreeSet<u64>,
     acked: BTreeSet<u64>,
@@ -126,6 +127,10 @@ struct Sim {
     paging: Option<Paging>,
     keys: u32,
     model: Model,
+    /// Addresses whose newest page's damaged last write an open cut off as a torn tail, not yet checked.
+    torn_damaged: BTreeSet<usize>,
+    /// The open consumed an armed read error.
+    read_eio_hit: bool,
     /// Each created address's directory.
     address_dirs: BTreeMap<usize, PathBuf>,
     /// Bit flips not yet reported, with the address directory of each.
@@ -164,6 +169,8 @@ fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Watchdog) -> Resul
         paging: None,
         keys: 0,
         model: Model { next_tx: 1, ..Model::default() },
+        read_eio_hit: false,
+        torn_damaged: BTreeSet::new(),
         address_dirs: BTreeMap::new(),
         damage: Vec::new(),
         unsure: false,
@@ -253,6 +260,7 @@ impl Sim {
                 855..=869 if self.profile != Profile::PowerLoss => self.arm_sync_failure(),
                 870..=889 if self.profile != Profile::PowerLoss => self.toggle_disk_full(),
                 835..=889 => self.crash("power loss"),
+                890..=939 => self.burst()?,
                 _ => self.send()?,
             }
         }
@@ -310,6 +318,14 @@ impl Sim {
             poptions.remote.is_some()
         ));
         self.stats.opens += 1;
+        let mut read_eio = None;
+        if self.profile == Profile::Full && self.rng.random_bool(0.05) {
+            read_eio = self.pick_page_name();
+            if let Some(name) = &read_eio {
+                self.log(format!("arm: EIO on the next read of {name}"));
+                self.disk.set_faults(Faults { read_eio: Some(name.clone()), ..Faults::default() });
+            }
+        }
         let armed = self.unsure || self.disk_full;
         let opened = Journal::open(self.root.join("journal"), joptions).map_err(|e| e.to_string()).and_then(
             |(journal, recovered)| {
@@ -319,6 +335,8 @@ impl Sim {
                     .map_err(|e| e.to_string())
             },
         );
+        // An armed read error is consumed by the read it fails.
+        self.read_eio_hit = read_eio.is_some() && self.disk.faults().read_eio.is_none();
         self.disk.set_faults(Faults::default());
         self.unsure = false;
         self.disk_full = false;
@@ -377,6 +395,26 @@ impl Sim {
             }
             self.log(format!("prepared transaction {} {}", id.get(), if commit { "committed" } else { "rolled back" }));
             self.settle_tx(key, commit);
+        }
+        // Every address was recovered by the open: note each torn tail cut in a damaged page now, before
+        // a refusal of another address closes the store (the next open finds the tail cut already).
+        for a in 0..ADDRESSES.len() {
+            let Some(dir) = self.address_dir(a) else { continue };
+            let Some(Ok(address)) =
+                self.paging().addresses().into_iter().find(|(n, _)| n == ADDRESSES[a]).map(|(_, x)| x)
+            else {
+                continue;
+            };
+            if let Some(t) = address.torn_tail() {
+                let file = format!("{:020}.kpage", t.page);
+                self.log(format!(
+                    "address {}: torn tail in page {} at {} ({} bytes)",
+                    ADDRESSES[a], t.page, t.offset, t.bytes
+                ));
+                if self.damage.iter().any(|(d, f)| *d == dir && f.name == file) {
+                    self.torn_damaged.insert(a);
+                }
+            }
         }
         for a in 0..ADDRESSES.len() {
             if !self.check_address(a)? {
@@ -438,6 +476,11 @@ impl Sim {
                     .filter(|(d, f)| msg.contains(&d.join(&f.name).display().to_string()))
                     .cloned()
                     .collect();
+                if named.is_empty() && self.read_eio_hit && msg.contains("Input/output error") {
+                    self.log(format!("address {name} refused on the injected read error: {msg}"));
+                    self.close();
+                    return Ok(false);
+                }
                 if named.is_empty() {
                     return Err(self.violation(format!("address {name} refused, naming no injected damage: {msg}")));
                 }
@@ -451,14 +494,7 @@ impl Sim {
         self.address_dirs.insert(a, address.dir().to_path_buf());
         let end = address.next_seq();
         // A flip in the newest page's last write may be cut off as a torn tail: that write is lost.
-        let dir = self.address_dir(a);
-        let torn_damaged = address.torn_tail().is_some_and(|t| {
-            let file = format!("{:020}.kpage", t.page);
-            self.damage.iter().any(|(d, f)| Some(d) == dir.as_ref() && f.name == file)
-        });
-        if let Some(t) = address.torn_tail() {
-            self.log(format!("address {name}: torn tail in page {} at {} ({} bytes)", t.page, t.offset, t.bytes));
-        }
+        let torn_damaged = self.torn_damaged.remove(&a);
         let lost: Vec<u64> = self
             .model
             .messages
@@ -508,6 +544,11 @@ impl Sim {
             return Ok(());
         };
         let model_sub = self.model.addresses[a].subs.get_mut(&s).expect("listed");
+        if model_sub.start.is_some_and(|st| st != sub.start()) {
+            let was = model_sub.start;
+            return Err(self.violation(format!("{label} started at {was:?}, after open at {}", sub.start())));
+        }
+        model_sub.start = Some(sub.start());
         model_sub.outcome = Some(Outcome::Done);
         model_sub.in_flight.clear();
         let mut delivered = BTreeMap::new();
@@ -529,8 +570,8 @@ impl Sim {
         let sub_model = &model.addresses[a].subs[&s];
         let mut missing = Vec::new();
         for (&tag, m) in &model.messages {
-            let owed =
-                m.address == a && tag >= sub_model.from_tag && model.visible(m) && !sub_model.acked.contains(&tag);
+            let for_it = m.address == a && m.seq.is_some_and(|seq| Some(seq) >= sub_model.start);
+            let owed = for_it && model.visible(m) && !sub_model.acked.contains(&tag);
             let certain = m.outcome == Outcome::Done
                 && m.tx.is_none_or(|t| model.txs[&t].state == TxState::Committed)
                 && !sub_model.maybe_acked.contains(&tag);
@@ -543,7 +584,7 @@ impl Sim {
         }
         for (&tag, &seq) in &delivered {
             let m = &self.model.messages[&tag];
-            if m.address != a || tag < self.model.addresses[a].subs[&s].from_tag {
+            if m.address != a || Some(seq) < self.model.addresses[a].subs[&s].start {
                 return Err(self.violation(format!("{label}: delivered message {seq} (tag {tag}) is not for it")));
             }
             if self.model.addresses[a].subs[&s].acked.contains(&tag) {
@@ -636,14 +677,7 @@ impl Sim {
         let tx = self.pick_tx_for_send();
         let tag = self.model.next_tag;
         self.model.next_tag += 1;
-        let len = match self.rng.random_range(0..10) {
-            0..=6 => self.rng.random_range(8..300),
-            7 | 8 => self.rng.random_range(300..4000),
-            _ => self.rng.random_range(4000..40_000),
-        };
-        let mut payload = vec![0u8; len];
-        self.rng.fill(&mut payload[8..]);
-        payload[..8].copy_from_slice(&tag.to_le_bytes());
+        let payload = self.payload(tag);
         let tx_id = tx.map(|k| TxId::new(self.model.txs[&k].id).expect("non-zero"));
         let result = address.send(&payload, tx_id);
         let mut msg = Msg { address: a, seq: None, payload, tx, outcome: Outcome::Done };
@@ -679,6 +713,98 @@ impl Sim {
         }
         self.model.messages.insert(tag, msg);
         Ok(())
+    }
+
+    /// Sends from several threads at once while this one subscribes, unsubscribes, receives and
+    /// acknowledges: subscriptions made and removed while sends are in flight (issue 31, defect 3).
+    fn burst(&mut self) -> Result<(), Violation> {
+        let a = self.rng.random_range(0..ADDRESSES.len());
+        let Some(address) = self.address(a)? else { return Ok(()) };
+        let mut plans = Vec::new();
+        for _ in 0..self.rng.random_range(2..=3) {
+            let mut plan = Vec::new();
+            for _ in 0..self.rng.random_range(1..=4) {
+                let tag = self.model.next_tag;
+                self.model.next_tag += 1;
+                let payload = self.payload(tag);
+                let msg = Msg { address: a, seq: None, payload: payload.clone(), tx: None, outcome: Outcome::Open };
+                self.model.messages.insert(tag, msg);
+                plan.push((tag, payload));
+            }
+            plans.push(plan);
+        }
+        self.log(format!("burst: {} senders to {}", plans.len(), ADDRESSES[a]));
+        let senders: Vec<_> = plans
+            .into_iter()
+            .map(|plan| {
+                let address = address.clone();
+                std::thread::spawn(move || {
+                    let sent = plan.into_iter().map(|(tag, payload)| match address.send(&payload, None) {
+                        Ok(Sent::Paged(seq)) => (tag, Ok(seq)),
+                        Ok(Sent::Memory(_)) => (tag, Err("kept in memory".to_owned())),
+                        Err(e) => (tag, Err(e.to_string())),
+                    });
+                    sent.collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for _ in 0..self.rng.random_range(1..=4) {
+            match self.rng.random_range(0..4) {
+                0 => self.subscribe()?,
+                1 => self.unsubscribe()?,
+                2 => self.receive()?,
+                _ => self.ack()?,
+            }
+        }
+        for sender in senders {
+            let sent = sender.join().map_err(|p| self.violation(format!("panic: {}", harness::panic_message(&*p))))?;
+            for (tag, result) in sent {
+                self.stats.ops += 1;
+                self.settle_send(tag, result)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a send of the burst returned.
+    fn settle_send(&mut self, tag: u64, result: Result<u64, String>) -> Result<(), Violation> {
+        let seen = self.model.messages[&tag].seq;
+        match result {
+            Ok(seq) if seen.is_some_and(|s| s != seq) => {
+                Err(self.violation(format!("tag {tag} was delivered as message {seen:?}; its send returned {seq}")))
+            }
+            Ok(seq) => {
+                self.log(format!("burst send tag {tag} -> {seq}"));
+                let m = self.model.messages.get_mut(&tag).expect("registered");
+                m.seq = Some(seq);
+                m.outcome = Outcome::Done;
+                Ok(())
+            }
+            Err(e) => match self.explain(&format!("burst send tag {tag}"), &e)? {
+                Explained::NoSpace if seen.is_some() => {
+                    Err(self.violation(format!("tag {tag} was delivered as message {seen:?}; its send failed")))
+                }
+                Explained::NoSpace => {
+                    self.model.messages.remove(&tag);
+                    self.model.gone.insert(tag);
+                    Ok(())
+                }
+                Explained::Unsure => Ok(()),
+            },
+        }
+    }
+
+    /// A payload that begins with its tag.
+    fn payload(&mut self, tag: u64) -> Vec<u8> {
+        let len = match self.rng.random_range(0..10) {
+            0..=6 => self.rng.random_range(8..300),
+            7 | 8 => self.rng.random_range(300..4000),
+            _ => self.rng.random_range(4000..40_000),
+        };
+        let mut payload = vec![0u8; len];
+        self.rng.fill(&mut payload[8..]);
+        payload[..8].copy_from_slice(&tag.to_le_bytes());
+        payload
     }
 
     /// A transaction to send in: an open one, a new one (with an id no live transaction has), or none.
@@ -784,7 +910,7 @@ impl Sim {
                     let tag = self.identify(&label, d.seq, &d.payload)?;
                     let m = &self.model.messages[&tag];
                     let sm = &self.model.addresses[a].subs[&s];
-                    if m.address != a || tag < sm.from_tag {
+                    if m.address != a || Some(d.seq) < sm.start {
                         return Err(self.violation(format!("{label}: message {} (tag {tag}) is not for it", d.seq)));
                     }
                     if !self.model.visible(m) {
@@ -795,6 +921,8 @@ impl Sim {
                     }
                     self.log(format!("{label} received {} (tag {tag})", d.seq));
                     self.model.addresses[a].subs.get_mut(&s).expect("picked").in_flight.insert(tag);
+                    // A message of a send still in flight (see `burst`) is numbered by its delivery.
+                    self.model.messages.get_mut(&tag).expect("identified").seq = Some(d.seq);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -872,16 +1000,15 @@ impl Sim {
         }
         let Some(address) = self.address(a)? else { return Ok(()) };
         let label = format!("{}/{}", ADDRESSES[a], SUBSCRIPTIONS[s]);
-        let from_tag = self.model.next_tag;
         match address.subscribe(SUBSCRIPTIONS[s]) {
-            Ok(_) => {
-                self.log(format!("subscribed {label}"));
-                let sub = SubModel { from_tag, outcome: Some(Outcome::Done), ..SubModel::default() };
+            Ok(sub) => {
+                self.log(format!("subscribed {label} at {}", sub.start()));
+                let sub = SubModel { start: Some(sub.start()), outcome: Some(Outcome::Done), ..SubModel::default() };
                 self.model.addresses[a].subs.insert(s, sub);
             }
             Err(e) => {
                 if let Explained::Unsure = self.explain(&format!("subscribe {label}"), &e)? {
-                    let sub = SubModel { from_tag, outcome: Some(Outcome::Open), ..SubModel::default() };
+                    let sub = SubModel { outcome: Some(Outcome::Open), ..SubModel::default() };
                     self.model.addresses[a].subs.insert(s, sub);
                 }
             }
@@ -991,6 +1118,18 @@ impl Sim {
             self.stats.damaged += 1;
             self.damage.push((dir, f));
         }
+    }
+
+    /// The name of a page file of some address, at random.
+    fn pick_page_name(&mut self) -> Option<String> {
+        let vfs = self.disk.vfs();
+        let names: Vec<String> = self
+            .address_dirs
+            .values()
+            .flat_map(|d| vfs.list(d).unwrap_or_default())
+            .filter(|n| n.ends_with(".kpage"))
+            .collect();
+        (!names.is_empty()).then(|| names[self.rng.random_range(0..names.len())].clone())
     }
 
     /// The directory of an address that was created (directories are numbered in creation order).

@@ -111,3 +111,48 @@ fn a_message_an_open_found_in_the_page_cache_survives_the_next_power_loss() {
     let after: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
     assert_eq!(after, delivered, "what an open delivered is still there after a power loss");
 }
+
+/// Found by the paging simulator (and the journal simulator's open violation 2): an fdatasync failed
+/// while a roll-over sealed one segment and began the next; the journal was reopened without a power loss
+/// and resumed in the new segment, whose writes it fdatasynced, while the old segment's seal stayed only
+/// in the page cache. The next power loss left a hole before the new segment's records, and strict open
+/// refused the journal. Open now makes every segment it read durable before writing.
+#[test]
+fn a_reopen_after_a_failed_fdatasync_makes_what_it_read_durable() {
+    // The failure lands on the write that rolls over for one of these counts of records before it.
+    for before in 6..=12 {
+        reopen_after_failed_fdatasync(before);
+    }
+}
+
+fn reopen_after_failed_fdatasync(before: u64) {
+    let disk = SimDisk::new(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let opts = || Options { segment_bytes: 64 * 1024, auto_maintenance: false, vfs: disk.vfs(), ..Options::default() };
+    let (j, _) = Journal::open(dir, opts()).unwrap();
+    let mut acked = Vec::new();
+    for id in 0..before {
+        j.add(id, 1, &payload(id)).unwrap();
+        acked.push(id);
+    }
+    assert!(j.wait_for_spares(std::time::Duration::from_secs(5)));
+    disk.set_faults(Faults { syncs_fail_after: Some(0), ..Faults::default() });
+    let _ = j.add(before, 1, &payload(before));
+    disk.set_faults(Faults::default());
+    drop(j);
+
+    let (j, rec) = Journal::open(dir, opts()).unwrap();
+    let seen: Vec<u64> = rec.records.keys().copied().collect();
+    for id in 20..30 {
+        j.add(id, 1, &payload(id)).unwrap();
+        acked.push(id);
+    }
+    drop(j);
+    disk.crash_dropping_unsynced();
+    let (_, rec) = Journal::open(dir, opts())
+        .unwrap_or_else(|e| panic!("{before} records before the failure: strict open after the power loss: {e}"));
+    for id in acked.iter().chain(&seen) {
+        assert!(rec.records.contains_key(id), "{before} records before the failure: record {id} lost");
+    }
+}
