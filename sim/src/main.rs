@@ -1,4 +1,4 @@
-//! The soak: `keel-sim journal|paging --secs N [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]` runs seeds until the time is up, printing
+//! The soak: `keel-sim journal|paging --secs N [--ops-per-seed M] [--until-ops T] [--profile power-loss|crashes|full] [--verbose]` runs seeds until the time is up, printing
 //! totals; it exits 1 with the replay command at the first violation.
 
 use std::time::{Duration, Instant};
@@ -28,11 +28,13 @@ fn main() {
         _ => "",
     };
     if sim.is_empty() {
-        eprintln!("usage: keel-sim journal|paging [--secs N] [--ops-per-seed M] [--profile power-loss|crashes|full] [--verbose]   (KEEL_SIM_SEED=S replays one seed)");
+        eprintln!("usage: keel-sim journal|paging [--secs N] [--ops-per-seed M] [--until-ops T] [--profile power-loss|crashes|full] [--verbose]   (KEEL_SIM_SEED=S replays one seed)");
         std::process::exit(2);
     }
     let secs = flag("--secs", 60);
     let per_seed = flag("--ops-per-seed", 20_000);
+    // Stops early once this many operations ran in all.
+    let until_ops = flag("--until-ops", u64::MAX);
     let profile = match args.iter().position(|a| a == "--profile").and_then(|i| args.get(i + 1)).map(String::as_str) {
         Some("full") => keel_sim::harness::Profile::Full,
         Some("crashes") => keel_sim::harness::Profile::Crashes,
@@ -60,7 +62,7 @@ fn main() {
                 std::process::exit(1);
             }
         }
-        if only || Instant::now() >= deadline {
+        if only || Instant::now() >= deadline || total.ops >= until_ops {
             break;
         }
         seed += 1;
