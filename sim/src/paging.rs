@@ -398,19 +398,15 @@ impl Sim {
         }
         // Every address was recovered by the open: note each torn tail cut in a damaged page now, before
         // a refusal of another address closes the store (the next open finds the tail cut already).
-        for a in 0..ADDRESSES.len() {
+        for (a, name) in ADDRESSES.iter().enumerate() {
             let Some(dir) = self.address_dir(a) else { continue };
-            let Some(Ok(address)) =
-                self.paging().addresses().into_iter().find(|(n, _)| n == ADDRESSES[a]).map(|(_, x)| x)
+            let Some(Ok(address)) = self.paging().addresses().into_iter().find(|(n, _)| n == name).map(|(_, x)| x)
             else {
                 continue;
             };
             if let Some(t) = address.torn_tail() {
                 let file = format!("{:020}.kpage", t.page);
-                self.log(format!(
-                    "address {}: torn tail in page {} at {} ({} bytes)",
-                    ADDRESSES[a], t.page, t.offset, t.bytes
-                ));
+                self.log(format!("address {name}: torn tail in page {} at {} ({} bytes)", t.page, t.offset, t.bytes));
                 if self.damage.iter().any(|(d, f)| *d == dir && f.name == file) {
                     self.torn_damaged.insert(a);
                 }
