@@ -64,7 +64,7 @@ fn fill(dir: &Path, objects: Option<&Path>, backlog_mib: u64) -> io::Result<()> 
     for t in threads {
         t.join().map_err(|_| io::Error::other("producer panicked"))??;
     }
-    paging.wait_uploaded();
+    paging.wait_uploaded().map_err(to_io)?;
     Ok(())
 }
 

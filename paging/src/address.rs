@@ -350,10 +350,12 @@ impl Address {
         self.torn_tail.get()
     }
 
-    /// Waits until every complete page of this address was uploaded (no-op without an object store).
-    pub fn wait_uploaded(&self) {
-        if let Some(u) = &self.uploader {
-            u.wait_idle();
+    /// Waits until every complete page queued for upload was uploaded (no-op without an object store), or
+    /// until an upload fails: then its error (see [`crate::Paging::wait_uploaded`]).
+    pub fn wait_uploaded(&self) -> Result<(), PagingError> {
+        match &self.uploader {
+            Some(u) => u.wait_idle(),
+            None => Ok(()),
         }
     }
 

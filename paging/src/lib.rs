@@ -274,10 +274,12 @@ impl Paging {
         }
     }
 
-    /// Waits until every complete page was uploaded to the object store (no-op without one).
-    pub fn wait_uploaded(&self) {
-        if let Some((u, _)) = &self.uploader {
-            u.wait_idle();
+    /// Waits until every complete page was uploaded to the object store (no-op without one), or until an
+    /// upload fails: then its error, while the uploader goes on retrying in the background.
+    pub fn wait_uploaded(&self) -> Result<(), PagingError> {
+        match &self.uploader {
+            Some((u, _)) => u.wait_idle(),
+            None => Ok(()),
         }
     }
 

@@ -147,6 +147,9 @@ struct UploadQueue {
     jobs: VecDeque<(std::sync::Weak<crate::address::Address>, u64)>,
     busy: bool,
     stop: bool,
+    /// Uploads failed so far, and the last failure: what a waiter that saw one fail returns.
+    failures: u64,
+    last_failure: Option<PagingError>,
 }
 
 impl Uploader {
@@ -169,12 +172,18 @@ impl Uploader {
         self.changed.notify_all();
     }
 
-    /// Waits until every queued page is uploaded (or its address is gone).
-    pub fn wait_idle(&self) {
+    /// Waits until every queued page is uploaded (or its address is gone), or until an upload fails: then
+    /// its error (the upload is retried in the background; a failure need not pass).
+    pub fn wait_idle(&self) -> Result<(), PagingError> {
         let mut q = self.lock();
+        let failures = q.failures;
         while (!q.jobs.is_empty() || q.busy) && !q.stop {
+            if q.failures > failures {
+                return Err(q.last_failure.clone().expect("recorded with the count"));
+            }
             q = self.changed.wait(q).unwrap_or_else(|p| p.into_inner());
         }
+        Ok(())
     }
 
     pub fn pending(&self) -> usize {
@@ -211,6 +220,8 @@ impl Uploader {
                 Err(e) => {
                     failures += 1;
                     tracing::warn!(error = %e, page, failures, "page upload failed; retrying");
+                    q.failures += 1;
+                    q.last_failure = Some(e);
                     q.jobs.push_front((address, page));
                     let backoff = std::time::Duration::from_millis((100u64 << failures.min(6)).min(5000));
                     drop(q);

@@ -190,7 +190,7 @@ fn a_failed_page_creation_never_leaves_the_newest_page_only_in_the_object_store(
         while a.send(&vec![sent as u8; 1000], None).is_ok() {
             sent += 1;
         }
-        paging.wait_uploaded();
+        paging.wait_uploaded().unwrap();
         sent
     };
     std::fs::remove_dir(pages.join("00000000000000000003.kpage.tmp")).unwrap();
@@ -377,7 +377,7 @@ fn an_address_whose_object_store_was_down_at_open_recovers_later() {
         for i in 0..200u32 {
             a.send(&vec![i as u8; 1000], None).unwrap();
         }
-        paging.wait_uploaded();
+        paging.wait_uploaded().unwrap();
     }
     let remote_opts = opts();
     // The store "down": its directory replaced by a file.
@@ -415,4 +415,31 @@ fn keys_added_at_reopen_leave_the_plaintext_newest_page_readable() {
     let s = paging.address("q").unwrap().subscription("s").unwrap();
     let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
     assert_eq!(got, (0..15).collect::<Vec<_>>());
+}
+
+/// Found by the paging simulator: `wait_uploaded` waited for an idle upload queue while an upload that
+/// could not succeed (the object store unreachable, or the page unreadable) was retried forever, so the
+/// caller hung. It now returns the upload's error; the uploader goes on retrying in the background.
+#[test]
+fn waiting_for_uploads_that_keep_failing_returns_their_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let store = keel_s3::AnyStore::Dir(keel_s3::dir::DirStore::open(&objects).unwrap());
+    // The store's directory replaced by a file: every put fails, and keeps failing.
+    std::fs::remove_dir_all(&objects).unwrap();
+    std::fs::write(&objects, b"not a directory").unwrap();
+    let (paging, _) = common::open(dir.path(), common::with_objects(store));
+    let a = paging.address("q").unwrap();
+    a.subscribe("s").unwrap();
+    for i in 0..200u32 {
+        a.send(&vec![i as u8; 1000], None).unwrap();
+    }
+    assert!(a.pages().len() > 1, "a page was sealed and queued for upload");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let paging = std::sync::Arc::new(paging);
+    let p = paging.clone();
+    std::thread::spawn(move || tx.send(p.wait_uploaded().map_err(|e| e.to_string())));
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("wait_uploaded returns");
+    let e = got.expect_err("the uploads failed");
+    assert!(e.contains("object store"), "{e}");
 }

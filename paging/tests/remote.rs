@@ -36,7 +36,7 @@ fn round_trip(store: AnyStore, remote_objects: &dyn Fn() -> usize) {
     for i in 0..400 {
         a.send(&message(i), None).unwrap();
     }
-    paging.wait_uploaded();
+    paging.wait_uploaded().unwrap();
     let pages = a.pages().len();
     assert!(pages > 4, "{pages}");
     assert_eq!(local_pages(dir.path()), 1, "only the open page stays on the volume");
@@ -132,7 +132,7 @@ fn a_damaged_object_names_address_and_key_and_spares_other_addresses() {
             a.send(&message(i), None).unwrap();
         }
     }
-    paging.wait_uploaded();
+    paging.wait_uploaded().unwrap();
     drop(paging);
     // Damage the bad address's first uploaded page.
     let mut files = Vec::new();
@@ -181,7 +181,7 @@ fn a_store_used_and_dropped_inside_an_async_task_does_not_panic() {
         for i in 0..200 {
             a.send(&message(i), None).unwrap();
         }
-        paging.wait_uploaded();
+        paging.wait_uploaded().unwrap();
         assert!(walk(objects.path()) > 0);
         drop(a);
         drop(paging);

@@ -127,6 +127,13 @@ struct Sim {
     paging: Option<Paging>,
     keys: u32,
     model: Model,
+    /// The most messages the last write to each address can have held: one for a lone send, a burst's
+    /// sends for a burst (a torn cut of a damaged last write may lose them all).
+    last_write: [usize; 2],
+    /// The number each address gives its next message, while known: a new subscription starts there.
+    next_seq: [Option<u64>; 2],
+    /// Sends are in flight on other threads (a subscription's start is then theirs to move).
+    in_burst: bool,
     /// Addresses whose newest page's damaged last write an open cut off as a torn tail, not yet checked.
     torn_damaged: BTreeSet<usize>,
     /// The open consumed an armed read error.
@@ -171,6 +178,9 @@ fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Watchdog) -> Resul
         model: Model { next_tx: 1, ..Model::default() },
         read_eio_hit: false,
         torn_damaged: BTreeSet::new(),
+        last_write: [1; 2],
+        next_seq: [None; 2],
+        in_burst: false,
         address_dirs: BTreeMap::new(),
         damage: Vec::new(),
         unsure: false,
@@ -296,7 +306,8 @@ impl Sim {
     fn explain(&mut self, what: &str, e: &dyn std::fmt::Display) -> Result<Explained, Violation> {
         let text = e.to_string();
         self.log(format!("{what} failed: {text}"));
-        if self.disk.frozen() || self.unsure {
+        // An armed fault explains only the error it causes: EIO (a frozen disk, a failed sync).
+        if self.disk.frozen() || (self.unsure && text.contains("Input/output error")) {
             self.restart = true;
             return Ok(Explained::Unsure);
         }
@@ -407,8 +418,11 @@ impl Sim {
             if let Some(t) = address.torn_tail() {
                 let file = format!("{:020}.kpage", t.page);
                 self.log(format!("address {name}: torn tail in page {} at {} ({} bytes)", t.page, t.offset, t.bytes));
-                if self.damage.iter().any(|(d, f)| *d == dir && f.name == file) {
+                // The cut consumes the flips it covers.
+                let covered = |(d, f): &(PathBuf, Flip)| *d == dir && f.name == file && f.offset >= t.offset;
+                if self.damage.iter().any(covered) {
                     self.torn_damaged.insert(a);
+                    self.damage.retain(|x| !covered(x));
                 }
             }
         }
@@ -424,6 +438,10 @@ impl Sim {
             self.model.messages.remove(&tag);
             self.model.gone.insert(tag);
         }
+        // A flip in a page the open deleted (garbage, or after a tear) can be found no more; a page that
+        // takes its name later is another.
+        let vfs = self.disk.vfs();
+        self.damage.retain(|(d, f)| vfs.list(d).is_ok_and(|names| names.contains(&f.name)));
         let maybe: Vec<u64> =
             self.model.txs.iter().filter(|(_, t)| t.state == TxState::MaybeCommitted).map(|(&k, _)| k).collect();
         for key in maybe {
@@ -499,7 +517,7 @@ impl Sim {
             .map(|(&t, _)| t)
             .collect();
         if !lost.is_empty() {
-            if !torn_damaged || lost.len() > 1 {
+            if !torn_damaged || lost.len() > self.last_write[a] {
                 return Err(self
                     .violation(format!("address {name} ends before message {end}; sent messages {lost:?} are lost")));
             }
@@ -509,9 +527,18 @@ impl Sim {
                 self.model.gone.insert(t);
             }
         }
+        self.next_seq[a] = Some(end);
+        // Every subscription drained first: a delivery to one settles outcomes the others are checked by.
         let subs: Vec<usize> = self.model.addresses[a].subs.keys().copied().collect();
+        let mut drained = Vec::new();
         for s in subs {
-            self.check_subscription(a, s, &address)?;
+            if let Some(d) = self.drain_subscription(a, s, &address)? {
+                drained.push((s, d));
+            }
+        }
+        self.settle_from_deliveries(&drained);
+        for (s, delivered) in drained {
+            self.verify_subscription(a, s, delivered)?;
         }
         for (i, sub_name) in SUBSCRIPTIONS.iter().enumerate() {
             if address.subscription(sub_name).is_some() && !self.model.addresses[a].subs.contains_key(&i) {
@@ -530,14 +557,21 @@ impl Sim {
     }
 
     /// After an open: the subscription exists as the model says, and delivers exactly what it must.
-    fn check_subscription(&mut self, a: usize, s: usize, address: &Arc<keel_paging::Address>) -> Result<(), Violation> {
+    /// Drains a subscription after an open, checking order and payloads; `None` if it does not exist (and
+    /// may not).
+    fn drain_subscription(
+        &mut self,
+        a: usize,
+        s: usize,
+        address: &Arc<keel_paging::Address>,
+    ) -> Result<Option<BTreeMap<u64, u64>>, Violation> {
         let label = format!("{}/{}", ADDRESSES[a], SUBSCRIPTIONS[s]);
         let Some(sub) = address.subscription(SUBSCRIPTIONS[s]) else {
             if self.model.addresses[a].subs[&s].outcome == Some(Outcome::Done) {
                 return Err(self.violation(format!("{label} was subscribed; the open lost it")));
             }
             self.model.addresses[a].subs.remove(&s);
-            return Ok(());
+            return Ok(None);
         };
         let model_sub = self.model.addresses[a].subs.get_mut(&s).expect("listed");
         if model_sub.start.is_some_and(|st| st != sub.start()) {
@@ -562,6 +596,29 @@ impl Sim {
             let tag = self.identify(&label, d.seq, &d.payload)?;
             delivered.insert(tag, d.seq);
         }
+        Ok(Some(delivered))
+    }
+
+    /// Settles what deliveries after an open showed: a message some subscription got was sent, and its
+    /// transaction, if undecided, committed.
+    fn settle_from_deliveries(&mut self, delivered: &[(usize, BTreeMap<u64, u64>)]) {
+        for (tag, seq) in delivered.iter().flat_map(|(_, d)| d.iter()) {
+            let m = self.model.messages.get_mut(tag).expect("identified");
+            m.outcome = Outcome::Done;
+            m.seq = Some(*seq);
+            if let Some(t) = m.tx {
+                let tx = self.model.txs.get_mut(&t).expect("known");
+                if tx.state == TxState::MaybeCommitted {
+                    tx.state = TxState::Committed;
+                }
+            }
+        }
+    }
+
+    /// After every subscription of the address was drained and the outcomes settled: each delivered
+    /// exactly what it is owed.
+    fn verify_subscription(&mut self, a: usize, s: usize, delivered: BTreeMap<u64, u64>) -> Result<(), Violation> {
+        let label = format!("{}/{}", ADDRESSES[a], SUBSCRIPTIONS[s]);
         let model = &self.model;
         let sub_model = &model.addresses[a].subs[&s];
         let mut missing = Vec::new();
@@ -589,7 +646,6 @@ impl Sim {
             if let Some(t) = m.tx {
                 match self.model.txs[&t].state {
                     TxState::Committed => {}
-                    TxState::MaybeCommitted => self.model.txs.get_mut(&t).expect("known").state = TxState::Committed,
                     st => return Err(self.violation(format!("{label}: message {seq} of a transaction {st:?}"))),
                 }
             }
@@ -601,11 +657,6 @@ impl Sim {
             }
         }
         sub_model.in_flight = delivered.keys().copied().collect();
-        for (tag, seq) in delivered {
-            let m = self.model.messages.get_mut(&tag).expect("identified");
-            m.outcome = Outcome::Done;
-            m.seq = Some(seq);
-        }
         Ok(())
     }
 
@@ -677,7 +728,6 @@ impl Sim {
         let tx_id = tx.map(|k| TxId::new(self.model.txs[&k].id).expect("non-zero"));
         let result = address.send(&payload, tx_id);
         let mut msg = Msg { address: a, seq: None, payload, tx, outcome: Outcome::Done };
-        let result = result;
         match result {
             Ok(Sent::Paged(seq)) => {
                 self.log(format!(
@@ -694,6 +744,8 @@ impl Sim {
                     }
                 }
                 msg.seq = Some(seq);
+                self.last_write[a] = 1;
+                self.next_seq[a] = Some(seq + 1);
             }
             Ok(Sent::Memory(_)) => return Err(self.violation("a send stayed in memory with max_size_bytes 0".into())),
             Err(e) => match self.explain("send", &e)? {
@@ -730,6 +782,8 @@ impl Sim {
             plans.push(plan);
         }
         self.log(format!("burst: {} senders to {}", plans.len(), ADDRESSES[a]));
+        self.last_write[a] = plans.iter().map(Vec::len).sum();
+        self.in_burst = true;
         let senders: Vec<_> = plans
             .into_iter()
             .map(|plan| {
@@ -752,6 +806,8 @@ impl Sim {
                 _ => self.ack()?,
             }
         }
+        self.in_burst = false;
+        self.next_seq[a] = None;
         for sender in senders {
             let sent = sender.join().map_err(|p| self.violation(format!("panic: {}", harness::panic_message(&*p))))?;
             for (tag, result) in sent {
@@ -771,6 +827,8 @@ impl Sim {
             }
             Ok(seq) => {
                 self.log(format!("burst send tag {tag} -> {seq}"));
+                let a = self.model.messages[&tag].address;
+                self.next_seq[a] = Some(self.next_seq[a].map_or(seq + 1, |n| n.max(seq + 1)));
                 let m = self.model.messages.get_mut(&tag).expect("registered");
                 m.seq = Some(seq);
                 m.outcome = Outcome::Done;
@@ -999,6 +1057,10 @@ impl Sim {
         match address.subscribe(SUBSCRIPTIONS[s]) {
             Ok(sub) => {
                 self.log(format!("subscribed {label} at {}", sub.start()));
+                if !self.in_burst && self.next_seq[a].is_some_and(|n| n != sub.start()) {
+                    let want = self.next_seq[a];
+                    return Err(self.violation(format!("{label} starts at {}, not at {want:?}", sub.start())));
+                }
                 let sub = SubModel { start: Some(sub.start()), outcome: Some(Outcome::Done), ..SubModel::default() };
                 self.model.addresses[a].subs.insert(s, sub);
             }
@@ -1043,7 +1105,9 @@ impl Sim {
             self.explain(&format!("free pages of {}", ADDRESSES[a]), &e)?;
         }
         if self.store.is_some() && self.rng.random_bool(0.3) {
-            address.wait_uploaded();
+            if let Err(e) = address.wait_uploaded() {
+                self.explain(&format!("wait for the uploads of {}", ADDRESSES[a]), &e)?;
+            }
         }
         Ok(())
     }

@@ -92,7 +92,7 @@ fn stats_and_verify_read_uploaded_pages_from_the_object_store() {
         for i in 0..300u32 {
             a.send(&vec![(i % 250) as u8; 1000], None).unwrap();
         }
-        paging.wait_uploaded();
+        paging.wait_uploaded().unwrap();
     }
     let data = t.path().join("data");
     let (dir, objects) = (data.to_str().unwrap(), objects.to_str().unwrap());
@@ -172,7 +172,7 @@ fn verify_with_pages_in_an_object_store_does_not_hold_the_backlog() {
             })
             .collect();
         senders.into_iter().for_each(|s| s.join().unwrap());
-        paging.wait_uploaded();
+        paging.wait_uploaded().unwrap();
     }
     // Reaped by wait4 below, which also reports its peak RSS.
     #[allow(clippy::zombie_processes)]
