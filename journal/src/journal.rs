@@ -246,6 +246,14 @@ impl Journal {
             .filter(|s| torn != Some(dir.join(crate::segment::file_name(*s)).as_path()))
             .max();
         assert!(in_use_last.is_none_or(|last| next_seq > last), "a new segment is never numbered over one in use");
+        // What recovery read may be only in the page cache: the writes of a process that stopped without a
+        // power loss, or those after an fdatasync that failed (a roll-over's seal, say). Nothing new may
+        // become durable ahead of them, or a later power loss leaves a hole before it that strict recovery
+        // refuses: make every segment read durable first, before any delete can be.
+        for s in dr.segments.iter().filter(|s| !dr.delete.contains(&s.path)) {
+            let file = vfs.open(&s.path, OpenMode::Read).map_err(OpenError::io(&s.path, "open"))?;
+            file.sync_data().map_err(OpenError::io(&s.path, "fdatasync"))?;
+        }
         // Highest numbers first: a crash in the middle leaves the spares that remain contiguous.
         dr.delete.sort_unstable_by(|a, b| b.cmp(a));
         for path in &dr.delete {
@@ -255,14 +263,6 @@ impl Journal {
         // into place and stopped before fsyncing the directory; records written into that spare would go
         // with its name at a power loss.
         vfs.sync_dir(&dir).map_err(OpenError::io(&dir, "fsync directory"))?;
-        // What recovery read may be only in the page cache: the writes of a process that stopped without a
-        // power loss, or those after an fdatasync that failed (a roll-over's seal, say). Nothing new may
-        // become durable ahead of them, or a later power loss leaves a hole before it that strict recovery
-        // refuses: make every segment read durable first.
-        for s in dr.segments.iter().filter(|s| !dr.delete.contains(&s.path)) {
-            let file = vfs.open(&s.path, OpenMode::Read).map_err(OpenError::io(&s.path, "open"))?;
-            file.sync_data().map_err(OpenError::io(&s.path, "fdatasync"))?;
-        }
 
         let journal_id = dr.identity.journal_id;
         // With keys, nothing new may go into a plaintext segment: seal it where it ends and start an

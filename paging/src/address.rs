@@ -566,6 +566,10 @@ impl Address {
                 }
                 Err(FlushError::Sync(e)) => {
                     tracing::error!(address = %self.name, error = %e, "page fdatasync failed; the address stops");
+                    // The kernel may have forgotten the failed pages while the page cache still shows them
+                    // (Linux does): cut them off, so that a reopen without a power loss cannot build on
+                    // them. Best effort; the address stops either way.
+                    self.cut_unsynced(&st);
                     st.poisoned = Some(e);
                 }
                 Err(FlushError::Write(e)) => match self.rewind(&mut st) {
@@ -585,6 +589,27 @@ impl Address {
             }
             st.generation += 1;
             self.changed.notify_all();
+        }
+    }
+
+    /// After a failed fdatasync, on the way to stopping: cuts every page back to its durable length and
+    /// deletes pages created for messages that never became durable, in the page cache only (an fsync now
+    /// would prove nothing). Best effort: each step that fails is logged and the rest still tried.
+    fn cut_unsynced(&self, st: &AddrState) {
+        let warn = |path: &std::path::Path, e: std::io::Error| {
+            tracing::warn!(address = %self.name, page = %path.display(), error = %e, "cutting off unsynced writes");
+        };
+        for (&id, p) in &st.pages {
+            let path = page::page_path(&self.dir, id);
+            if p.first_seq > st.durable_seq {
+                if let Err(e) = self.vfs.remove_file(&path) {
+                    warn(&path, e);
+                }
+            } else if let (true, PageLocation::Local(Some(f))) = (p.assigned_len > p.durable_len, &p.location) {
+                if let Err(e) = f.set_len(p.durable_len) {
+                    warn(&path, e);
+                }
+            }
         }
     }
 
@@ -1211,5 +1236,35 @@ mod tests {
             drop(paging);
             std::fs::remove_file(crate::page::page_path(&dir.path().join("pages/a-00000000"), 2)).ok();
         }
+    }
+
+    /// Found by the paging simulator: two senders, one's message still being written to the full page when
+    /// the other's created the next page (durably, numbered after it); a crash before the first write was
+    /// durable left a page numbered past the durable end, and open refused the address ("its first message
+    /// is 1050, the previous page ended before 1049"). That page never held a message: open deletes it.
+    #[test]
+    fn an_empty_page_created_ahead_of_messages_that_never_became_durable_is_deleted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = dir.path().join("pages/a-00000000");
+        let store_id = {
+            let paging = open(dir.path());
+            let a = paging.address("a").unwrap();
+            a.subscribe("s").unwrap();
+            for i in 0..5u8 {
+                a.send(&[i; 100], None).unwrap();
+            }
+            a.store_id
+        };
+        // What the crash left: page 2 created for message 6 while message 5 was still being written.
+        let header =
+            format::PageHeader { version: format::PAGE_VERSION, store_id, page_id: 2, first_seq: 6, key: None };
+        std::fs::write(crate::page::page_path(&pages, 2), header.encode()).unwrap();
+        let paging = open(dir.path());
+        let a = paging.address("a").expect("the address opens");
+        let Ok(crate::Sent::Paged(seq)) = a.send(&[5; 100], None) else { panic!("paged") };
+        assert_eq!(seq, 5, "numbers continue from the durable end");
+        let s = a.subscription("s").unwrap();
+        let got: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+        assert_eq!(got, (0..6).collect::<Vec<_>>());
     }
 }

@@ -134,9 +134,13 @@ pub fn sync_dir(vfs: &dyn Vfs, address: &str, dir: &Path) -> Result<(), PagingEr
     vfs.sync_dir(dir).map_err(io(address, dir, "fsync directory"))
 }
 
-/// Whether `dir` exists (as a directory that can be listed).
-pub fn dir_exists(vfs: &dyn Vfs, dir: &Path) -> bool {
-    vfs.list(dir).is_ok()
+/// Whether `dir` exists: false only if it is not found (another failure to list it is an error).
+pub fn dir_exists(vfs: &dyn Vfs, dir: &Path) -> std::io::Result<bool> {
+    match vfs.list(dir) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// A page's identity and data key.

@@ -29,7 +29,8 @@ pub fn create_dir_durably(vfs: &dyn Vfs, dir: &Path) -> Result<(), PagingError> 
         move |e| PagingError::StoreIo { path, op, source: Arc::new(e) }
     };
     let missing: Vec<&Path> =
-        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !page::dir_exists(vfs, d)).collect();
+        // One that cannot be listed counts as missing: creating it then reports why.
+        dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !matches!(page::dir_exists(vfs, d), Ok(true))).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -140,8 +141,9 @@ pub struct Scan {
     pub pages: Vec<ScannedPage>,
     /// Pages wholly below every cursor, with whether each is on the volume: deleted on open.
     pub garbage: Vec<(u64, bool)>,
-    /// Pages holding only a header that follow a torn tail (created before the write that tore): deleted
-    /// on open, so that sequence numbers continue from the tear.
+    /// Pages holding only a header that follow a torn tail (created before the write that tore), or that
+    /// were created ahead of messages none of which became durable: deleted on open, so that sequence
+    /// numbers continue from the durable end.
     pub after_torn: Vec<u64>,
     pub torn: Option<TornTail>,
     pub txs: BTreeMap<u64, TxInfo>,
@@ -174,7 +176,7 @@ pub fn scan_address(
     found: &Found,
     visit: &mut dyn FnMut(u64, &Message, Standing),
 ) -> Result<Scan, PagingError> {
-    if !page::dir_exists(vfs, dir) {
+    if !page::dir_exists(vfs, dir).map_err(io(name, dir, "list pages"))? {
         return Err(corrupt(name, dir, "the address directory is missing"));
     }
     let cursors: Vec<&(u64, CursorRecord)> = found.cursors.iter().filter(|(_, c)| c.address == index).collect();
@@ -276,6 +278,16 @@ pub fn scan_address(
         };
         if torn.is_some() {
             // Only headers follow the tear (see above); these pages are recreated as appends continue.
+            after_torn.push(id);
+            continue;
+        }
+        let header_only_tail = local && last_with_frames.is_none_or(|last| id > last);
+        if keying.header.first_seq > expected && header_only_tail {
+            // Created for a message that did not fit the previous page while earlier ones were still being
+            // written, and a crash came before any of them was durable: it never held a message. Deleted,
+            // so that numbers continue from the durable end.
+            tracing::info!(address = %name, page = %path.display(), first = keying.header.first_seq, expected,
+                "deleting an empty page created ahead of messages that never became durable");
             after_torn.push(id);
             continue;
         }
@@ -459,7 +471,7 @@ fn sync_what_was_read(vfs: &dyn Vfs, name: &str, dir: &Path, pages: &[ScannedPag
     let local: Vec<&ScannedPage> = pages[from.min(pages.len())..].iter().filter(|p| p.local).collect();
     for p in &local {
         let path = page::page_path(dir, p.id);
-        let f = vfs.open(&path, OpenMode::ReadWrite).map_err(io(name, &path, "open page"))?;
+        let f = vfs.open(&path, OpenMode::Read).map_err(io(name, &path, "open page"))?;
         f.sync_data().map_err(|e| page::poisoned(name, &path, "fdatasync", e))?;
     }
     if !local.is_empty() {
@@ -474,7 +486,7 @@ pub fn recover_address(init: AddressInit, found: &Found) -> Result<Arc<Address>,
     let dir = init.dir.clone();
     let remote = init.remote.clone();
     let vfs = init.vfs.clone();
-    if page::dir_exists(&*vfs, &dir) {
+    if page::dir_exists(&*vfs, &dir).map_err(io(&name, &dir, "list pages"))? {
         // Pages a crash left under their temporary name never held a message.
         page::remove_temporaries(&*vfs, &name, &dir)?;
     }

@@ -1152,6 +1152,9 @@ impl Sim {
         self.log(format!("arm: fsync fails after {n} more"));
         let mut f = self.disk.faults();
         f.syncs_fail_after = Some(n);
+        // Page files as Linux treats them: a failed sync forgets their dirty pages. (Journal segments keep
+        // the kinder model until the journal cuts its unsynced writes off too: docs/SIMULATOR.md.)
+        f.sync_failure_forgets = Some(".kpage");
         self.disk.set_faults(f);
         self.unsure = true;
     }

@@ -156,3 +156,40 @@ fn reopen_after_failed_fdatasync(before: u64) {
         assert!(rec.records.contains_key(id), "{before} records before the failure: record {id} lost");
     }
 }
+
+/// The same on a filesystem that forgets dirty pages whose writeback failed (Linux): fdatasyncing at the
+/// next open cannot save the unsynced message, so the address must not leave it in the page cache for that
+/// open to find. After a failed fdatasync the address cuts its pages back to their durable end.
+#[test]
+fn a_message_whose_fdatasync_failed_is_not_found_by_the_next_open_when_the_kernel_forgets_it() {
+    use keel_paging::{Paging, PagingOptions};
+    let disk = SimDisk::new(4);
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir(tmp.path().join("journal")).unwrap();
+    let open = || {
+        let jopts = Options { auto_maintenance: false, vfs: disk.vfs(), ..Options::default() };
+        let (j, rec) = Journal::open(tmp.path().join("journal"), jopts).unwrap();
+        let popts = PagingOptions { max_size_bytes: 0, vfs: disk.vfs(), ..PagingOptions::default() };
+        Paging::open(tmp.path().join("pages"), Arc::new(j), &rec.prepared, popts).unwrap()
+    };
+    {
+        let paging = open();
+        let a = paging.address("q").unwrap();
+        a.subscribe("s").unwrap();
+        a.send(b"first", None).unwrap();
+        let forget = Faults { syncs_fail_after: Some(0), sync_failure_forgets: Some(".kpage"), ..Faults::default() };
+        disk.set_faults(forget);
+        a.send(b"second", None).unwrap_err();
+        disk.set_faults(Faults::default());
+    }
+    let delivered: Vec<u64> = {
+        let paging = open();
+        let s = paging.address("q").unwrap().subscription("s").unwrap();
+        std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect()
+    };
+    disk.crash_dropping_unsynced();
+    let paging = open();
+    let s = paging.address("q").unwrap().subscription("s").unwrap();
+    let after: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
+    assert_eq!(after, delivered, "what an open delivered is still there after a power loss");
+}
