@@ -281,12 +281,15 @@ pub fn scan_address(
             after_torn.push(id);
             continue;
         }
-        let header_only_tail = local && last_with_frames.is_none_or(|last| id > last);
+        // Only after a page still on the volume (so one that may have been taking writes): a page in the
+        // object store was complete, so a gap after it is damage, not messages in flight.
+        let after_local = pages.last().is_some_and(|p: &ScannedPage| p.local);
+        let header_only_tail = local && after_local && last_with_frames.is_none_or(|last| id > last);
         if keying.header.first_seq > expected && header_only_tail {
             // Created for a message that did not fit the previous page while earlier ones were still being
             // written, and a crash came before any of them was durable: it never held a message. Deleted,
             // so that numbers continue from the durable end.
-            tracing::info!(address = %name, page = %path.display(), first = keying.header.first_seq, expected,
+            tracing::warn!(address = %name, page = %path.display(), first = keying.header.first_seq, expected,
                 "deleting an empty page created ahead of messages that never became durable");
             after_torn.push(id);
             continue;

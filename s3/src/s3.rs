@@ -324,6 +324,31 @@ impl S3Store {
         ObjectMeta { key: key.to_owned(), size, etag: ETag(etag.unwrap_or_default().to_owned()), crc32: Some(crc) }
     }
 
+    /// A creation whose answer was lost and that the SDK retried leaves the first upload open, its id never
+    /// seen, its parts billed. Aborts every open upload of `key` begun no later than `ours`: keel-s3's
+    /// callers write a key from one writer at a time (fenced by a lease, or the key is theirs alone), so an
+    /// older open upload of it is such an orphan or a dead writer's. Best effort: listing may be
+    /// unsupported, and a bucket lifecycle rule remains the backstop (docs/operations.md).
+    async fn abort_orphaned_uploads(&self, key: &str, ours: &str) {
+        let listed = self.client.list_multipart_uploads().bucket(&self.bucket).prefix(key).send().await;
+        let Ok(listed) = listed else { return };
+        let same_key: Vec<_> = listed.uploads().iter().filter(|u| u.key() == Some(key)).collect();
+        let Some(our_start) = same_key.iter().find(|u| u.upload_id() == Some(ours)).and_then(|u| u.initiated()) else {
+            return;
+        };
+        for u in same_key {
+            let (Some(id), Some(started)) = (u.upload_id(), u.initiated()) else { continue };
+            if id == ours || started > our_start {
+                continue;
+            }
+            let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(id).send().await;
+            match r {
+                Ok(_) => tracing::info!(key, upload = id, "aborted an orphaned multipart upload"),
+                Err(e) => tracing::warn!(key, upload = id, error = %e, "could not abort an orphaned multipart upload"),
+            }
+        }
+    }
+
     async fn put_multipart(
         &self,
         key: &str,
@@ -344,6 +369,7 @@ impl S3Store {
             .await
             .map_err(|e| self.err("start multipart upload of", key, e))?;
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        self.abort_orphaned_uploads(key, &upload_id).await;
         let part = self.cfg.part_bytes.max(5 << 20);
         let parts: Vec<(i32, u64, u64)> =
             (0..size.div_ceil(part)).map(|i| (i as i32 + 1, i * part, part.min(size - i * part))).collect();

@@ -242,3 +242,40 @@ async fn a_put_that_landed_is_never_reported_as_a_failed_condition() {
         }
     }
 }
+
+/// Issue 31, defect 10: a multipart upload whose creation's answer was lost. The SDK's retry creates a
+/// second upload and the first stays open, its parts billed, with an id Keel never saw. After creating its
+/// upload, Keel aborts the older open uploads of the same key. Needs a server that lists multipart uploads
+/// (s3s-fs does not): runs against `KEEL_S3_TEST_ENDPOINT` (moto in CI), through the fault proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_multipart_creation_leaves_no_upload_open() {
+    let Some(endpoint) = common::external_endpoint() else {
+        eprintln!("skipped: needs KEEL_S3_TEST_ENDPOINT (a server that lists multipart uploads)");
+        return;
+    };
+    let upstream: std::net::SocketAddr =
+        endpoint.trim_start_matches("http://").trim_end_matches('/').parse().expect("endpoint as http://IP:PORT");
+    let direct = common::bucket_store(&endpoint, None, |_| {}).await;
+    let (addr, faults) = proxy::start(upstream).await;
+    let mut cfg = keel_s3::s3::S3Config::new(direct.bucket());
+    cfg.endpoint = Some(format!("http://{addr}"));
+    cfg.region = Some(std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into()));
+    cfg.attempt_timeout = Duration::from_secs(2);
+    cfg.multipart_threshold = 1 << 20;
+    cfg.part_bytes = 5 << 20;
+    let store = S3Store::connect(cfg).await.unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let big = body(6 << 20, 3);
+    let path = scratch.path().join("big");
+    std::fs::write(&path, &big).unwrap();
+    // The first request on the new connection is the creation: the server creates the upload, the client
+    // never hears, and the SDK creates another.
+    faults.push(Fault::DropResponse);
+    store.put("big", PutBody::File(path), PutCondition::None).await.unwrap();
+    assert_eq!(faults.pending(), 0, "the fault was hit");
+    assert_eq!(direct.get("big").await.unwrap().bytes().await.unwrap(), big);
+    let uploads = direct.client().list_multipart_uploads().bucket(direct.bucket()).send().await.unwrap();
+    let open: Vec<_> = uploads.uploads().iter().map(|u| (u.key(), u.upload_id())).collect();
+    assert!(open.is_empty(), "no multipart upload left open: {open:?}");
+}
