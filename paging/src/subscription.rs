@@ -240,6 +240,16 @@ impl Subscription {
                     },
                 };
                 let has_next = st.pages.contains_key(&(c.read_page + 1));
+                // A complete page on the volume is opened while the address is locked: freeing it (every
+                // cursor past it) or uploading it deletes the file only after its entry is gone or moved,
+                // so the file is there now; once open, it stays readable.
+                let reopen = !matches!(&c.open_page, Some((id, _)) if *id == c.read_page);
+                if matches!(p.location, PageLocation::Local(None)) && reopen && c.read_offset < p.durable_len {
+                    let path = page::page_path(&self.address.dir, c.read_page);
+                    let f = self.address.vfs.open(&path, keel_journal::vfs::OpenMode::Read);
+                    let f = f.map_err(|e| crate::error::io(&self.address.name, &path, "open page")(e))?;
+                    c.open_page = Some((c.read_page, f.into()));
+                }
                 (p.location.clone(), p.keying.clone(), p.durable_len, p.complete(), has_next)
             };
             if c.read_offset < durable_len {
@@ -252,18 +262,7 @@ impl Subscription {
                     PageLocation::Local(Some(f)) => (Some(f.clone()), None),
                     PageLocation::Local(None) => match &c.open_page {
                         Some((id, f)) if *id == c.read_page => (Some(f.clone()), None),
-                        _ => match self.address.vfs.open(&path, keel_journal::vfs::OpenMode::Read) {
-                            Ok(f) => {
-                                let f: Arc<dyn keel_journal::vfs::VfsFile> = f.into();
-                                c.open_page = Some((c.read_page, f.clone()));
-                                (Some(f), None)
-                            }
-                            // Uploaded and deleted since we looked: look again.
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.address.remote.is_some() => {
-                                continue;
-                            }
-                            Err(e) => return Err(crate::error::io(&self.address.name, &path, "open page")(e)),
-                        },
+                        _ => unreachable!("opened above, under the address lock"),
                     },
                     PageLocation::Remote => {
                         let remote = self.address.remote.as_ref().expect("remote pages need an object store");
