@@ -177,6 +177,32 @@ impl SimDisk {
         report
     }
 
+    /// Arms a power loss after `n` more disk operations (of any thread), with small delays on renames and
+    /// fsyncs meanwhile to widen the races between threads.
+    pub fn arm_crash_in(&self, n: u64) {
+        let mut f = self.faults();
+        f.crash_in = Some(n);
+        f.delay_per_mille = 30;
+        self.set_faults(f);
+    }
+
+    /// Arms every sync to fail after `n` more succeed; for files whose names contain `forgets`, a failed
+    /// sync also forgets their dirty pages (see [`Faults::sync_failure_forgets`]).
+    pub fn arm_sync_failure(&self, n: u64, forgets: Option<&'static str>) {
+        let mut f = self.faults();
+        f.syncs_fail_after = Some(n);
+        f.sync_failure_forgets = forgets;
+        self.set_faults(f);
+    }
+
+    /// Fills the disk, or frees it; returns the faults now armed.
+    pub fn toggle_full(&self) -> Faults {
+        let mut f = self.faults();
+        f.disk_full = !f.disk_full;
+        self.set_faults(f.clone());
+        f
+    }
+
     /// The harshest power loss, for deterministic tests: every dirty page and every unsynced directory
     /// operation is lost.
     pub fn crash_dropping_unsynced(&self) {

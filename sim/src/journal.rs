@@ -7,7 +7,7 @@
 //! strict open refused and named a file the simulator damaged. When nothing was damaged, open must succeed.
 //! Every error an operation returns must be one the injected faults explain.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::disk::{Faults, Flip, SimDisk};
-use crate::harness::{self, Watchdog};
+use crate::harness::{self, Events, Watchdog};
 pub use crate::harness::{Profile, Stats, Violation};
 use crate::model::{Expect, History, Op, Payload, State, Tx};
 
@@ -47,9 +47,8 @@ struct Sim {
     profile: Profile,
     stats: Stats,
     step: u64,
-    recent: VecDeque<String>,
-    /// A copy of the recent events for the watchdog, which reports a run that stops making progress.
-    watchdog: Watchdog,
+    /// Recent events, for the violation report and the watchdog.
+    events: Events,
 }
 
 /// Runs one seeded simulation of about `ops` operations. A run that makes no progress for 30 s (a
@@ -76,20 +75,12 @@ fn run_inner(seed: u64, ops: u64, profile: Profile, watchdog: Watchdog) -> Resul
         profile,
         stats: Stats::default(),
         step: 0,
-        recent: VecDeque::new(),
-        watchdog,
+        events: Events::new(watchdog),
     };
     // A panic in the journal (a failed assertion) is a violation like any other: report its seed.
     let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.main_loop(ops))) {
         Ok(r) => r,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(sim.violation(format!("panic: {what}")))
-        }
+        Err(panic) => Err(sim.violation(format!("panic: {}", harness::panic_message(&*panic)))),
     };
     if let Some(j) = sim.journal.take() {
         sim.disk.set_faults(Faults::default());
@@ -120,23 +111,11 @@ fn key_ring(keys: u32) -> Option<KeyRing> {
 
 impl Sim {
     fn log(&mut self, event: String) {
-        if self.recent.len() == 40 {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(format!("#{} {event}", self.step));
-        let mut w = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
-        w.0 = self.step;
-        w.1 = self.recent.iter().cloned().collect();
+        self.events.log(self.step, event);
     }
 
     fn violation(&self, what: String) -> Violation {
-        Violation {
-            sim: "journal",
-            seed: self.seed,
-            step: self.step,
-            what,
-            recent: self.recent.iter().cloned().collect(),
-        }
+        Violation { sim: "journal", seed: self.seed, step: self.step, what, recent: self.events.recent() }
     }
 
     fn main_loop(&mut self, ops: u64) -> Result<(), Violation> {
@@ -605,29 +584,22 @@ impl Sim {
     fn arm_crash(&mut self) {
         let n = self.rng.random_range(0..60);
         self.log(format!("arm: power loss in {n} disk operations"));
-        let mut f = self.disk.faults();
-        f.crash_in = Some(n);
-        f.delay_per_mille = 30;
-        self.disk.set_faults(f);
+        self.disk.arm_crash_in(n);
         self.faults_armed = true;
     }
 
     fn arm_sync_failure(&mut self) {
         let n = self.rng.random_range(0..6);
         self.log(format!("arm: fsync fails after {n} more"));
-        let mut f = self.disk.faults();
-        f.syncs_fail_after = Some(n);
-        self.disk.set_faults(f);
+        self.disk.arm_sync_failure(n, None);
         self.faults_armed = true;
     }
 
     fn toggle_disk_full(&mut self) {
-        let mut f = self.disk.faults();
-        f.disk_full = !f.disk_full;
+        let f = self.disk.toggle_full();
         self.disk_was_full |= f.disk_full;
         self.log(format!("disk full: {}", f.disk_full));
         self.faults_armed = f.disk_full || f.syncs_fail_after.is_some() || f.crash_in.is_some();
-        self.disk.set_faults(f);
     }
 
     /// A power loss, then one bit of synced data flipped while the journal is down.

@@ -1140,31 +1140,23 @@ impl Sim {
     fn arm_crash(&mut self) {
         let n = self.rng.random_range(0..40);
         self.log(format!("arm: power loss in {n} disk operations"));
-        let mut f = self.disk.faults();
-        f.crash_in = Some(n);
-        f.delay_per_mille = 30;
-        self.disk.set_faults(f);
+        self.disk.arm_crash_in(n);
         self.unsure = true;
     }
 
     fn arm_sync_failure(&mut self) {
         let n = self.rng.random_range(0..6);
         self.log(format!("arm: fsync fails after {n} more"));
-        let mut f = self.disk.faults();
-        f.syncs_fail_after = Some(n);
         // Page files as Linux treats them: a failed sync forgets their dirty pages. (Journal segments keep
         // the kinder model until the journal cuts its unsynced writes off too: docs/SIMULATOR.md.)
-        f.sync_failure_forgets = Some(".kpage");
-        self.disk.set_faults(f);
+        self.disk.arm_sync_failure(n, Some(".kpage"));
         self.unsure = true;
     }
 
     fn toggle_disk_full(&mut self) {
-        let mut f = self.disk.faults();
-        f.disk_full = !f.disk_full;
-        self.disk_full |= f.disk_full;
-        self.log(format!("disk full: {}", f.disk_full));
-        self.disk.set_faults(f);
+        let full = self.disk.toggle_full().disk_full;
+        self.disk_full |= full;
+        self.log(format!("disk full: {full}"));
     }
 
     /// A power loss, then a bit flip in a page of an address.

@@ -81,8 +81,14 @@ fn a_spare_whose_rename_was_not_durable_never_holds_acknowledged_records() {
 /// it read durable before building on it.
 #[test]
 fn a_message_an_open_found_in_the_page_cache_survives_the_next_power_loss() {
+    send_fails_to_sync_then_reopen_then_power_loss(2, Faults { syncs_fail_after: Some(0), ..Faults::default() });
+}
+
+/// A paged message whose fdatasync fails under `failure`; a reopen without a power loss, which delivers
+/// what it finds; a power loss; another reopen must deliver the same.
+fn send_fails_to_sync_then_reopen_then_power_loss(seed: u64, failure: Faults) {
     use keel_paging::{Paging, PagingOptions};
-    let disk = SimDisk::new(2);
+    let disk = SimDisk::new(seed);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(tmp.path().join("journal")).unwrap();
     let open = || {
@@ -96,7 +102,7 @@ fn a_message_an_open_found_in_the_page_cache_survives_the_next_power_loss() {
         let a = paging.address("q").unwrap();
         a.subscribe("s").unwrap();
         a.send(b"first", None).unwrap();
-        disk.set_faults(Faults { syncs_fail_after: Some(0), ..Faults::default() });
+        disk.set_faults(failure);
         a.send(b"second", None).unwrap_err();
         disk.set_faults(Faults::default());
     }
@@ -162,34 +168,6 @@ fn reopen_after_failed_fdatasync(before: u64) {
 /// open to find. After a failed fdatasync the address cuts its pages back to their durable end.
 #[test]
 fn a_message_whose_fdatasync_failed_is_not_found_by_the_next_open_when_the_kernel_forgets_it() {
-    use keel_paging::{Paging, PagingOptions};
-    let disk = SimDisk::new(4);
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::create_dir(tmp.path().join("journal")).unwrap();
-    let open = || {
-        let jopts = Options { auto_maintenance: false, vfs: disk.vfs(), ..Options::default() };
-        let (j, rec) = Journal::open(tmp.path().join("journal"), jopts).unwrap();
-        let popts = PagingOptions { max_size_bytes: 0, vfs: disk.vfs(), ..PagingOptions::default() };
-        Paging::open(tmp.path().join("pages"), Arc::new(j), &rec.prepared, popts).unwrap()
-    };
-    {
-        let paging = open();
-        let a = paging.address("q").unwrap();
-        a.subscribe("s").unwrap();
-        a.send(b"first", None).unwrap();
-        let forget = Faults { syncs_fail_after: Some(0), sync_failure_forgets: Some(".kpage"), ..Faults::default() };
-        disk.set_faults(forget);
-        a.send(b"second", None).unwrap_err();
-        disk.set_faults(Faults::default());
-    }
-    let delivered: Vec<u64> = {
-        let paging = open();
-        let s = paging.address("q").unwrap().subscription("s").unwrap();
-        std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect()
-    };
-    disk.crash_dropping_unsynced();
-    let paging = open();
-    let s = paging.address("q").unwrap().subscription("s").unwrap();
-    let after: Vec<u64> = std::iter::from_fn(|| s.receive().unwrap().map(|d| d.seq)).collect();
-    assert_eq!(after, delivered, "what an open delivered is still there after a power loss");
+    let forget = Faults { syncs_fail_after: Some(0), sync_failure_forgets: Some(".kpage"), ..Faults::default() };
+    send_fails_to_sync_then_reopen_then_power_loss(4, forget);
 }
